@@ -1,0 +1,122 @@
+"""Per-stage fingerprints: a stable hash of exactly the config fields that change a stage's output.
+
+``code_version = f"{STAGE_REVISIONS[stage]}-{fingerprint}"``. Bump a stage's revision when its code
+changes its output; change a field and only the stages whose fingerprint holds it become unsynced.
+Fields deliberately left out (logging, checkpoint interval, device, batch sizes of the encoders) are
+those that cannot change the artefact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pixart_pipeline.config.load import PipelineConfig
+from pixart_pipeline.config.models import ImageDataset
+
+# Bump when a stage's code changes what it writes.
+STAGE_REVISIONS = {
+    "raw_dataset": "r1",
+    "captions": "r1",
+    "bucketed_metadata": "r1",
+    "text_embed_cache": "r1",
+    "vae_cache": "r1",
+    "trained_checkpoint": "r1",
+    "evaluation_report": "r1",
+}
+
+# PixArt's VAE downsamples by 8 and its transformer patchifies by 2, so SimpleTuner aligns to 64.
+PIXART_ALIGNMENT = 64
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """sha256 of canonical JSON (sorted keys, no whitespace), truncated to ``length`` hex chars."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def model_identity(name_or_path: str, revision: str | None) -> dict:
+    """What names a model's weights: hub id + revision, or local path (+ revision if given)."""
+    return {"model": name_or_path, "revision": revision or "main"}
+
+
+def raw_dataset_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
+    fields = {"type": ds.type, "dir": str(cfg.dataset_dir(ds))}
+    if ds.hub_repo_id:
+        fields |= {"hub_repo_id": ds.hub_repo_id, "hub_revision": ds.hub_revision, "patterns": ds.hub_allow_patterns}
+    if ds.type == "synthetic":
+        fields |= {"n": ds.synthetic_num_images, "seed": ds.synthetic_seed}
+    return fields
+
+
+def captions_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
+    return {"caption_strategy": ds.caption_strategy, "instance_prompt": ds.instance_prompt}
+
+
+def bucketed_metadata_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
+    # Not the training seed: crop boxes are seeded by each image's hash.
+    return {
+        "crop": ds.crop,
+        "crop_aspect": ds.crop_aspect,
+        "crop_style": ds.normalised_crop_style,
+        "resolution": ds.resolution,
+        "resolution_type": ds.resolution_type,
+        "minimum_image_size": ds.minimum_image_size,
+        "maximum_image_size": ds.maximum_image_size,
+        "target_downsample_size": ds.target_downsample_size,
+        "alignment": PIXART_ALIGNMENT,
+        "eval_split_fraction": ds.eval_split_fraction,
+        "metadata_backend": ds.metadata_backend,
+    }
+
+
+def text_encoder_fields(cfg: PipelineConfig) -> dict:
+    t = cfg.training
+    return {
+        "encoder": model_identity(t.pretrained_model_name_or_path, t.revision),
+        "max_length": t.tokenizer_max_length,
+        "dtype": t.text_encoder_dtype,
+    }
+
+
+def vae_fields(cfg: PipelineConfig) -> dict:
+    t = cfg.training
+    return {"vae": model_identity(t.pretrained_model_name_or_path, t.revision), "dtype": t.resolved_vae_dtype}
+
+
+def trained_checkpoint_fields(cfg: PipelineConfig) -> dict:
+    t = cfg.training
+    keys = (
+        "seed learning_rate lr_scheduler lr_warmup_steps train_batch_size gradient_accumulation_steps "
+        "max_train_steps mixed_precision optimizer adam_beta1 adam_beta2 adam_weight_decay adam_epsilon "
+        "max_grad_norm snr_gamma noise_offset caption_dropout_probability use_ema ema_decay use_bitfit "
+        # num_processes multiplies the global batch, so it changes the result (DESIGN.md lists it as
+        # excluded; see the README).
+        "num_processes"
+    ).split()
+    return {
+        "transformer": model_identity(t.pretrained_model_name_or_path, t.revision),
+        "hyperparameters": {k: getattr(t, k) for k in keys},
+        "repeats": {ds.id: ds.repeats for ds in cfg.datasets},
+    }
+
+
+def evaluation_fields(cfg: PipelineConfig) -> dict:
+    t = cfg.training
+    return {
+        "prompts": t.all_validation_prompts,
+        "sizes": t.validation_sizes,
+        "guidance": t.validation_guidance,
+        "steps": t.validation_num_inference_steps,
+        "seed": t.validation_seed,
+        "negative_prompt": t.validation_negative_prompt,
+        "evaluation_type": t.evaluation_type,
+        "clip_model": t.pretrained_evaluation_model_name_or_path,
+        "eval_timesteps": t.eval_timesteps,
+    }
+
+
+def code_version(stage: str, fields: dict) -> str:
+    """``<stage revision>-<fingerprint>``: what Dagster compares to decide a stage is unsynced."""
+    return f"{STAGE_REVISIONS[stage]}-{stable_hash(fields, 12)}"

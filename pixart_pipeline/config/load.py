@@ -1,0 +1,219 @@
+"""Load SimpleTuner-style ``config.json`` + ``multidatabackend.json`` into typed models.
+
+Relative paths in either file are resolved against the folder of the file that holds them, so the
+same config means the same thing from the CLI, the Dagster UI and a test, whatever the working dir.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from pixart_pipeline.config.models import (
+    IGNORED,
+    UNSUPPORTED,
+    ImageDataset,
+    TextEmbedsDataset,
+    TrainingConfig,
+)
+
+CONFIG_ENV = "PIXART_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A config problem, always naming the file and the key."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything the pipeline reads from the user's two files, with paths resolved."""
+
+    config_path: Path
+    backend_path: Path
+    training: TrainingConfig
+    datasets: tuple[ImageDataset, ...]
+    text_embeds: TextEmbedsDataset
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def output_dir(self) -> Path:
+        return _resolve(self.config_path.parent, self.training.output_dir)
+
+    def dataset_dir(self, dataset: ImageDataset) -> Path:
+        return _resolve(self.backend_path.parent, dataset.instance_data_dir)
+
+    def vae_cache_dir(self, dataset: ImageDataset) -> Path:
+        folder = dataset.cache_dir_vae or f"cache/vae/{dataset.id}"
+        return _resolve(self.backend_path.parent, folder)
+
+    @property
+    def text_cache_dir(self) -> Path:
+        return _resolve(self.backend_path.parent, self.text_embeds.cache_dir)
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where locally built tiny models live (shared by every run of this config)."""
+        return self.output_dir / "models"
+
+    def dataset(self, dataset_id: str) -> ImageDataset:
+        for ds in self.datasets:
+            if ds.id == dataset_id:
+                return ds
+        raise KeyError(dataset_id)
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def default_config_path(root: Path | None = None) -> Path:
+    """``$PIXART_CONFIG``, else ``config/config.json`` if present, else the embedded demo."""
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV]).expanduser().resolve()
+    root = root or Path.cwd()
+    user = root / "config" / "config.json"
+    if user.exists():
+        return user.resolve()
+    demo = root / "config" / "demo" / "config.json"
+    if demo.exists():
+        return demo.resolve()
+    # Installed without a checkout: fall back to the demo shipped beside the package source.
+    return (Path(__file__).resolve().parents[2] / "config" / "demo" / "config.json").resolve()
+
+
+def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
+    """Read and validate both files. Raises ``ConfigError`` naming the file, key and value."""
+    config_path = Path(path).resolve() if path else default_config_path()
+    raw = _read_json(config_path, expect=dict)
+    raw = {_strip_dashes(k): v for k, v in raw.items()}
+    notes = _check_known_keys(raw, config_path)
+    training = _validate(TrainingConfig, raw, config_path, "")
+
+    backend_name = training.data_backend_config or "multidatabackend.json"
+    backend_path = _resolve(config_path.parent, backend_name)
+    entries = _read_json(backend_path, expect=list)
+    datasets: list[ImageDataset] = []
+    text_embeds: list[TextEmbedsDataset] = []
+    for i, entry in enumerate(entries):
+        where = f"[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{backend_path}: entry {where} must be an object, got {entry!r}")
+        kind = entry.get("dataset_type", "image")
+        if kind == "text_embeds":
+            text_embeds.append(_validate(TextEmbedsDataset, entry, backend_path, where))
+        elif kind == "image":
+            datasets.append(_validate(ImageDataset, entry, backend_path, where))
+        else:
+            raise ConfigError(
+                f"{backend_path}: {where}.dataset_type = {kind!r} is not supported; "
+                f"allowed: 'image' (default), 'text_embeds'{_did_you_mean(str(kind), ['image', 'text_embeds'])}"
+            )
+    datasets = [d for d in datasets if not d.disabled]
+    text_embeds = [t for t in text_embeds if not t.disabled]
+    ids = [d.id for d in datasets]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ConfigError(f"{backend_path}: dataset ids must be unique; repeated: {dupes}")
+    if not datasets:
+        raise ConfigError(f"{backend_path}: no enabled image dataset (need at least one)")
+    if len(text_embeds) > 1:
+        defaults = [t for t in text_embeds if t.default]
+        if len(defaults) != 1:
+            raise ConfigError(
+                f"{backend_path}: {len(text_embeds)} text_embeds entries; mark exactly one 'default': true"
+            )
+        text_embeds = defaults
+    text = text_embeds[0] if text_embeds else TextEmbedsDataset(id="text-embeds", dataset_type="text_embeds")
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    return PipelineConfig(
+        config_path=config_path,
+        backend_path=backend_path,
+        training=training,
+        datasets=tuple(datasets),
+        text_embeds=text,
+        warnings=tuple(notes),
+    )
+
+
+def _strip_dashes(key: str) -> str:
+    return key[2:] if key.startswith("--") else key
+
+
+def _read_json(path: Path, expect: type) -> Any:
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(data, expect):
+        raise ConfigError(f"{path}: expected a JSON {expect.__name__}, got {type(data).__name__}")
+    return data
+
+
+def _check_known_keys(raw: dict, path: Path) -> list[str]:
+    """Refuse SimpleTuner options we do not implement; warn about harmless ones (and drop them)."""
+    notes = []
+    for key in list(raw):
+        if key in UNSUPPORTED and raw[key] not in (False, None, "", "none", "diffusers"):
+            raise ConfigError(f"{path}: key {key!r} = {raw[key]!r} is not supported: {UNSUPPORTED[key]}")
+        if key in UNSUPPORTED:
+            raw.pop(key)
+        elif key in IGNORED:
+            notes.append(f"{path}: key {key!r} is ignored: {IGNORED[key]}")
+            raw.pop(key)
+    return notes
+
+
+def _validate(model: type[BaseModel], data: dict, path: Path, where: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, model, data, path, where)) from None
+
+
+def _format_errors(e: ValidationError, model: type[BaseModel], data: dict, path: Path, where: str) -> str:
+    lines = [f"{path}: invalid configuration"]
+    fields = list(model.model_fields)
+    for err in e.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc) if loc else "(entry)"
+        label = f"{where}.{key}" if where else key
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - {label}: unknown key{_did_you_mean(loc[-1], fields)}")
+            continue
+        if err["type"] == "missing":
+            lines.append(f"  - {label}: required key is missing")
+            continue
+        value = data.get(loc[0], None) if loc else data
+        allowed = _allowed(model, loc[0]) if loc else ""
+        msg = err["msg"]
+        hint = _did_you_mean(str(value), allowed.split("|")) if allowed and isinstance(value, str) else ""
+        lines.append(
+            f"  - {label} = {value!r}: {msg}" + (f" (allowed: {allowed})" if allowed else "") + hint
+        )
+    return "\n".join(lines)
+
+
+def _allowed(model: type[BaseModel], name: str) -> str:
+    info = model.model_fields.get(name)
+    if info is None:
+        return ""
+    args = getattr(info.annotation, "__args__", ())
+    if args and all(isinstance(a, str) for a in args):
+        return "|".join(args)
+    return ""
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(word, [o for o in options if o], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""

@@ -1,0 +1,226 @@
+"""Typed, strict models of SimpleTuner's `config.json` and `multidatabackend.json`.
+
+Only the options that matter for a PixArt Sigma full fine-tune are modelled. Every model forbids
+unknown keys and uses strict types (``"False"`` is not a bool), so a typo is an error, never silence.
+Keys that SimpleTuner has but we do not implement yet are listed in ``UNSUPPORTED`` (an error that says
+so) or ``IGNORED`` (a warning: they cannot change any result).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TINY_MODEL_NAME = "tiny-random"
+DEFAULT_BASE_MODEL = "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14-336"
+
+LR_SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+)
+
+# SimpleTuner keys we know but do not implement: value -> why. Setting one is an error.
+UNSUPPORTED: dict[str, str] = {
+    "vae_cache_disable": "online VAE encoding is not implemented yet; leave it false",
+    "push_to_hub": "uploading to the Hub is not implemented yet; leave it false",
+    "validation_preview": "streamed validation previews need webhooks, which we do not have",
+    "attention_mechanism": "only the default diffusers attention is supported",
+    "lora_rank": "only model_type 'full' is supported",
+}
+
+# SimpleTuner keys that cannot change any artefact; accepted with a warning.
+IGNORED: dict[str, str] = {
+    "validation_steps": "evaluation runs as its own asset after training",
+    "logging_dir": "metrics go to metrics.jsonl in the run folder",
+    "tracker_project_name": "no tracker is implemented yet",
+    "tracker_run_name": "no tracker is implemented yet",
+    "disable_benchmark": "evaluation always runs as its own asset",
+    "webhook_config": "webhooks are not implemented",
+    "hub_model_id": "push_to_hub is not implemented yet",
+    "aspect_bucket_rounding": "bucket keys are always rounded to 2 decimals",
+    "validation_preview_steps": "validation previews are not implemented",
+}
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors and values are not coerced (``"False"`` is not ``False``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+Number = Union[int, float]
+
+
+class TrainingConfig(StrictModel):
+    """``config.json``: the model, the optimisation, and the evaluation."""
+
+    # -- model
+    model_family: Literal["pixart_sigma"] = "pixart_sigma"
+    model_type: Literal["full"] = "full"
+    pretrained_model_name_or_path: str = DEFAULT_BASE_MODEL
+    revision: str | None = None
+    output_dir: str = "output/models"
+    data_backend_config: str | None = None
+    # -- optimisation (all in the trained_checkpoint fingerprint)
+    seed: int = 42
+    learning_rate: float = Field(1e-6, gt=0)
+    lr_scheduler: Literal[LR_SCHEDULERS] = "constant"  # type: ignore[valid-type]
+    lr_warmup_steps: int = Field(0, ge=0)
+    train_batch_size: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_train_steps: int = Field(1000, ge=1)
+    mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"
+    optimizer: Literal["adamw"] = "adamw"
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_weight_decay: float = Field(1e-2, ge=0)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(2.0, ge=0)
+    snr_gamma: float | None = Field(None, gt=0)
+    noise_offset: float = Field(0.0, ge=0)
+    caption_dropout_probability: float = Field(0.0, ge=0, le=1)
+    use_ema: bool = False
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    use_bitfit: bool = False
+    num_processes: int = Field(1, ge=1)
+    # -- not in any fingerprint: they cannot change the trained weights
+    checkpointing_steps: int = Field(500, ge=1)
+    checkpoints_total_limit: int | None = Field(None, ge=1)
+    resume_from_checkpoint: str = "latest"
+    gradient_checkpointing: bool = False
+    report_to: Literal["none"] = "none"
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    # -- caches
+    tokenizer_max_length: int = Field(300, ge=1)
+    text_encoder_dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+    vae_dtype: Literal["default", "fp32", "bf16", "fp16"] = "default"
+    vae_batch_size: int = Field(4, ge=1)
+    # -- evaluation
+    validation_prompt: str | None = None
+    validation_prompts: list[str] = []
+    validation_resolution: str | int = "1024x1024"
+    validation_guidance: float = Field(3.5, ge=0)
+    validation_num_inference_steps: int = Field(20, ge=1)
+    validation_seed: int = 42
+    validation_negative_prompt: str = "blurry, cropped, ugly"
+    evaluation_type: Literal["clip", "none"] = "clip"
+    pretrained_evaluation_model_name_or_path: str = DEFAULT_CLIP_MODEL
+    eval_timesteps: int = Field(8, ge=1, le=1000)
+
+    @field_validator("validation_resolution")
+    @classmethod
+    def _check_resolution(cls, value: str | int) -> str | int:
+        parse_resolutions(value)  # raises ValueError with the offending part
+        return value
+
+    @field_validator("resume_from_checkpoint")
+    @classmethod
+    def _check_resume(cls, value: str) -> str:
+        if value not in ("latest", "none") and not value.strip():
+            raise ValueError("use 'latest', 'none', or a checkpoint folder")
+        return value
+
+    @property
+    def resolved_vae_dtype(self) -> str:
+        """SimpleTuner's ``default`` VAE dtype is fp32 (the SDXL VAE overflows in fp16)."""
+        return "fp32" if self.vae_dtype == "default" else self.vae_dtype
+
+    @property
+    def all_validation_prompts(self) -> list[str]:
+        prompts = ([self.validation_prompt] if self.validation_prompt else []) + list(
+            self.validation_prompts
+        )
+        return prompts or ["a photo"]
+
+    @property
+    def validation_sizes(self) -> list[tuple[int, int]]:
+        """``"1024x1024,1280x768"`` -> ``[(1024, 1024), (1280, 768)]`` as (width, height)."""
+        return parse_resolutions(self.validation_resolution)
+
+
+def parse_resolutions(value: str | int) -> list[tuple[int, int]]:
+    """Parse SimpleTuner's ``validation_resolution``: ``1024``, ``"1024"`` or ``"WxH,WxH"``."""
+    if isinstance(value, int):
+        value = str(value)
+    sizes = []
+    for part in value.split(","):
+        part = part.strip().lower()
+        try:
+            w, h = (part.split("x") + [part])[:2] if "x" in part else (part, part)
+            width, height = int(w), int(h)
+        except ValueError:
+            raise ValueError(f"{part!r} is not WIDTHxHEIGHT (e.g. 1024x1024,1280x768)") from None
+        if width < 8 or height < 8:
+            raise ValueError(f"{part!r} is smaller than 8 pixels")
+        sizes.append((width, height))
+    return sizes
+
+
+class ImageDataset(StrictModel):
+    """One image dataset of ``multidatabackend.json`` (SimpleTuner's keys, plus a few of ours)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    type: Literal["local", "synthetic"] = "local"
+    dataset_type: Literal["image"] = "image"
+    disabled: bool = False
+    instance_data_dir: str
+    # hub download into instance_data_dir (type "local")
+    hub_repo_id: str | None = None
+    hub_revision: str | None = None
+    hub_allow_patterns: list[str] | None = None
+    # the synthetic demo source (type "synthetic")
+    synthetic_num_images: int = Field(36, ge=1, le=100_000)
+    synthetic_seed: int = 0
+    # geometry
+    crop: bool = False
+    crop_aspect: Literal["square", "preserve"] = "square"
+    crop_style: Literal["random", "center", "centre", "corner"] = "random"
+    resolution: Number = Field(1.0, gt=0)
+    resolution_type: Literal["area", "pixel", "pixel_area"] = "pixel_area"
+    minimum_image_size: Number | None = Field(None, ge=0)
+    maximum_image_size: Number | None = Field(None, gt=0)
+    target_downsample_size: Number | None = Field(None, gt=0)
+    eval_split_fraction: float = Field(0.1, ge=0, lt=1)
+    # captions
+    caption_strategy: Literal["filename", "textfile", "instanceprompt"] = "filename"
+    instance_prompt: str | None = None
+    # caches and bookkeeping
+    cache_dir_vae: str | None = None
+    skip_file_discovery: str = ""
+    metadata_backend: Literal["discovery"] = "discovery"
+    repeats: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "ImageDataset":
+        if self.caption_strategy == "instanceprompt" and not self.instance_prompt:
+            raise ValueError("caption_strategy 'instanceprompt' needs 'instance_prompt'")
+        if self.hub_repo_id and self.type != "local":
+            raise ValueError("hub_repo_id works only with type 'local'")
+        if self.resolution_type == "area" and self.resolution > 16:
+            raise ValueError(
+                f"resolution {self.resolution} with resolution_type 'area' means "
+                f"{self.resolution} megapixels; use 'pixel_area' for edge lengths in pixels"
+            )
+        return self
+
+    @property
+    def normalised_crop_style(self) -> str:
+        return "center" if self.crop_style == "centre" else self.crop_style
+
+
+class TextEmbedsDataset(StrictModel):
+    """The ``text_embeds`` entry of ``multidatabackend.json``: where T5 embeddings are cached."""
+
+    id: str
+    type: Literal["local"] = "local"
+    dataset_type: Literal["text_embeds"]
+    default: bool = False
+    disabled: bool = False
+    cache_dir: str = "cache/text"
+    write_batch_size: int = Field(128, ge=1)
