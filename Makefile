@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each sets up what it needs.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-fast ui plan clean
+
+# torch is pinned and installed first: an open range would pull a multi-GB CUDA build on a CPU box.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+# Materialize every asset of the embedded demo config (or whatever is unsynced since last time).
+demo: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/pixart-pipeline validate
+	$(VENV)/bin/pixart-pipeline sync
+
+# The whole suite, slow end-to-end tests included (CI runs this).
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "slow or not slow" -p no:cacheprovider
+
+# The fast subset (`pytest` alone runs the same).
+test-fast: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+plan: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/pixart-pipeline plan
+
+# The Dagster UI over the same instance as `make demo`, on http://127.0.0.1:3000
+ui: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster dev -m pixart_pipeline.definitions -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf output .dagster_home

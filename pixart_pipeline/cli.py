@@ -1,0 +1,121 @@
+"""`pixart-pipeline`: validate a config, see what is unsynced, and bring it back in sync.
+
+    pixart-pipeline validate [--config PATH]   check config.json + multidatabackend.json, run nothing
+    pixart-pipeline plan     [--config PATH]   which assets are unsynced and why
+    pixart-pipeline sync     [--config PATH]   materialize exactly those, in order
+    pixart-pipeline report   [--config PATH]   where the latest evaluation report is
+
+plan/sync use the Dagster instance in $DAGSTER_HOME (default: ./.dagster_home), the same one the
+UI (`make ui`) shows, so every run they make is visible there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+from pixart_pipeline.config import ConfigError, PipelineConfig, load_config
+
+DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+
+
+def _instance():
+    import dagster as dg
+
+    home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists() and DAGSTER_YAML.exists():
+        shutil.copyfile(DAGSTER_YAML, home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
+def cmd_validate(cfg: PipelineConfig) -> int:
+    t = cfg.training
+    print(f"config:   {cfg.config_path}")
+    print(f"datasets: {cfg.backend_path}")
+    for ds in cfg.datasets:
+        print(f"  - {ds.id}: {ds.type} at {cfg.dataset_dir(ds)} ({ds.resolution} {ds.resolution_type}, "
+              f"crop={ds.crop} {ds.crop_aspect}, captions: {ds.caption_strategy})")
+    print(f"model:    {t.pretrained_model_name_or_path} ({t.model_family}, {t.model_type})")
+    print(f"training: lr {t.learning_rate}, {t.max_train_steps} steps, batch {t.train_batch_size} x "
+          f"{t.gradient_accumulation_steps} accumulation, {t.mixed_precision}")
+    print(f"output:   {cfg.output_dir}")
+    for note in cfg.warnings:
+        print(f"warning:  {note}")
+    print("OK")
+    return 0
+
+
+def cmd_plan(cfg: PipelineConfig) -> int:
+    from pixart_pipeline.defs.build import build_definitions
+    from pixart_pipeline.defs.planning import compute_plan
+
+    plan = compute_plan(_instance(), build_definitions(cfg), cfg)
+    if not plan:
+        print("Everything is in sync: nothing to materialize.")
+        return 0
+    labels = {"missing": "MISSING", "unsynced": "UNSYNCED", "downstream": "MAY RE-RUN"}
+    for entry in plan:
+        print(f"{labels[entry.state]:<11} {entry.key.to_user_string()}")
+        for reason in entry.reasons:
+            print(f"            - {reason}")
+    print(f"\n`pixart-pipeline sync` materializes these in order, re-checking after each stage.")
+    return 0
+
+
+def cmd_sync(cfg: PipelineConfig) -> int:
+    from pixart_pipeline.defs.build import build_definitions
+    from pixart_pipeline.defs.planning import SyncError, sync
+
+    try:
+        steps = sync(_instance(), build_definitions(cfg), cfg)
+    except SyncError as e:
+        print(f"sync stopped: {e}", file=sys.stderr)
+        return 1
+    if not steps:
+        print("Everything is in sync: nothing materialized.")
+    else:
+        total = sum(s.seconds for s in steps)
+        print(f"Synced {len(steps)} asset(s) in {total:.1f}s.")
+    return cmd_report(cfg, quiet=True)
+
+
+def cmd_report(cfg: PipelineConfig, quiet: bool = False) -> int:
+    from pixart_pipeline.defs.assets.common import REPORT_KEY
+
+    event = _instance().get_latest_materialization_event(REPORT_KEY)
+    if event is None or event.asset_materialization is None:
+        if not quiet:
+            print("No evaluation report yet: run `pixart-pipeline sync` (or `make demo`).")
+        return 0 if quiet else 1
+    md = event.asset_materialization.metadata
+    print(f"Evaluation report: {md['path'].value}")
+    for name in ("clip_score", "eval_loss_base", "eval_loss_trained"):
+        if name in md:
+            print(f"  {name}: {md[name].value:.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pixart-pipeline", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["validate", "plan", "sync", "report"])
+    parser.add_argument("--config", help="config.json (default: $PIXART_CONFIG, config/config.json, demo)")
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # load_config's warnings are printed by `validate`
+            cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    handlers = {"validate": cmd_validate, "plan": cmd_plan, "sync": cmd_sync, "report": cmd_report}
+    return handlers[args.command](cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""`captions/<id>`: one caption per image, by the dataset's `caption_strategy`."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pixart_pipeline.config import ImageDataset, PipelineConfig
+from pixart_pipeline.config.fingerprints import captions_fields
+from pixart_pipeline.data.stage import run_captions
+from pixart_pipeline.defs.assets.common import (
+    automation,
+    captions_key,
+    raw_key,
+    stage_code_version,
+    to_materialize_result,
+)
+
+
+def build_captions_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=captions_key(ds.id),
+        deps=[raw_key(ds.id)],
+        group_name="data",
+        code_version=stage_code_version("captions", captions_fields(cfg, ds)),
+        automation_condition=automation(),
+        kinds={"parquet"},
+        description=(
+            f"Captions of dataset `{ds.id}` (strategy `{ds.caption_strategy}`): one row per image, with a "
+            "reason code where no caption could be made. Its own asset so that a geometry change "
+            "(resolution, crop) never makes the text-embed cache unsynced. Data version: hash of "
+            "(path, caption)."
+        ),
+    )
+    def captions(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        return to_materialize_result(run_captions(cfg, ds, log=context.log.info))
+
+    return captions

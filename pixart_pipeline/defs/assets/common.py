@@ -1,0 +1,73 @@
+"""Shared pieces of every asset: keys, automation, and StageResult -> MaterializeResult."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pixart_pipeline.config.fingerprints import code_version
+from pixart_pipeline.stage_result import StageResult
+
+# Metadata key under which each materialization records its fingerprint fields, so that
+# `pixart-pipeline plan` can say which config key changed since the last run.
+CONFIG_METADATA_KEY = "pixart/config"
+
+
+def raw_key(dataset_id: str) -> dg.AssetKey:
+    return dg.AssetKey(["raw_dataset", dataset_id])
+
+
+def captions_key(dataset_id: str) -> dg.AssetKey:
+    return dg.AssetKey(["captions", dataset_id])
+
+
+def metadata_key(dataset_id: str) -> dg.AssetKey:
+    return dg.AssetKey(["bucketed_metadata", dataset_id])
+
+
+def vae_key(dataset_id: str) -> dg.AssetKey:
+    return dg.AssetKey(["vae_cache", dataset_id])
+
+
+TEXT_EMBED_KEY = dg.AssetKey("text_embed_cache")
+CHECKPOINT_KEY = dg.AssetKey("trained_checkpoint")
+REPORT_KEY = dg.AssetKey("evaluation_report")
+
+
+def automation() -> dg.AutomationCondition:
+    """Run when missing, when the stage's config changed, or when an input's *data version* changed.
+
+    Stricter than ``AutomationCondition.eager()``, which fires on any new upstream materialization:
+    an upstream re-run that produced identical content (same data version) stops the cascade here.
+    """
+    ac = dg.AutomationCondition
+    trigger = ac.newly_missing() | ac.code_version_changed() | ac.any_deps_match(ac.data_version_changed())
+    return (
+        trigger.since_last_handled().with_label("missing, config changed, or input data changed")
+        & ~ac.any_deps_missing()
+        & ~ac.any_deps_in_progress()
+        & ~ac.in_progress()
+    )
+
+
+def stage_code_version(stage: str, fields: dict) -> str:
+    return code_version(stage, fields)
+
+
+def to_materialize_result(result: StageResult) -> dg.MaterializeResult:
+    """Translate a core StageResult into Dagster metadata (paths, floats, tables, config)."""
+    metadata: dict[str, dg.MetadataValue] = {"path": dg.MetadataValue.path(str(result.path))}
+    for name, value in result.metadata.items():
+        if isinstance(value, bool) or value is None:
+            metadata[name] = dg.MetadataValue.text(str(value))
+        elif isinstance(value, int):
+            metadata[name] = dg.MetadataValue.int(value)
+        elif isinstance(value, float):
+            metadata[name] = dg.MetadataValue.float(value)
+        elif isinstance(value, (dict, list)):
+            metadata[name] = dg.MetadataValue.json(value)
+        else:
+            metadata[name] = dg.MetadataValue.text(str(value))
+    for name, table in result.markdown.items():
+        metadata[name] = dg.MetadataValue.md(table)
+    metadata[CONFIG_METADATA_KEY] = dg.MetadataValue.json(result.config)
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(result.data_version))

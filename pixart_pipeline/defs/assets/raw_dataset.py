@@ -1,0 +1,30 @@
+"""`raw_dataset/<id>`: the dataset's files on local disk and a manifest of every file."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pixart_pipeline.config import ImageDataset, PipelineConfig
+from pixart_pipeline.config.fingerprints import raw_dataset_fields
+from pixart_pipeline.data.stage import run_raw_dataset
+from pixart_pipeline.defs.assets.common import automation, raw_key, stage_code_version, to_materialize_result
+
+
+def build_raw_dataset_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=raw_key(ds.id),
+        group_name="data",
+        code_version=stage_code_version("raw_dataset", raw_dataset_fields(cfg, ds)),
+        automation_condition=automation(),
+        kinds={"parquet"},
+        description=(
+            f"Files of dataset `{ds.id}` ({ds.type}) under `{cfg.dataset_dir(ds)}`, with a manifest "
+            "(relative path, size, sha256) of every file. A re-run hashes only new or changed files. "
+            "Data version: hash of (path, sha256) of every file."
+        ),
+    )
+    def raw_dataset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        result = run_raw_dataset(cfg, ds, log=context.log.info)
+        return to_materialize_result(result)
+
+    return raw_dataset

@@ -1,0 +1,38 @@
+"""`text_embed_cache`: T5 embeddings of every caption, and of the empty prompt."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pixart_pipeline.cache.stage import run_text_embed_cache
+from pixart_pipeline.config import PipelineConfig
+from pixart_pipeline.config.fingerprints import text_encoder_fields
+from pixart_pipeline.defs.assets.common import (
+    TEXT_EMBED_KEY,
+    automation,
+    captions_key,
+    stage_code_version,
+    to_materialize_result,
+)
+from pixart_pipeline.defs.resources import DeviceResource
+
+
+def build_text_embed_cache_asset(cfg: PipelineConfig) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=TEXT_EMBED_KEY,
+        deps=[captions_key(ds.id) for ds in cfg.datasets],
+        group_name="caches",
+        pool="gpu",
+        code_version=stage_code_version("text_embed_cache", text_encoder_fields(cfg)),
+        automation_condition=automation(),
+        kinds={"pytorch", "safetensors"},
+        description=(
+            "T5 embeddings of every caption of every dataset and of the empty prompt (caption dropout), "
+            "in a content-addressed shard store: only captions not already stored are encoded. Items keep "
+            "only their real tokens. Data version: hash of (encoder fingerprint, sorted item keys)."
+        ),
+    )
+    def text_embed_cache(context: dg.AssetExecutionContext, device: DeviceResource) -> dg.MaterializeResult:
+        return to_materialize_result(run_text_embed_cache(cfg, device.device, log=context.log.info))
+
+    return text_embed_cache

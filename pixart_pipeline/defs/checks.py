@@ -1,0 +1,84 @@
+"""Asset checks: the things a user wants to know before spending GPU hours."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pixart_pipeline.config import ImageDataset, PipelineConfig
+from pixart_pipeline.data.stage import batch_readiness
+from pixart_pipeline.defs.assets.common import CHECKPOINT_KEY, REPORT_KEY, metadata_key
+from pixart_pipeline.evaluation.stage import read_report_metrics
+from pixart_pipeline.training.stage import read_training_result
+
+
+def build_dataset_checks(cfg: PipelineConfig, ds: ImageDataset) -> list[dg.AssetChecksDefinition]:
+    @dg.asset_check(
+        asset=metadata_key(ds.id),
+        name="enough_images_for_a_batch",
+        blocking=True,
+        description=(
+            "Usable training images (status ok, train split, in a bucket that can fill a batch) must be at "
+            "least train_batch_size x gradient_accumulation_steps x num_processes. Blocks training if not."
+        ),
+    )
+    def enough_images_for_a_batch() -> dg.AssetCheckResult:
+        report = batch_readiness(cfg, ds)
+        return dg.AssetCheckResult(
+            passed=report.enough,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=report.message,
+            metadata={"usable_images": report.usable, "needed": report.needed},
+        )
+
+    @dg.asset_check(
+        asset=metadata_key(ds.id),
+        name="buckets_fill_a_batch",
+        description="Buckets with fewer train images than train_batch_size are dropped by the sampler.",
+    )
+    def buckets_fill_a_batch() -> dg.AssetCheckResult:
+        report = batch_readiness(cfg, ds)
+        return dg.AssetCheckResult(
+            passed=not report.small_buckets,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=report.bucket_message,
+            metadata={"dropped_buckets": report.small_buckets},
+        )
+
+    return [enough_images_for_a_batch, buckets_fill_a_batch]
+
+
+@dg.asset_check(asset=CHECKPOINT_KEY, description="The final training loss is a finite number.")
+def loss_is_finite(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    result = read_training_result(_latest_path(context, CHECKPOINT_KEY))
+    loss = float(result.get("final_loss", float("nan")))
+    return dg.AssetCheckResult(passed=loss == loss and abs(loss) != float("inf"), metadata={"final_loss": loss})
+
+
+@dg.asset_check(
+    asset=REPORT_KEY,
+    description="The trained model's stable eval loss is below the base model's (a warning, not an error).",
+)
+def trained_beats_base(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    metrics = read_report_metrics(_latest_path(context, REPORT_KEY))
+    base, trained = metrics.get("eval_loss_base"), metrics.get("eval_loss_trained")
+    passed = base is not None and trained is not None and trained < base
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"eval loss: base {base}, trained {trained}",
+        metadata={"eval_loss_base": float(base or 0.0), "eval_loss_trained": float(trained or 0.0)},
+    )
+
+
+def _latest_path(context: dg.AssetCheckExecutionContext, key: dg.AssetKey) -> str:
+    event = context.instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure(f"{key.to_user_string()} has not been materialized yet")
+    return str(event.asset_materialization.metadata["path"].value)
+
+
+def build_checks(cfg: PipelineConfig) -> list[dg.AssetChecksDefinition]:
+    checks: list[dg.AssetChecksDefinition] = []
+    for ds in cfg.datasets:
+        checks += build_dataset_checks(cfg, ds)
+    return checks + [loss_is_finite, trained_beats_base]

@@ -1,0 +1,183 @@
+"""What is unsynced and why, and how to bring it back in sync, using Dagster's own staleness.
+
+Dagster says an asset is stale when its code version (stage revision + config fingerprint) changed
+or when an input's data version changed. Two things it cannot see are added here: a dataset folder
+that changed on disk since its manifest was written, and *which* config key changed (each
+materialization records its fingerprint fields, so the planner can diff them). Dagster 1.13 does not
+propagate staleness to descendants, so those are listed as "re-checked after upstream": whether they
+re-run depends on whether upstream content really changes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import dagster as dg
+from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+from dagster._core.definitions.data_version import (
+    CachingStaleStatusResolver,
+    StaleCauseCategory,
+    StaleStatus,
+)
+from dagster._time import get_current_datetime
+
+from pixart_pipeline.config import PipelineConfig
+from pixart_pipeline.config import fingerprints as fp
+from pixart_pipeline.data.stage import dataset_folder_changes
+from pixart_pipeline.defs.assets import common as keys
+
+
+@dataclass
+class PlanEntry:
+    key: dg.AssetKey
+    state: str  # "missing" | "unsynced" | "downstream"
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def actionable(self) -> bool:
+        return self.state in ("missing", "unsynced")
+
+
+def stage_fields(cfg: PipelineConfig) -> dict[dg.AssetKey, dict]:
+    """The fingerprint fields of every asset for this config (what its code version hashes)."""
+    fields: dict[dg.AssetKey, dict] = {}
+    for ds in cfg.datasets:
+        fields[keys.raw_key(ds.id)] = fp.raw_dataset_fields(cfg, ds)
+        fields[keys.captions_key(ds.id)] = fp.captions_fields(cfg, ds)
+        fields[keys.metadata_key(ds.id)] = fp.bucketed_metadata_fields(cfg, ds)
+        fields[keys.vae_key(ds.id)] = fp.vae_fields(cfg)
+    fields[keys.TEXT_EMBED_KEY] = fp.text_encoder_fields(cfg)
+    fields[keys.CHECKPOINT_KEY] = fp.trained_checkpoint_fields(cfg)
+    fields[keys.REPORT_KEY] = fp.evaluation_fields(cfg)
+    return fields
+
+
+def compute_plan(instance: dg.DagsterInstance, defs: dg.Definitions, cfg: PipelineConfig) -> list[PlanEntry]:
+    """Every asset that is missing or unsynced, in dependency order, each with its reasons."""
+    graph = defs.resolve_asset_graph()
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=graph,
+    )
+    resolver = CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+    current = stage_fields(cfg)
+    raw_datasets = {keys.raw_key(ds.id): ds for ds in cfg.datasets}
+    plan: dict[dg.AssetKey, PlanEntry] = {}
+    for key in graph.toposorted_asset_keys:
+        if not graph.get(key).is_materializable:
+            continue
+        status = resolver.get_status(key)
+        reasons: list[str] = []
+        if status == StaleStatus.MISSING:
+            reasons.append("never materialized")
+        elif status == StaleStatus.STALE:
+            for cause in resolver.get_stale_causes(key):
+                if cause.category == StaleCauseCategory.CODE:
+                    reasons += _config_diff(instance, key, current.get(key, {}))
+                elif cause.dependency_asset_key is not None:
+                    dep = cause.dependency_asset_key.to_user_string()
+                    reasons.append(f"input {dep} has new data")
+                else:
+                    reasons.append(cause.reason)
+        if key in raw_datasets and status != StaleStatus.MISSING:
+            changes = dataset_folder_changes(cfg, raw_datasets[key])
+            if changes:
+                reasons.append(f"dataset folder changed: {changes}")
+        if reasons:
+            state = "missing" if status == StaleStatus.MISSING else "unsynced"
+            plan[key] = PlanEntry(key, state, sorted(set(reasons), key=reasons.index))
+        else:
+            upstream = sorted(p.to_user_string() for p in graph.get(key).parent_keys if p in plan)
+            if upstream:
+                plan[key] = PlanEntry(key, "downstream", [f"re-checked after {', '.join(upstream)}"])
+    return list(plan.values())
+
+
+def _config_diff(instance: dg.DagsterInstance, key: dg.AssetKey, now: dict) -> list[str]:
+    """Which config fields differ from those recorded with the latest materialization."""
+    event = instance.get_latest_materialization_event(key)
+    recorded = None
+    if event is not None and event.asset_materialization is not None:
+        entry = event.asset_materialization.metadata.get(keys.CONFIG_METADATA_KEY)
+        recorded = entry.value if entry is not None else None
+    if not isinstance(recorded, dict):
+        return ["stage code version changed"]
+    before, after = _flatten(recorded), _flatten(now)
+    changed = [
+        f"config {name}: {before.get(name, '(unset)')!r} -> {after.get(name, '(unset)')!r}"
+        for name in sorted(set(before) | set(after))
+        if _norm(before.get(name)) != _norm(after.get(name))
+    ]
+    return changed or ["stage code revision changed"]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= _flatten(v, name + ".")
+        else:
+            out[name] = v
+    return out
+
+
+def _norm(value):
+    # JSON metadata turns tuples into lists; compare on the JSON shape.
+    if isinstance(value, tuple):
+        return [_norm(v) for v in value]
+    if isinstance(value, list):
+        return [_norm(v) for v in value]
+    return value
+
+
+class SyncError(RuntimeError):
+    pass
+
+
+@dataclass
+class SyncStep:
+    key: dg.AssetKey
+    seconds: float
+    run_id: str
+
+
+def sync(
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    cfg: PipelineConfig,
+    echo: Callable[[str], None] = print,
+) -> list[SyncStep]:
+    """Materialise exactly what is unsynced, one stage at a time, re-planning after each.
+
+    Re-planning after each stage is what stops a cascade: an upstream re-run that produced
+    identical content leaves its children synced, so they are not run.
+    """
+    job = defs.resolve_implicit_global_asset_job_def()
+    done: list[SyncStep] = []
+    while True:
+        todo = [e for e in compute_plan(instance, defs, cfg) if e.actionable]
+        if not todo:
+            return done
+        entry = todo[0]
+        if any(step.key == entry.key for step in done):
+            raise SyncError(
+                f"{entry.key.to_user_string()} is still unsynced after materializing it: {entry.reasons}"
+            )
+        name = entry.key.to_user_string()
+        echo(f"-> {name}: {'; '.join(entry.reasons)}")
+        start = time.perf_counter()
+        result = job.execute_in_process(instance=instance, asset_selection=[entry.key], raise_on_error=False)
+        seconds = time.perf_counter() - start
+        if not result.success:
+            raise SyncError(f"materializing {name} failed (run {result.run_id}); see the run's logs")
+        for evaluation in result.get_asset_check_evaluations():
+            if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+                raise SyncError(
+                    f"check {evaluation.check_name} on {name} failed: {evaluation.description}"
+                )
+        echo(f"   done in {seconds:.1f}s (run {result.run_id[:8]})")
+        done.append(SyncStep(entry.key, seconds, result.run_id))

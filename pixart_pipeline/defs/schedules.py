@@ -1,0 +1,32 @@
+"""A retraining schedule: nightly, bring everything unsynced back in sync (stopped by default)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pixart_pipeline.config import PipelineConfig
+
+
+def build_retraining_schedule(cfg: PipelineConfig) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name="retraining_schedule",
+        cron_schedule="0 3 * * *",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description=(
+            "At 03:00, requests one run of every asset `pixart-pipeline plan` reports as missing or "
+            "unsynced (including dataset folders that changed on disk). Nothing to do -> skipped."
+        ),
+    )
+    def retraining_schedule(context: dg.ScheduleEvaluationContext):
+        # Imported here: planning reads the instance, which only the evaluation has.
+        from pixart_pipeline.defs.build import build_definitions
+        from pixart_pipeline.defs.planning import compute_plan
+
+        plan = compute_plan(context.instance, build_definitions(cfg), cfg)
+        selection = [entry.key for entry in plan if entry.actionable or entry.state == "downstream"]
+        if not selection:
+            return dg.SkipReason("everything is in sync")
+        return dg.RunRequest(asset_selection=selection)
+
+    return retraining_schedule

@@ -1,0 +1,197 @@
+"""Config loading: SimpleTuner's quickstart files validate as written; mistakes name file, key, value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pixart_pipeline.config import ConfigError, load_config
+from pixart_pipeline.config import fingerprints as fp
+
+REPO = Path(__file__).resolve().parents[2]
+
+# The two files exactly as SimpleTuner's PixArt Sigma quickstart writes them (../shared/seed/).
+QUICKSTART_CONFIG = {
+    "model_type": "full",
+    "use_bitfit": False,
+    "pretrained_model_name_or_path": "pixart-alpha/pixart-sigma-xl-2-1024-ms",
+    "model_family": "pixart_sigma",
+    "output_dir": "/home/user/output/models",
+    "validation_resolution": "1024x1024,1280x768",
+    "validation_guidance": 3.5,
+}
+QUICKSTART_BACKEND = [
+    {
+        "id": "pseudo-camera-10k-pixart",
+        "type": "local",
+        "crop": True,
+        "crop_aspect": "square",
+        "crop_style": "random",
+        "resolution": 1.0,
+        "minimum_image_size": 0.25,
+        "maximum_image_size": 1.0,
+        "target_downsample_size": 1.0,
+        "resolution_type": "area",
+        "cache_dir_vae": "cache/vae/pixart/pseudo-camera-10k",
+        "instance_data_dir": "/home/user/simpletuner/datasets/pseudo-camera-10k",
+        "disabled": False,
+        "skip_file_discovery": "",
+        "caption_strategy": "filename",
+        "metadata_backend": "discovery",
+    },
+    {
+        "id": "text-embeds",
+        "type": "local",
+        "dataset_type": "text_embeds",
+        "default": True,
+        "cache_dir": "cache/text/pixart/pseudo-camera-10k",
+        "disabled": False,
+        "write_batch_size": 128,
+    },
+]
+
+
+def write(tmp: Path, config: dict, backend: list) -> Path:
+    (tmp / "multidatabackend.json").write_text(json.dumps(backend))
+    path = tmp / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_quickstart_files_validate_as_written(tmp_path):
+    cfg = load_config(write(tmp_path, QUICKSTART_CONFIG, QUICKSTART_BACKEND))
+    assert cfg.training.model_type == "full"
+    assert cfg.training.validation_sizes == [(1024, 1024), (1280, 768)]
+    (ds,) = cfg.datasets
+    assert ds.id == "pseudo-camera-10k-pixart" and ds.resolution_type == "area" and ds.crop
+    assert cfg.text_embeds.write_batch_size == 128
+    # Relative cache paths resolve beside the file that names them.
+    assert cfg.vae_cache_dir(ds) == (tmp_path / "cache/vae/pixart/pseudo-camera-10k").resolve()
+
+
+def test_keys_with_leading_dashes_are_accepted(tmp_path):
+    dashed = {f"--{k}": v for k, v in QUICKSTART_CONFIG.items()}
+    assert load_config(write(tmp_path, dashed, QUICKSTART_BACKEND)).training.validation_guidance == 3.5
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("model_family", "flux", ["model_family", "'flux'", "pixart_sigma"]),
+        ("model_type", "lora", ["model_type", "'lora'", "full"]),
+        ("learning_rat", 1e-5, ["learning_rat", "unknown key", "did you mean 'learning_rate'"]),
+        ("lr_scheduler", "cosin", ["lr_scheduler", "did you mean 'cosine'"]),
+        ("train_batch_size", 0, ["train_batch_size", "0"]),
+        ("validation_resolution", "1024by1024", ["validation_resolution", "1024by1024"]),
+        ("push_to_hub", True, ["push_to_hub", "not supported"]),
+    ],
+)
+def test_bad_training_values_name_file_key_and_value(tmp_path, key, value, expected):
+    path = write(tmp_path, QUICKSTART_CONFIG | {key: value}, QUICKSTART_BACKEND)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message
+    for part in expected:
+        assert part in message
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("crop", "False", ["[0].crop", "'False'"]),
+        ("resolution_type", "pixels", ["[0].resolution_type", "did you mean 'pixel'"]),
+        ("crop_aspec", "square", ["[0].crop_aspec", "unknown key", "did you mean 'crop_aspect'"]),
+        ("caption_strategy", "instanceprompt", ["instance_prompt"]),
+    ],
+)
+def test_bad_dataset_values_name_entry_and_key(tmp_path, key, value, expected):
+    backend = [QUICKSTART_BACKEND[0] | {key: value}, QUICKSTART_BACKEND[1]]
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, QUICKSTART_CONFIG, backend))
+    message = str(err.value)
+    assert "multidatabackend.json" in message
+    for part in expected:
+        assert part in message
+
+
+def test_missing_backend_file_is_named(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(QUICKSTART_CONFIG))
+    with pytest.raises(ConfigError, match="multidatabackend.json: file not found"):
+        load_config(path)
+
+
+def test_invalid_json_gives_line_and_column(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"model_type": "full",,}')
+    with pytest.raises(ConfigError, match=r"invalid JSON at line 1 column"):
+        load_config(path)
+
+
+def test_ignored_keys_warn_and_do_not_fail(tmp_path):
+    path = write(tmp_path, QUICKSTART_CONFIG | {"validation_steps": 100}, QUICKSTART_BACKEND)
+    with pytest.warns(UserWarning, match="validation_steps"):
+        cfg = load_config(path)
+    assert any("validation_steps" in w for w in cfg.warnings)
+
+
+def test_default_path_order(tmp_path, monkeypatch):
+    from pixart_pipeline.config import default_config_path
+
+    monkeypatch.delenv("PIXART_CONFIG", raising=False)
+    (tmp_path / "config" / "demo").mkdir(parents=True)
+    (tmp_path / "config" / "demo" / "config.json").write_text("{}")
+    assert default_config_path(tmp_path) == (tmp_path / "config/demo/config.json").resolve()
+    (tmp_path / "config" / "config.json").write_text("{}")
+    assert default_config_path(tmp_path) == (tmp_path / "config/config.json").resolve()
+    monkeypatch.setenv("PIXART_CONFIG", str(tmp_path / "elsewhere.json"))
+    assert default_config_path(tmp_path) == (tmp_path / "elsewhere.json").resolve()
+
+
+def test_demo_config_is_valid():
+    cfg = load_config(REPO / "config" / "demo" / "config.json")
+    assert cfg.training.pretrained_model_name_or_path == "tiny-random"
+    assert [ds.id for ds in cfg.datasets] == ["shapes"]
+
+
+def _fields(cfg):
+    ds = cfg.datasets[0]
+    return {
+        "raw": fp.raw_dataset_fields(cfg, ds),
+        "captions": fp.captions_fields(cfg, ds),
+        "metadata": fp.bucketed_metadata_fields(cfg, ds),
+        "text": fp.text_encoder_fields(cfg),
+        "vae": fp.vae_fields(cfg),
+        "train": fp.trained_checkpoint_fields(cfg),
+        "eval": fp.evaluation_fields(cfg),
+    }
+
+
+@pytest.mark.parametrize(
+    "where, key, value, changed",
+    [
+        ("config", "learning_rate", 2e-6, {"train"}),
+        ("config", "seed", 7, {"train"}),
+        ("config", "validation_guidance", 4.4, {"eval"}),
+        ("config", "validation_prompt", "a cat", {"eval"}),
+        ("config", "checkpointing_steps", 10, set()),
+        ("config", "vae_batch_size", 16, set()),
+        ("config", "tokenizer_max_length", 120, {"text"}),
+        ("config", "vae_dtype", "bf16", {"vae"}),
+        ("backend", "resolution", 0.5, {"metadata"}),
+        ("backend", "crop_style", "center", {"metadata"}),
+        ("backend", "caption_strategy", "textfile", {"captions"}),
+        ("backend", "repeats", 2, {"train"}),
+    ],
+)
+def test_each_key_changes_exactly_its_stages_fingerprint(tmp_path, where, key, value, changed):
+    base = load_config(write(tmp_path, QUICKSTART_CONFIG, QUICKSTART_BACKEND))
+    if where == "config":
+        edited = write(tmp_path, QUICKSTART_CONFIG | {key: value}, QUICKSTART_BACKEND)
+    else:
+        edited = write(tmp_path, QUICKSTART_CONFIG, [QUICKSTART_BACKEND[0] | {key: value}, QUICKSTART_BACKEND[1]])
+    before, after = _fields(base), _fields(load_config(edited))
+    assert {stage for stage in before if fp.stable_hash(before[stage]) != fp.stable_hash(after[stage])} == changed
