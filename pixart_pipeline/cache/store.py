@@ -1,0 +1,273 @@
+"""A content-addressed, append-only store of tensor dicts in safetensors shards (DESIGN.md section 6).
+
+Layout under a store root (``<cache_dir>/<encoder fingerprint>/``)::
+
+    shards/<uuid>.safetensors   tensors named "<item_key>.<field>"
+    index/<uuid>.parquet        one row per item: key, shard, fields, shapes, dtypes, shard_sha256
+
+A write puts the shard in place first, then its index part, each written to a temp name in the same
+folder and ``os.replace``d. An item exists iff an index row names it, so a crash between the two leaves
+an invisible shard (``prune`` removes it), never a half item. Readers take no locks and memory-map
+shards with ``safetensors.safe_open``; two writers never collide (uuid names) and an item written twice
+is harmless (the first shard in name order wins; both copies are equal). No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_save
+
+SHARDS = "shards"
+INDEX = "index"
+_INDEX_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("fields", pa.list_(pa.string())),
+        ("shapes", pa.list_(pa.list_(pa.int64()))),
+        ("dtypes", pa.list_(pa.string())),
+        ("shard_sha256", pa.string()),
+    ]
+)
+
+
+@dataclass
+class EncodeStats:
+    """What an encode pass did: items encoded now, items already cached, and failures (what, why)."""
+
+    encoded: int = 0
+    reused: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Entry:
+    shard: str
+    fields: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync it, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ShardStore:
+    """Items (``dict[str, Tensor]``) keyed by a content hash, stored in immutable shards.
+
+    The index is read lazily and kept on the instance; ``refresh()`` re-reads it to see shards other
+    processes wrote since. ``get`` of an unknown key refreshes once before failing.
+    """
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self._index: dict[str, _Entry] | None = None
+
+    def __repr__(self) -> str:
+        return f"ShardStore({str(self.root)!r})"
+
+    # -- index
+    def _index_parts(self) -> list[Path]:
+        folder = self.root / INDEX
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+
+    def refresh(self) -> None:
+        """Re-read every index part (cheap: one small parquet per shard)."""
+        index: dict[str, _Entry] = {}
+        for part in self._index_parts():
+            try:
+                table = pq.read_table(part, schema=_INDEX_SCHEMA)
+            except (OSError, pa.ArrowException) as e:
+                raise ValueError(f"{part}: unreadable index part of the cache store ({e})") from e
+            rows = table.to_pydict()
+            for key, shard, fields, shapes, dtypes in zip(
+                rows["key"], rows["shard"], rows["fields"], rows["shapes"], rows["dtypes"]
+            ):
+                # Parts are read in name order: the first copy of a duplicate item wins.
+                index.setdefault(
+                    key, _Entry(shard, tuple(fields), tuple(tuple(s) for s in shapes), tuple(dtypes))
+                )
+        self._index = index
+
+    @property
+    def _entries(self) -> dict[str, _Entry]:
+        if self._index is None:
+            self.refresh()
+        assert self._index is not None
+        return self._index
+
+    def keys(self) -> set[str]:
+        """Every item key in the store."""
+        return set(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- write
+    def write(self, items: dict[str, dict[str, torch.Tensor]]) -> str | None:
+        """Write ``items`` as one new shard (+ its index part). Returns the shard id (None if empty).
+
+        Tensors are copied to contiguous CPU tensors; their dtype is kept.
+        """
+        if not items:
+            return None
+        tensors: dict[str, torch.Tensor] = {}
+        rows: dict[str, list] = {name: [] for name in _INDEX_SCHEMA.names}
+        shard_id = uuid.uuid4().hex
+        for key, fields in items.items():
+            if not fields:
+                raise ValueError(f"cache item {key!r} has no tensors")
+            names = sorted(fields)
+            for name in names:
+                value = fields[name]
+                if not isinstance(value, torch.Tensor):
+                    raise TypeError(f"cache item {key!r} field {name!r} is {type(value).__name__}, not a Tensor")
+                # clone: safetensors refuses tensors that share storage (e.g. rows of one batch).
+                tensors[f"{key}.{name}"] = value.detach().to("cpu").contiguous().clone()
+            rows["key"].append(key)
+            rows["shard"].append(f"{shard_id}.safetensors")
+            rows["fields"].append(names)
+            rows["shapes"].append([list(fields[n].shape) for n in names])
+            rows["dtypes"].append([str(fields[n].dtype).removeprefix("torch.") for n in names])
+        blob = safetensors_save(tensors)
+        digest = hashlib.sha256(blob).hexdigest()
+        rows["shard_sha256"] = [digest] * len(rows["key"])
+
+        (self.root / SHARDS).mkdir(parents=True, exist_ok=True)
+        (self.root / INDEX).mkdir(parents=True, exist_ok=True)
+        # Shard first, then the index part that makes its items visible.
+        _write_atomic(self.root / SHARDS / f"{shard_id}.safetensors", blob)
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pydict(rows, schema=_INDEX_SCHEMA), sink)
+        _write_atomic(self.root / INDEX / f"{shard_id}.parquet", sink.getvalue().to_pybytes())
+
+        if self._index is not None:
+            for i, key in enumerate(rows["key"]):
+                self._index.setdefault(
+                    key,
+                    _Entry(
+                        rows["shard"][i],
+                        tuple(rows["fields"][i]),
+                        tuple(tuple(s) for s in rows["shapes"][i]),
+                        tuple(rows["dtypes"][i]),
+                    ),
+                )
+        return shard_id
+
+    # -- read
+    def _entry(self, key: str) -> _Entry:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.refresh()  # another process may have written it since we read the index
+            entry = self._entries.get(key)
+        if entry is None:
+            raise KeyError(f"item {key!r} is not in the cache store {self.root}")
+        return entry
+
+    def get(self, key: str) -> dict[str, torch.Tensor]:
+        """The tensors of one item, ``{field: Tensor}``."""
+        return self.get_many([key])[0]
+
+    def get_many(self, keys: list[str]) -> list[dict[str, torch.Tensor]]:
+        """The tensors of many items, in the order of ``keys``; each shard is opened once."""
+        entries = [self._entry(k) for k in keys]
+        by_shard: dict[str, list[int]] = defaultdict(list)
+        for i, entry in enumerate(entries):
+            by_shard[entry.shard].append(i)
+        out: list[dict[str, torch.Tensor] | None] = [None] * len(keys)
+        for shard, positions in by_shard.items():
+            path = self.root / SHARDS / shard
+            try:
+                with safe_open(str(path), framework="pt", device="cpu") as f:
+                    for i in positions:
+                        out[i] = {name: f.get_tensor(f"{keys[i]}.{name}") for name in entries[i].fields}
+            except Exception as e:  # OSError, or safetensors' own SafetensorError (corrupt/missing tensor)
+                raise ValueError(
+                    f"{path}: cannot read cache shard for item(s) {[keys[i] for i in positions][:3]}: {e}. "
+                    "Delete the store folder (or re-materialize the cache) to rebuild it."
+                ) from e
+        return out  # type: ignore[return-value]
+
+    # -- bookkeeping
+    def stats(self) -> dict:
+        """``{"items", "shards", "bytes"}`` of what the index references."""
+        shards = {e.shard for e in self._entries.values()}
+        size = 0
+        for shard in shards:
+            path = self.root / SHARDS / shard
+            size += path.stat().st_size if path.exists() else 0
+        return {"items": len(self._entries), "shards": len(shards), "bytes": size}
+
+    def data_version(self, keys: Iterable[str] | None = None) -> str:
+        """A hash of the (given, else all) sorted item keys and the store root's folder name.
+
+        The root's name is the encoder fingerprint, and keys are content hashes, so equal versions
+        mean equal contents.
+        """
+        chosen = sorted(set(self._entries if keys is None else keys))
+        h = hashlib.sha256(self.root.name.encode())
+        for key in chosen:
+            h.update(b"\n" + key.encode())
+        return h.hexdigest()[:16]
+
+    def verify(self) -> list[tuple[str, str]]:
+        """Check each referenced shard against the sha256 in its index; returns ``(shard, problem)``."""
+        problems = []
+        expected: dict[str, str] = {}
+        for part in self._index_parts():
+            table = pq.read_table(part, columns=["shard", "shard_sha256"]).to_pydict()
+            expected.update(zip(table["shard"], table["shard_sha256"]))
+        for shard, digest in sorted(expected.items()):
+            path = self.root / SHARDS / shard
+            if not path.exists():
+                problems.append((shard, "missing"))
+            elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                problems.append((shard, "sha256 mismatch"))
+        return problems
+
+    def prune(self, min_age_s: float = 3600.0) -> int:
+        """Delete shards no index part references, and stale temp files. Returns files removed.
+
+        ``min_age_s`` protects a writer in flight (its shard exists briefly before its index part).
+        """
+        referenced = {p.stem for p in self._index_parts()}
+        now = time.time()
+        removed = 0
+        for folder in (self.root / SHARDS, self.root / INDEX):
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                orphan = folder.name == SHARDS and path.suffix == ".safetensors" and path.stem not in referenced
+                if (orphan or path.name.startswith(".")) and now - path.stat().st_mtime >= min_age_s:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        return removed

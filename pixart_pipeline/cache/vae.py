@@ -1,0 +1,122 @@
+"""Encode images with the VAE into a ShardStore: the posterior ``mean`` and ``std``, [4, H/8, W/8].
+
+Each image is prepared exactly as its metadata row says (EXIF transpose, RGB, LANCZOS resize to the
+intermediary size, crop to the target box, scale to [-1, 1]). Storing the posterior instead of one
+sample lets training draw a fresh ``z = mean + std * eps`` every step (``reader.sample_latents``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from pixart_pipeline.cache.store import EncodeStats, ShardStore
+
+VAE_DOWNSAMPLE = 8
+
+
+@dataclass(frozen=True)
+class VaeItem:
+    """One image at one geometry. ``intermediary``/``target`` are (w, h); ``crop`` is (left, top)."""
+
+    key: str
+    path: Path
+    intermediary: tuple[int, int]
+    crop: tuple[int, int]
+    target: tuple[int, int]
+
+
+def load_pixels(item: VaeItem) -> torch.Tensor:
+    """Read, orient, resize and crop ``item``'s image: float32 [3, H, W] in [-1, 1].
+
+    Raises ``ValueError`` (geometry) or whatever PIL raises for an unreadable file.
+    """
+    (iw, ih), (left, top), (tw, th) = item.intermediary, item.crop, item.target
+    if tw % VAE_DOWNSAMPLE or th % VAE_DOWNSAMPLE:
+        raise ValueError(f"target size {tw}x{th} is not a multiple of {VAE_DOWNSAMPLE}")
+    if left < 0 or top < 0 or left + tw > iw or top + th > ih:
+        raise ValueError(f"crop box ({left}, {top}, {left + tw}, {top + th}) is outside the {iw}x{ih} image")
+    with Image.open(item.path) as image:
+        image = ImageOps.exif_transpose(image)  # the displayed orientation, as metadata measured it
+        image = image.convert("RGB")
+        image = image.resize((iw, ih), resample=Image.LANCZOS)
+        image = image.crop((left, top, left + tw, top + th))
+        array = np.asarray(image, dtype=np.float32)  # [H, W, 3] in [0, 255]
+    pixels = torch.from_numpy(array).permute(2, 0, 1)  # [3, H, W]
+    return pixels / 127.5 - 1.0
+
+
+def _batches(items: list[VaeItem], batch_size: int) -> list[list[VaeItem]]:
+    """Batches of one target size each (the VAE needs equal shapes), in a deterministic order."""
+    by_size: dict[tuple[int, int], list[VaeItem]] = defaultdict(list)
+    for item in items:
+        by_size[tuple(item.target)].append(item)
+    batches = []
+    for size in sorted(by_size):
+        group = sorted(by_size[size], key=lambda it: it.key)
+        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+    return batches
+
+
+def encode_images(
+    store: ShardStore,
+    items: list[VaeItem],
+    vae: torch.nn.Module,
+    batch_size: int,
+    device: torch.device | str,
+    *,
+    items_per_shard: int = 256,
+    log: Callable[[str], None] | None = None,
+) -> EncodeStats:
+    """Encode every item not yet in ``store``; a bad image goes to ``failed`` and the rest go on.
+
+    Items are deduplicated by key, grouped by target size and batched. Shards are flushed every
+    ``items_per_shard`` items, so an interrupted run keeps its progress.
+    """
+    start = time.perf_counter()
+    stats = EncodeStats()
+    unique = list({item.key: item for item in items}.values())
+    todo = [item for item in unique if item.key not in store]
+    stats.reused = len(unique) - len(todo)
+    device = torch.device(device)
+    dtype = next(vae.parameters()).dtype
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    with torch.inference_mode():
+        for batch in _batches(todo, batch_size):
+            ready, pixels = [], []
+            for item in batch:
+                try:
+                    pixels.append(load_pixels(item))
+                    ready.append(item)
+                except Exception as e:  # noqa: BLE001 - any unreadable image is reported, not fatal
+                    stats.failed.append((str(item.path), f"{type(e).__name__}: {e}"))
+            if not ready:
+                continue
+            x = torch.stack(pixels).to(device, dtype)  # [B, 3, H, W]
+            posterior = vae.encode(x).latent_dist
+            mean, std = posterior.mean, posterior.std  # [B, 4, H/8, W/8] each
+            for i, item in enumerate(ready):
+                if not (torch.isfinite(mean[i]).all() and torch.isfinite(std[i]).all()):
+                    stats.failed.append(
+                        (str(item.path), "VAE posterior has NaN/Inf (the SDXL VAE overflows in fp16; use fp32)")
+                    )
+                    continue
+                pending[item.key] = {"mean": mean[i].to("cpu").clone(), "std": std[i].to("cpu").clone()}
+            if len(pending) >= items_per_shard:
+                store.write(pending)
+                stats.encoded += len(pending)
+                pending = {}
+                if log:
+                    log(f"vae: {stats.encoded}/{len(todo)} encoded, {len(stats.failed)} failed")
+    if pending:
+        store.write(pending)
+        stats.encoded += len(pending)
+    stats.seconds = time.perf_counter() - start
+    return stats
