@@ -1,0 +1,266 @@
+"""SimpleTuner's aspect-bucket geometry for PixArt (alignment 64), as small pure functions.
+
+Rules learned from SimpleTuner (``helpers/multiaspect/image.py`` ``MultiaspectImage``,
+``helpers/image_manipulation/training_sample.py`` ``TrainingSample``,
+``helpers/image_manipulation/cropping.py``, ``helpers/data_backend/factory.py``,
+``helpers/metadata/backends/base.py``):
+
+1. ``pixel_area`` is converted to ``area``: resolution ``R`` px means ``R*R`` pixels of area;
+   ``minimum_image_size``, ``maximum_image_size`` and ``target_downsample_size`` are converted
+   the same way when they are > 10 (values <= 10 are taken as megapixels already).
+2. Edge lengths snap to the alignment with Python's ``round`` (half to even) and never below it:
+   ``round_to_multiple(v) = max(round(v / 64) * 64, 64)``.
+3. The aspect ratio is ``round(w / h, 2)``; the bucket key is its ``str`` (``"1.0"``, ``"1.5"``).
+4. ``area``: square edge ``E = round_to_multiple(int(sqrt(area)))``; target
+   ``(round_to_multiple(E*sqrt(ar)), round_to_multiple(E/sqrt(ar)))``; the intermediary keeps the
+   aspect ratio with its shorter side equal to the target's (``int`` truncation), grown by the
+   missing difference when it would be smaller than the target.
+   ``pixel``: the shorter side becomes ``R``, the other ``int(R*ar)`` (or ``int(R/ar)``); target is
+   both sides snapped; when the intermediary is smaller than the target both sides grow by the
+   larger difference.
+5. A target whose aspect key is 1.0 becomes ``(P, P)`` with ``P`` the "pixel resolution"
+   (area: ``round_to_multiple(sqrt(area))``, with 0.25/0.5/1/2/4 MP remapped to 512/768/1024/1536/2048
+   squared when within 0.05); an intermediary narrower than ``P`` becomes ``(P, P)``.
+6. ``crop`` + ``crop_aspect: square``: target ``(P, P)``, bucket ``"1.0"``.
+7. ``minimum_image_size``: ``pixel`` -> both edges >= it; ``area`` -> ``w*h >= min`` pixels and, for
+   square crops, both edges >= ``floor(sqrt(min))``.
+8. ``crop`` + ``maximum_image_size`` + ``target_downsample_size``: an image larger than the maximum
+   (``pixel``: either edge; ``area``: w*h) is first resized to the intermediary computed for
+   ``target_downsample_size``, scaled up to cover the target.
+9. Crop box on the intermediary: ``corner`` (0, 0); ``center`` ``int((I - T) / 2)`` per axis;
+   ``random`` uniform in ``[0, I - T]`` per axis.
+
+Our deviations (each keeps every crop full-sized and reproducible):
+
+- ``random`` crops are seeded by the image's sha256 (SimpleTuner uses the global RNG), so the crop,
+  and therefore the VAE cache, never changes with the training seed or the run.
+- SimpleTuner can leave an intermediary smaller than the target (then the crop is undersized and the
+  sample fails later). We scale such an intermediary up, keeping its aspect ratio, to cover the target.
+- SimpleTuner keeps the ORIGINAL size as intermediary for a near-square (key 1.0) non-square image
+  and for square crops under ``area``, which crops at native resolution (a 1024 crop of a 4000 px
+  photo). We resize instead: near-square -> shorter side = target edge; square crop -> the
+  intermediary computed from the image's own aspect ratio (SimpleTuner's earlier behaviour).
+- ``pixel`` square targets are snapped to the alignment (SimpleTuner uses ``int(resolution)``).
+- SimpleTuner's square-crop minimum check compares ``crop_style`` to ``"square"`` (never true); we
+  apply it when ``crop_aspect`` is ``square``. Its downsample trigger ignores the value of
+  ``maximum_image_size``; we downsample only images larger than it, as documented.
+- No cross-image memo of targets per bucket (SimpleTuner's ``StateTracker`` resolution map): the
+  target is a pure function of the image size and the config.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from pixart_pipeline.config.fingerprints import PIXART_ALIGNMENT
+from pixart_pipeline.config.models import ImageDataset
+
+TOO_SMALL = "too_small"
+INVALID_SIZE = "invalid_size"
+# SimpleTuner remaps these megapixel values to the square areas people mean by them.
+_AREA_REMAP = {0.25: 512**2, 0.5: 768**2, 1.0: 1024**2, 2.0: 1536**2, 4.0: 2048**2}
+
+Size = tuple[int, int]  # (width, height)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How one image becomes a training sample: resize to intermediary, crop target at (left, top)."""
+
+    intermediary_width: int
+    intermediary_height: int
+    target_width: int
+    target_height: int
+    crop_left: int
+    crop_top: int
+    bucket: str
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A dataset's size settings normalised to SimpleTuner's two kinds: ``pixel`` or ``area``.
+
+    For ``area`` every value is in pixels of area (not megapixels), so ``pixel_area`` stays exact.
+    """
+
+    kind: str  # "pixel" | "area"
+    value: float  # edge px (pixel) or area px (area)
+    minimum: float | None
+    maximum: float | None
+    downsample: float | None
+
+
+def round_to_multiple(value: float, multiple: int = PIXART_ALIGNMENT) -> int:
+    """Nearest multiple (Python ``round``: halves go to the even multiple), at least ``multiple``."""
+    return max(int(round(value / multiple)) * multiple, multiple)
+
+
+def aspect_ratio(width: int, height: int) -> float:
+    """``round(w / h, 2)``: SimpleTuner's aspect ratio and bucket value."""
+    return round(width / height, 2)
+
+
+def bucket_key(width: int, height: int) -> str:
+    """Bucket name as SimpleTuner writes it: ``str`` of the rounded aspect (``"1.0"``, ``"0.67"``)."""
+    return str(aspect_ratio(width, height))
+
+
+def normalise_resolution(ds: ImageDataset) -> Resolution:
+    """``pixel``/``area``/``pixel_area`` settings -> :class:`Resolution` (rule 1)."""
+
+    def area_px(v: float | None, edge_if_large: bool) -> float | None:
+        if v is None:
+            return None
+        if edge_if_large and v > 10:
+            return float(v) * float(v)  # an edge length in pixels: its square is the area
+        return float(v) * 1e6  # megapixels
+
+    if ds.resolution_type == "pixel":
+        return Resolution("pixel", float(ds.resolution), _opt(ds.minimum_image_size),
+                          _opt(ds.maximum_image_size), _opt(ds.target_downsample_size))
+    if ds.resolution_type == "pixel_area":
+        return Resolution("area", float(ds.resolution) ** 2, area_px(ds.minimum_image_size, True),
+                          area_px(ds.maximum_image_size, True), area_px(ds.target_downsample_size, True))
+    return Resolution("area", float(ds.resolution) * 1e6, area_px(ds.minimum_image_size, False),
+                      area_px(ds.maximum_image_size, False), area_px(ds.target_downsample_size, False))
+
+
+def _opt(v: float | None) -> float | None:
+    return None if v is None else float(v)
+
+
+def pixel_resolution(res: Resolution) -> int:
+    """Edge of square targets (rule 5)."""
+    if res.kind == "pixel":
+        return round_to_multiple(res.value)
+    megapixels = res.value / 1e6
+    area = next((a for mp, a in _AREA_REMAP.items() if abs(megapixels - mp) < 0.05), res.value)
+    return round_to_multiple(math.sqrt(area))
+
+
+def size_by_area(ar: float, area: float, original: Size) -> tuple[Size, Size]:
+    """(target, intermediary) for a target area in pixels (SimpleTuner's ``calculate_new_size_by_pixel_area``)."""
+    edge = round_to_multiple(int(math.sqrt(area)))
+    if ar == 1.0:
+        w, h = original
+        if w == h:
+            return (edge, edge), (edge, edge)
+        # Deviation: resize so the shorter side is the edge (SimpleTuner keeps the original size).
+        scale = edge / min(w, h)
+        return (edge, edge), (max(edge, int(w * scale)), max(edge, int(h * scale)))
+    tw = round_to_multiple(edge * math.sqrt(ar))
+    th = round_to_multiple(edge / math.sqrt(ar))
+    if tw < th:  # portrait: width leads
+        iw, ih = tw, int(tw / ar)
+    else:  # landscape (or a square target from a non-square ratio): height leads
+        iw, ih = int(th * ar), th
+    if tw > iw or th > ih:
+        if tw > iw:
+            dw = tw - iw
+            dh = int(dw / ar)
+        else:
+            dh = th - ih
+            dw = int(dh * ar)
+        iw, ih = iw + dw, ih + dh
+    return (tw, th), (iw, ih)
+
+
+def size_by_pixel_edge(ar: float, edge: float, original: Size) -> tuple[Size, Size]:
+    """(target, intermediary) with the shorter side at ``edge`` px (``calculate_new_size_by_pixel_edge``)."""
+    w, h = original
+    if w < h:
+        iw, ih = int(edge), int(int(edge) / ar)
+    else:
+        iw, ih = int(int(edge) * ar), int(edge)
+    tw, th = round_to_multiple(iw), round_to_multiple(ih)
+    if iw < tw or ih < th:
+        grow = max(tw - iw, th - ih)
+        iw, ih = iw + grow, ih + grow
+    return (tw, th), (iw, ih)
+
+
+def meets_minimum(width: int, height: int, res: Resolution, square_crop: bool) -> bool:
+    """SimpleTuner's ``meets_resolution_requirements`` (rule 7)."""
+    if res.minimum is None:
+        return True
+    if res.kind == "pixel":
+        return width >= res.minimum and height >= res.minimum
+    if square_crop:
+        edge = math.floor(math.sqrt(res.minimum))
+        if width < edge or height < edge:
+            return False
+    return width * height >= res.minimum
+
+
+def is_too_large(width: int, height: int, res: Resolution) -> bool:
+    """SimpleTuner's ``is_image_too_large`` against ``maximum_image_size``."""
+    if res.maximum is None:
+        return False
+    if res.kind == "pixel":
+        return width > res.maximum or height > res.maximum
+    return width * height > res.maximum
+
+
+def cover(intermediary: Size, target: Size) -> Size:
+    """Scale ``intermediary`` up (aspect kept) until it covers ``target`` on both axes."""
+    iw, ih = intermediary
+    tw, th = target
+    if iw >= tw and ih >= th:
+        return intermediary
+    scale = max(tw / iw, th / ih)
+    return max(tw, math.ceil(iw * scale)), max(th, math.ceil(ih * scale))
+
+
+def crop_box(intermediary: Size, target: Size, style: str, sha256: str) -> tuple[int, int]:
+    """(left, top) of the target-sized crop on the intermediary (rule 9; random seeded by sha256)."""
+    max_left = max(0, intermediary[0] - target[0])
+    max_top = max(0, intermediary[1] - target[1])
+    if style == "corner":
+        return 0, 0
+    if style in ("center", "centre"):
+        return int(max_left / 2), int(max_top / 2)
+    # Seeded by the image content, never by the training seed: same bytes -> same crop forever.
+    # (A str seed goes through sha512 inside ``random``: stable across processes and platforms.)
+    rng = random.Random(f"crop-{sha256}")
+    return rng.randint(0, max_left), rng.randint(0, max_top)
+
+
+def compute_geometry(width: int, height: int, ds: ImageDataset, sha256: str) -> Geometry | str:
+    """Geometry of a ``width`` x ``height`` (displayed) image under ``ds``, or a reason code.
+
+    Reason codes: ``"too_small"`` (below ``minimum_image_size``), ``"invalid_size"`` (<= 0).
+    """
+    if width <= 0 or height <= 0:
+        return INVALID_SIZE
+    res = normalise_resolution(ds)
+    square_crop = ds.crop and ds.crop_aspect == "square"
+    if not meets_minimum(width, height, res, square_crop):
+        return TOO_SMALL
+    calc = size_by_pixel_edge if res.kind == "pixel" else size_by_area
+    original = (width, height)
+    ar = aspect_ratio(width, height)
+    p = pixel_resolution(res)
+    if square_crop:
+        target = (p, p)
+        _, intermediary = calc(ar, res.value, original)
+    else:
+        target, intermediary = calc(ar, res.value, original)
+        if aspect_ratio(*target) == 1.0:
+            target = (p, p)
+            if intermediary[0] < p:
+                intermediary = (p, p)
+    if ds.crop and res.downsample is not None and is_too_large(width, height, res):
+        _, intermediary = calc(ar, res.downsample, original)
+    intermediary = cover(intermediary, target)
+    left, top = crop_box(intermediary, target, ds.normalised_crop_style, sha256)
+    return Geometry(
+        intermediary_width=intermediary[0],
+        intermediary_height=intermediary[1],
+        target_width=target[0],
+        target_height=target[1],
+        crop_left=left,
+        crop_top=top,
+        bucket=bucket_key(*target),
+    )

@@ -1,0 +1,112 @@
+"""Captions for every image of a manifest, by SimpleTuner's caption strategies.
+
+Rules (learned from SimpleTuner's ``helpers/prompts.py`` ``PromptHandler``):
+
+- ``filename``: the file's stem with every ``_`` replaced by a space
+  (``a_red_circle.png`` -> ``"a red circle"``). Nothing else is stripped or changed.
+- ``textfile``: the sibling file with the same stem and a ``.txt`` extension
+  (``os.path.splitext(path)[0] + ".txt"``). SimpleTuner splits a multi-line file into several
+  captions and samples one per step; we keep the FIRST non-empty line (stripped), so an image has
+  one caption and one text-embedding. The file must be UTF-8.
+- ``instanceprompt``: every image gets ``instance_prompt``.
+
+A missing or empty caption is a reason code in ``caption_status``, never an exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pyarrow as pa
+
+from pixart_pipeline.config.models import ImageDataset
+from pixart_pipeline.data.manifest import is_image_path
+
+CAPTIONS_SCHEMA = pa.schema(
+    [("path", pa.string()), ("sha256", pa.string()), ("caption", pa.string()), ("caption_status", pa.string())]
+)
+# Reason codes (``caption_status`` when not "ok").
+NO_CAPTION_FILE = "no_caption_file"
+EMPTY_CAPTION = "empty_caption"
+CAPTION_NOT_UTF8 = "caption_not_utf8"
+CAPTION_UNREADABLE = "caption_unreadable"
+
+
+def caption_from_filename(path: str) -> str:
+    """SimpleTuner's ``filename`` strategy: stem, underscores to spaces."""
+    return Path(path).stem.replace("_", " ")
+
+
+def caption_file_for(path: str) -> str:
+    """The ``.txt`` sidecar SimpleTuner looks for: same path, extension replaced by ``.txt``."""
+    return os.path.splitext(path)[0] + ".txt"
+
+
+def first_caption_line(text: str) -> str | None:
+    """First non-empty (after stripping) line of a caption file, or None."""
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return None
+
+
+def _textfile_caption(root: Path, path: str, listed: set[str]) -> tuple[str | None, str]:
+    sidecar = caption_file_for(path)
+    if sidecar not in listed:
+        return None, NO_CAPTION_FILE
+    try:
+        raw = (root / sidecar).read_bytes()
+    except FileNotFoundError:
+        return None, NO_CAPTION_FILE
+    except OSError:
+        return None, CAPTION_UNREADABLE
+    try:
+        text = raw.decode("utf-8-sig")  # tolerate a BOM written by Windows editors
+    except UnicodeDecodeError:
+        return None, CAPTION_NOT_UTF8
+    caption = first_caption_line(text)
+    return (caption, "ok") if caption else (None, EMPTY_CAPTION)
+
+
+def caption_for(path: str, root: Path, ds: ImageDataset, listed: set[str]) -> tuple[str | None, str]:
+    """(caption, status) for one image path (relative to ``root``) under ``ds.caption_strategy``."""
+    if ds.caption_strategy == "filename":
+        caption = caption_from_filename(path)
+    elif ds.caption_strategy == "textfile":
+        return _textfile_caption(root, path, listed)
+    elif ds.caption_strategy == "instanceprompt":
+        caption = ds.instance_prompt or ""
+    else:  # the config model allows nothing else; keep the error explicit if it ever does
+        raise ValueError(f"dataset {ds.id!r}: unsupported caption_strategy {ds.caption_strategy!r}")
+    return (caption, "ok") if caption.strip() else (None, EMPTY_CAPTION)
+
+
+def build_captions_table(manifest: pa.Table, root: Path, ds: ImageDataset) -> pa.Table:
+    """One row per image file of ``manifest`` (sidecars excluded): path, sha256, caption, caption_status."""
+    root = Path(root)
+    paths = manifest.column("path").to_pylist()
+    digests = manifest.column("sha256").to_pylist()
+    listed = set(paths)
+    rows = {"path": [], "sha256": [], "caption": [], "caption_status": []}
+    for path, digest in sorted(zip(paths, digests)):
+        if not is_image_path(path):
+            continue
+        caption, status = caption_for(path, root, ds, listed)
+        rows["path"].append(path)
+        rows["sha256"].append(digest)
+        rows["caption"].append(caption)
+        rows["caption_status"].append(status)
+    return pa.table(rows, schema=CAPTIONS_SCHEMA)
+
+
+def captions_data_version(table: pa.Table) -> str:
+    """sha256 (16 hex chars) of the sorted (path, sha256, caption, caption_status) rows."""
+    cols = [table.column(c).to_pylist() for c in ("path", "sha256", "caption", "caption_status")]
+    h = hashlib.sha256()
+    for row in sorted(zip(*cols), key=lambda r: r[0]):
+        h.update(("\0".join("" if v is None else v for v in row) + "\n").encode())
+        if row[2] is None:
+            h.update(b"\1")  # distinguish a null caption from an empty string
+    return h.hexdigest()[:16]

@@ -1,0 +1,207 @@
+"""The three data stages as plain functions: raw files -> captions -> bucketed metadata.
+
+Each reads its inputs from disk, writes one parquet atomically and returns a ``StageResult``. The
+Dagster assets are thin wrappers around these; the CLI and tests can call them directly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pyarrow.compute as pc
+
+from pixart_pipeline.config import ImageDataset, PipelineConfig
+from pixart_pipeline.config import fingerprints as fp
+from pixart_pipeline.data.captions import build_captions_table, captions_data_version
+from pixart_pipeline.data.hub import download_hub_dataset
+from pixart_pipeline.data.io import read_parquet, write_parquet_atomic
+from pixart_pipeline.data.manifest import folder_changes, manifest_data_version, scan_dataset
+from pixart_pipeline.data.metadata import (
+    bucket_histogram,
+    build_metadata_table,
+    metadata_data_version,
+    status_counts,
+)
+from pixart_pipeline.data.synthetic import generate_synthetic_dataset
+from pixart_pipeline.stage_result import StageResult, markdown_table
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def metadata_dir(cfg: PipelineConfig, ds: ImageDataset) -> Path:
+    return cfg.output_dir / "metadata" / ds.id
+
+
+def manifest_path(cfg: PipelineConfig, ds: ImageDataset) -> Path:
+    return metadata_dir(cfg, ds) / "manifest.parquet"
+
+
+def captions_path(cfg: PipelineConfig, ds: ImageDataset) -> Path:
+    return metadata_dir(cfg, ds) / "captions.parquet"
+
+
+def metadata_path(cfg: PipelineConfig, ds: ImageDataset) -> Path:
+    return metadata_dir(cfg, ds) / "metadata.parquet"
+
+
+def _read_input(path: Path, stage: str) -> "pa.Table":  # noqa: F821
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: materialize {stage} first")
+    return read_parquet(path)
+
+
+def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> StageResult:
+    """Fetch (hub) or generate (synthetic) the files if needed, then write the manifest."""
+    start = time.perf_counter()
+    root = cfg.dataset_dir(ds)
+    extra: dict = {}
+    if ds.type == "synthetic":
+        written = generate_synthetic_dataset(root, ds.synthetic_num_images, ds.synthetic_seed)
+        log(f"synthetic dataset at {root}: {len(written)} file(s) written")
+    elif ds.hub_repo_id:
+        commit = download_hub_dataset(ds.hub_repo_id, ds.hub_revision, ds.hub_allow_patterns, root)
+        extra["hub_commit"] = commit
+        log(f"downloaded {ds.hub_repo_id}@{commit} into {root}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset {ds.id!r}: instance_data_dir {root} is not a folder")
+    path = manifest_path(cfg, ds)
+    previous = read_parquet(path) if path.exists() else None
+    table, stats = scan_dataset(root, previous)
+    write_parquet_atomic(table, path)
+    log(f"manifest of {stats.total} file(s): {stats.hashed} hashed, {stats.reused} reused")
+    return StageResult(
+        path=path,
+        data_version=manifest_data_version(table),
+        metadata={
+            "files": stats.total,
+            "hashed": stats.hashed,
+            "reused_hashes": stats.reused,
+            "removed": stats.removed,
+            "dataset_dir": str(root),
+            "seconds": round(time.perf_counter() - start, 3),
+            **extra,
+        },
+        config=fp.raw_dataset_fields(cfg, ds),
+    )
+
+
+def dataset_folder_changes(cfg: PipelineConfig, ds: ImageDataset):
+    """What changed in the folder since the last manifest (stat only); falsy when nothing did."""
+    path = manifest_path(cfg, ds)
+    root = cfg.dataset_dir(ds)
+    if not path.exists() or not root.is_dir():
+        return None
+    return folder_changes(root, read_parquet(path))
+
+
+def run_captions(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> StageResult:
+    start = time.perf_counter()
+    manifest = _read_input(manifest_path(cfg, ds), f"raw_dataset/{ds.id}")
+    table = build_captions_table(manifest, cfg.dataset_dir(ds), ds)
+    path = captions_path(cfg, ds)
+    write_parquet_atomic(table, path)
+    statuses = _counts(table.column("caption_status").to_pylist())
+    log(f"captions: {statuses}")
+    ok = table.filter(pc.equal(table.column("caption_status"), "ok"))
+    return StageResult(
+        path=path,
+        data_version=captions_data_version(table),
+        metadata={
+            "images": table.num_rows,
+            "captioned": ok.num_rows,
+            "distinct_captions": len(set(ok.column("caption").to_pylist())),
+            "seconds": round(time.perf_counter() - start, 3),
+        },
+        markdown={"caption_status": markdown_table(("status", "images"), statuses)},
+        config=fp.captions_fields(cfg, ds),
+    )
+
+
+def run_bucketed_metadata(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> StageResult:
+    start = time.perf_counter()
+    manifest = _read_input(manifest_path(cfg, ds), f"raw_dataset/{ds.id}")
+    captions = _read_input(captions_path(cfg, ds), f"captions/{ds.id}")
+    table = build_metadata_table(manifest, captions, cfg.dataset_dir(ds), ds)
+    path = metadata_path(cfg, ds)
+    write_parquet_atomic(table, path)
+    statuses = status_counts(table)
+    buckets = bucket_histogram(table)
+    splits = _counts(table.filter(pc.equal(table.column("status"), "ok")).column("split").to_pylist())
+    log(f"{table.num_rows} rows: {statuses}; buckets {buckets}")
+    return StageResult(
+        path=path,
+        data_version=metadata_data_version(table),
+        metadata={
+            "rows": table.num_rows,
+            "kept": statuses.get("ok", 0),
+            "rejected": table.num_rows - statuses.get("ok", 0),
+            "train": splits.get("train", 0),
+            "eval": splits.get("eval", 0),
+            "buckets": len(buckets),
+            "seconds": round(time.perf_counter() - start, 3),
+        },
+        markdown={
+            "bucket_histogram": markdown_table(("bucket (aspect)", "images"), buckets),
+            "status_counts": markdown_table(("status", "images"), statuses),
+        },
+        config=fp.bucketed_metadata_fields(cfg, ds),
+    )
+
+
+def _counts(values: list) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[str(v)] = out.get(str(v), 0) + 1
+    return dict(sorted(out.items()))
+
+
+@dataclass
+class BatchReadiness:
+    """Whether a dataset can fill batches; what SimpleTuner checks as "dataset too small"."""
+
+    usable: int
+    needed: int
+    small_buckets: dict[str, int]
+
+    @property
+    def enough(self) -> bool:
+        return self.usable >= self.needed
+
+    @property
+    def message(self) -> str:
+        if self.enough:
+            return f"{self.usable} usable training images; one optimizer step needs {self.needed}."
+        return (
+            f"Only {self.usable} usable training images, but one optimizer step needs {self.needed} "
+            "(train_batch_size x gradient_accumulation_steps x num_processes). Add images, lower "
+            "train_batch_size or gradient_accumulation_steps, or loosen minimum_image_size."
+        )
+
+    @property
+    def bucket_message(self) -> str:
+        if not self.small_buckets:
+            return "Every bucket can fill at least one batch."
+        listed = ", ".join(f"{b} ({n} image(s))" for b, n in self.small_buckets.items())
+        return (
+            f"These buckets hold fewer train images than train_batch_size and are dropped: {listed}. "
+            "Lower train_batch_size, add images of those aspect ratios, or use crop_aspect 'square'."
+        )
+
+
+def batch_readiness(cfg: PipelineConfig, ds: ImageDataset) -> BatchReadiness:
+    """Count train images in buckets that can fill a batch (the sampler drops the others)."""
+    t = cfg.training
+    table = _read_input(metadata_path(cfg, ds), f"bucketed_metadata/{ds.id}")
+    ok = pc.and_(pc.equal(table.column("status"), "ok"), pc.equal(table.column("split"), "train"))
+    per_bucket = _counts(table.filter(ok).column("bucket").to_pylist())
+    small = {b: n for b, n in per_bucket.items() if n < t.train_batch_size}
+    usable = sum(n for b, n in per_bucket.items() if b not in small) * (1 + ds.repeats)
+    needed = t.train_batch_size * t.gradient_accumulation_steps * t.num_processes
+    return BatchReadiness(usable=usable, needed=needed, small_buckets=small)

@@ -1,0 +1,57 @@
+import pyarrow as pa
+
+from pixart_pipeline.config.models import ImageDataset
+from pixart_pipeline.data.captions import build_captions_table, captions_data_version
+from pixart_pipeline.data.manifest import scan_dataset
+
+
+def _dataset(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("a_red_circle.png", "plain.jpg", "sub/two_lines.png", "empty.png", "bad_utf8.png"):
+        (tmp_path / name).write_bytes(b"img" + name.encode())
+    (tmp_path / "plain.txt").write_text("  a plain photo  \n", encoding="utf-8")
+    (tmp_path / "sub" / "two_lines.txt").write_text("\n\nfirst line\nsecond line\n", encoding="utf-8")
+    (tmp_path / "empty.txt").write_text(" \n\n", encoding="utf-8")
+    (tmp_path / "bad_utf8.txt").write_bytes(b"\xff\xfe\xfa")
+    manifest, _ = scan_dataset(tmp_path)
+    return manifest
+
+
+def _captions(table):
+    return {r["path"]: (r["caption"], r["caption_status"]) for r in table.to_pylist()}
+
+
+def test_filename_strategy(tmp_path):
+    manifest = _dataset(tmp_path)
+    table = build_captions_table(manifest, tmp_path, ImageDataset(id="d", instance_data_dir=".", caption_strategy="filename"))
+    got = _captions(table)
+    assert got["a_red_circle.png"] == ("a red circle", "ok")
+    assert got["sub/two_lines.png"] == ("two lines", "ok")
+    assert "plain.txt" not in got  # sidecars are not images
+    assert table.column_names == ["path", "sha256", "caption", "caption_status"]
+
+
+def test_textfile_strategy(tmp_path):
+    manifest = _dataset(tmp_path)
+    table = build_captions_table(manifest, tmp_path, ImageDataset(id="d", instance_data_dir=".", caption_strategy="textfile"))
+    got = _captions(table)
+    assert got["plain.jpg"] == ("a plain photo", "ok")
+    assert got["sub/two_lines.png"] == ("first line", "ok")
+    assert got["a_red_circle.png"] == (None, "no_caption_file")
+    assert got["empty.png"] == (None, "empty_caption")
+    assert got["bad_utf8.png"] == (None, "caption_not_utf8")
+    before = captions_data_version(table)
+    (tmp_path / "plain.txt").write_text("an edited caption\n")
+    manifest2, _ = scan_dataset(tmp_path)
+    table2 = build_captions_table(manifest2, tmp_path, ImageDataset(id="d", instance_data_dir=".", caption_strategy="textfile"))
+    assert _captions(table2)["plain.jpg"] == ("an edited caption", "ok")
+    assert captions_data_version(table2) != before
+
+
+def test_instanceprompt_strategy_and_version_is_order_free(tmp_path):
+    manifest = _dataset(tmp_path)
+    ds = ImageDataset(id="d", instance_data_dir=".", caption_strategy="instanceprompt", instance_prompt="a sks dog")
+    table = build_captions_table(manifest, tmp_path, ds)
+    assert {c for c, _ in _captions(table).values()} == {"a sks dog"}
+    reversed_table = pa.Table.from_pylist(table.to_pylist()[::-1], schema=table.schema)
+    assert captions_data_version(reversed_table) == captions_data_version(table)

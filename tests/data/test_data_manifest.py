@@ -1,0 +1,87 @@
+import os
+
+from pixart_pipeline.data.io import read_parquet, write_parquet_atomic
+from pixart_pipeline.data.manifest import folder_changes, manifest_data_version, scan_dataset
+from pixart_pipeline.data.synthetic import generate_synthetic_dataset
+
+
+def _bump(path, data):
+    """Rewrite a file with a distinct mtime (filesystems with coarse timestamps)."""
+    st = path.stat()
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_rescan_hashes_only_changed_and_new(tmp_path):
+    root = tmp_path / "ds"
+    generate_synthetic_dataset(root, 10, seed=0)
+    first, stats = scan_dataset(root)
+    assert (stats.hashed, stats.reused, stats.total, stats.removed) == (12, 0, 12, 0)
+    assert first.column_names == ["path", "size", "mtime_ns", "sha256"]
+    assert first.column("path").to_pylist() == sorted(first.column("path").to_pylist())
+
+    # parquet round trip keeps the table
+    write_parquet_atomic(first, tmp_path / "m.parquet")
+    first = read_parquet(tmp_path / "m.parquet")
+
+    same, stats = scan_dataset(root, previous=first)
+    assert (stats.hashed, stats.reused) == (0, 12)
+    assert manifest_data_version(same) == manifest_data_version(first)
+
+    target = root / first.column("path")[0].as_py()
+    _bump(target, b"changed bytes")
+    (root / "new_caption.txt").write_text("a caption")
+    (root / first.column("path")[1].as_py()).unlink()
+    changed, stats = scan_dataset(root, previous=first)
+    assert (stats.hashed, stats.reused, stats.total, stats.removed) == (2, 10, 12, 1)
+    assert manifest_data_version(changed) != manifest_data_version(first)
+
+
+def test_touch_without_change_keeps_data_version(tmp_path):
+    generate_synthetic_dataset(tmp_path, 5, seed=0)
+    first, _ = scan_dataset(tmp_path)
+    path = tmp_path / first.column("path")[0].as_py()
+    _bump(path, path.read_bytes())
+    second, stats = scan_dataset(tmp_path, previous=first)
+    assert stats.hashed == 1
+    assert manifest_data_version(second) == manifest_data_version(first)
+
+
+def test_folder_changes_by_stat(tmp_path):
+    generate_synthetic_dataset(tmp_path, 5, seed=0)
+    manifest, _ = scan_dataset(tmp_path)
+    assert folder_changes(tmp_path, manifest).is_empty and not folder_changes(tmp_path, manifest)
+    paths = manifest.column("path").to_pylist()
+    _bump(tmp_path / paths[0], b"x")
+    (tmp_path / paths[1]).unlink()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.jpg").write_bytes(b"y")
+    changes = folder_changes(tmp_path, manifest)
+    assert (changes.new, changes.changed, changes.removed) == (["sub/b.jpg"], [paths[0]], [paths[1]])
+    assert not changes.is_empty and changes
+
+
+def test_hidden_symlinks_and_other_files(tmp_path):
+    root = tmp_path / "ds"
+    outside = tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "a.png").write_bytes(b"a")
+    (root / "a.txt").write_text("caption")
+    (root / "sub" / "b.JPEG").write_bytes(b"b")
+    (root / "notes.json").write_text("{}")  # not an image or caption
+    (root / ".hidden.png").write_bytes(b"h")
+    (root / ".cache").mkdir()
+    (root / ".cache" / "c.png").write_bytes(b"c")
+    (outside / "secret.png").write_bytes(b"s")
+    os.symlink(outside / "secret.png", root / "link_out.png")
+    os.symlink(outside, root / "dir_out")
+    os.symlink(root / "a.png", root / "link_in.png")
+    os.symlink(root / "sub", root / "loop")  # symlinked folders are never followed
+    table, _ = scan_dataset(root)
+    paths = table.column("path").to_pylist()
+    assert "a.png" in paths and "a.txt" in paths and "sub/b.JPEG" in paths and "link_in.png" in paths
+    assert not any(p.startswith(".") or "/." in p for p in paths)
+    assert "link_out.png" not in paths and not any(p.startswith("dir_out") for p in paths)
+    assert "notes.json" not in paths
+    assert not any(p.startswith("loop") for p in paths)

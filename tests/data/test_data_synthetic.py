@@ -1,0 +1,40 @@
+import time
+
+from pixart_pipeline.data.captions import caption_from_filename
+from pixart_pipeline.data.synthetic import BROKEN_NAME, TINY_NAME, generate_synthetic_dataset
+
+
+def _bytes(paths):
+    return {p.name: p.read_bytes() for p in paths}
+
+
+def test_deterministic_and_fast(tmp_path):
+    start = time.perf_counter()
+    a = generate_synthetic_dataset(tmp_path / "a", 40, seed=0)
+    assert time.perf_counter() - start < 1.0
+    b = generate_synthetic_dataset(tmp_path / "b", 40, seed=0)
+    assert len(a) == 42 and _bytes(a) == _bytes(b)
+    c = generate_synthetic_dataset(tmp_path / "c", 40, seed=1)
+    assert _bytes(a) != _bytes(c)
+
+
+def test_writes_only_missing_files(tmp_path):
+    paths = generate_synthetic_dataset(tmp_path, 12, seed=0)
+    before = {p: p.stat().st_mtime_ns for p in paths}
+    original = paths[3].read_bytes()
+    paths[3].unlink()
+    again = generate_synthetic_dataset(tmp_path, 12, seed=0)
+    assert again == paths
+    assert paths[3].read_bytes() == original
+    assert all(p.stat().st_mtime_ns == before[p] for p in paths if p != paths[3])
+
+
+def test_names_are_unique_captions_with_bad_files(tmp_path):
+    paths = generate_synthetic_dataset(tmp_path, 240, seed=0)  # more than the 224 triples
+    rel = [p.relative_to(tmp_path).as_posix() for p in paths]
+    assert len(set(rel)) == len(rel)
+    assert any(r.startswith("extra_1/") for r in rel)
+    assert {BROKEN_NAME, TINY_NAME} <= set(rel)
+    caption = caption_from_filename(rel[0])
+    assert caption.startswith("a ") and caption.endswith(" background") and "_" not in caption
+    assert {p.suffix for p in paths} == {".png", ".jpg"}
