@@ -1,6 +1,5 @@
 """Wire a config into Definitions: assets, checks, sensors, schedule, resources, executor."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """Asset checks: the things a user wants to know before spending GPU hours."""
 
-from __future__ import annotations
 
 import dagster as dg
 
@@ -49,7 +48,7 @@ def build_dataset_checks(cfg: PipelineConfig, ds: ImageDataset) -> list[dg.Asset
 
 @dg.asset_check(asset=CHECKPOINT_KEY, description="The final training loss is a finite number.")
 def loss_is_finite(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    result = read_training_result(_latest_path(context, CHECKPOINT_KEY))
+    result = read_training_result(_latest_metadata(context, CHECKPOINT_KEY, "run_dir"))
     loss = float(result.get("final_loss", float("nan")))
     return dg.AssetCheckResult(passed=loss == loss and abs(loss) != float("inf"), metadata={"final_loss": loss})
 
@@ -59,7 +58,7 @@ def loss_is_finite(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResul
     description="The trained model's stable eval loss is below the base model's (a warning, not an error).",
 )
 def trained_beats_base(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    metrics = read_report_metrics(_latest_path(context, REPORT_KEY))
+    metrics = read_report_metrics(_latest_metadata(context, REPORT_KEY, "path"))
     base, trained = metrics.get("eval_loss_base"), metrics.get("eval_loss_trained")
     passed = base is not None and trained is not None and trained < base
     return dg.AssetCheckResult(
@@ -70,11 +69,11 @@ def trained_beats_base(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckR
     )
 
 
-def _latest_path(context: dg.AssetCheckExecutionContext, key: dg.AssetKey) -> str:
+def _latest_metadata(context: dg.AssetCheckExecutionContext, key: dg.AssetKey, name: str) -> str:
     event = context.instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
         raise dg.Failure(f"{key.to_user_string()} has not been materialized yet")
-    return str(event.asset_materialization.metadata["path"].value)
+    return str(event.asset_materialization.metadata[name].value)
 
 
 def build_checks(cfg: PipelineConfig) -> list[dg.AssetChecksDefinition]:

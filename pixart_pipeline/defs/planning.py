@@ -8,7 +8,6 @@ propagate staleness to descendants, so those are listed as "re-checked after ups
 re-run depends on whether upstream content really changes.
 """
 
-from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
@@ -150,6 +149,7 @@ def sync(
     defs: dg.Definitions,
     cfg: PipelineConfig,
     echo: Callable[[str], None] = print,
+    log_level: str = "INFO",
 ) -> list[SyncStep]:
     """Materialise exactly what is unsynced, one stage at a time, re-planning after each.
 
@@ -170,7 +170,12 @@ def sync(
         name = entry.key.to_user_string()
         echo(f"-> {name}: {'; '.join(entry.reasons)}")
         start = time.perf_counter()
-        result = job.execute_in_process(instance=instance, asset_selection=[entry.key], raise_on_error=False)
+        result = job.execute_in_process(
+            instance=instance,
+            asset_selection=[entry.key],
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        )
         seconds = time.perf_counter() - start
         if not result.success:
             raise SyncError(f"materializing {name} failed (run {result.run_id}); see the run's logs")

@@ -1,6 +1,5 @@
 """Resources: which device the GPU stages use, and the Pipes client that launches the trainer."""
 
-from __future__ import annotations
 
 import os
 

@@ -1,6 +1,5 @@
 """A retraining schedule: nightly, bring everything unsynced back in sync (stopped by default)."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """Sensors: react to new files in a dataset folder, and (optionally) automate everything."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """One asset (factory) per file; `build_assets` wires them for a config."""
 
-from __future__ import annotations
 
 import dagster as dg
 

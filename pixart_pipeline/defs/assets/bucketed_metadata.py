@@ -1,6 +1,5 @@
 """`bucketed_metadata/<id>`: one row per image with size, caption, status, bucket, crop and split."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """`captions/<id>`: one caption per image, by the dataset's `caption_strategy`."""
 
-from __future__ import annotations
 
 import dagster as dg
 

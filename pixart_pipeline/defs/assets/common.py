@@ -1,8 +1,12 @@
 """Shared pieces of every asset: keys, automation, and StageResult -> MaterializeResult."""
 
-from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
 
 import dagster as dg
+from PIL import Image
 
 from pixart_pipeline.config.fingerprints import code_version
 from pixart_pipeline.stage_result import StageResult
@@ -69,5 +73,20 @@ def to_materialize_result(result: StageResult) -> dg.MaterializeResult:
             metadata[name] = dg.MetadataValue.text(str(value))
     for name, table in result.markdown.items():
         metadata[name] = dg.MetadataValue.md(table)
+    if result.images:
+        metadata["samples"] = dg.MetadataValue.md(thumbnails_markdown(result.images))
     metadata[CONFIG_METADATA_KEY] = dg.MetadataValue.json(result.config)
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(result.data_version))
+
+
+def thumbnails_markdown(paths: list[Path], size: int = 160, limit: int = 12) -> str:
+    """Inline PNG thumbnails (data URLs) so the UI shows sample images beside the numbers."""
+    parts = []
+    for path in paths[:limit]:
+        with Image.open(path) as image:
+            image.thumbnail((size, size))
+            buf = io.BytesIO()
+            image.convert("RGB").save(buf, format="PNG")
+        data = base64.b64encode(buf.getvalue()).decode()
+        parts.append(f"![{path.name}](data:image/png;base64,{data})")
+    return " ".join(parts)

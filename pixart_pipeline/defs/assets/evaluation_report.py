@@ -1,6 +1,5 @@
 """`evaluation_report`: validation images, CLIP score and stable eval loss, base vs trained."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """`raw_dataset/<id>`: the dataset's files on local disk and a manifest of every file."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """`text_embed_cache`: T5 embeddings of every caption, and of the empty prompt."""
 
-from __future__ import annotations
 
 import dagster as dg
 

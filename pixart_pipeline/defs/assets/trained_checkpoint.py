@@ -1,6 +1,5 @@
 """`trained_checkpoint`: a full fine-tune of the PixArt transformer, exported as a pipeline folder."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """`vae_cache/<id>`: VAE posterior (mean, std) of every kept image at its target geometry."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,0 +1,79 @@
+"""The evaluation stage: build the EvalSpec from the config and the finished run, run it."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+from pixart_pipeline.cache.stage import base_model_path, text_store_root
+from pixart_pipeline.config import PipelineConfig
+from pixart_pipeline.config import fingerprints as fp
+from pixart_pipeline.data.io import write_parquet_atomic
+from pixart_pipeline.evaluation.run import run_evaluation
+from pixart_pipeline.evaluation.spec import EvalSpec
+from pixart_pipeline.models import resolve_pretrained
+from pixart_pipeline.stage_result import StageResult, markdown_table
+from pixart_pipeline.training.stage import current_run_dir, split_items
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def build_eval_spec(cfg: PipelineConfig, device: str) -> EvalSpec:
+    t = cfg.training
+    run_dir = current_run_dir(cfg)
+    out_dir = cfg.output_dir / "reports" / fp.stable_hash({"run": run_dir.name, "eval": fp.evaluation_fields(cfg)}, 12)
+    items_path = out_dir / "eval_items.parquet"
+    write_parquet_atomic(split_items(cfg, "eval"), items_path)
+    clip = None
+    if t.evaluation_type == "clip":
+        clip = resolve_pretrained(t.pretrained_evaluation_model_name_or_path, None, cfg.model_cache_dir)
+    return EvalSpec(
+        pipeline_dir=str(run_dir / "pipeline"),
+        base_model=base_model_path(cfg),
+        revision=t.revision,
+        prompts=t.all_validation_prompts,
+        sizes=t.validation_sizes,
+        out_dir=str(out_dir),
+        guidance=t.validation_guidance,
+        num_inference_steps=t.validation_num_inference_steps,
+        seed=t.validation_seed,
+        negative_prompt=t.validation_negative_prompt,
+        evaluation_type=t.evaluation_type,
+        clip_model=clip,
+        eval_items=str(items_path),
+        text_store=str(text_store_root(cfg)),
+        eval_timesteps=t.eval_timesteps,
+        device=device,
+        max_sequence_length=t.tokenizer_max_length,
+    )
+
+
+def run_evaluation_report(cfg: PipelineConfig, device: str, log: Log = _quiet) -> StageResult:
+    spec = build_eval_spec(cfg, device)
+    log(f"evaluating {spec.pipeline_dir}: {len(spec.prompts)} prompt(s) x {len(spec.sizes)} size(s)")
+    result = run_evaluation(spec)
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    shown = {k: ("n/a" if math.isnan(v) else f"{v:.4f}") for k, v in metrics.items()}
+    log(f"metrics: {shown}")
+    return StageResult(
+        path=result.report_path,
+        data_version=result.data_version,
+        metadata={**{k: v for k, v in metrics.items() if not math.isnan(v)}, "pipeline_dir": spec.pipeline_dir,
+                  "clip_model": spec.clip_model or "none"},
+        markdown={"metrics": markdown_table(("metric", "value"), shown)},
+        config=fp.evaluation_fields(cfg),
+        images=list(result.image_paths),
+    )
+
+
+def read_report_metrics(report_path: str | Path) -> dict[str, float]:
+    """The numbers of a finished report (report.json beside report.html)."""
+    path = Path(report_path).with_name("report.json")
+    data = json.loads(path.read_text())
+    return data.get("metrics", data)

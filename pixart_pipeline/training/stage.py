@@ -1,0 +1,191 @@
+"""Prepare a training run from the caches and read its result: the glue between stages and trainer.
+
+The run folder is named by a hash of everything that determines the trained weights (the stage's
+fingerprint and the exact items it trains on), so re-materializing with the same inputs resumes an
+interrupted run, or reuses a finished one, instead of starting over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from pixart_pipeline.cache.keys import text_item_key
+from pixart_pipeline.cache.stage import EMPTY_PROMPT, base_model_path, text_store_root, vae_items, vae_store_root
+from pixart_pipeline.cache.store import ShardStore
+from pixart_pipeline.config import PipelineConfig
+from pixart_pipeline.config import fingerprints as fp
+from pixart_pipeline.data.io import read_parquet, write_parquet_atomic
+from pixart_pipeline.stage_result import StageResult
+from pixart_pipeline.training.spec import HYPERPARAMETER_KEYS, RunSpec
+
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    run_dir: Path
+    spec_path: Path
+    command: list[str]
+    env: dict[str, str]
+
+    @property
+    def complete(self) -> bool:
+        return (self.run_dir / RESULT_FILE).exists() and (self.run_dir / "pipeline").is_dir()
+
+
+def split_items(cfg: PipelineConfig, split: str) -> pa.Table:
+    """One row per cached item of a split: where its latents and caption embedding live.
+
+    Items whose VAE encoding failed (reported by the vae_cache stage) are left out.
+    """
+    rows = []
+    for ds in cfg.datasets:
+        kept, items = vae_items(cfg, ds)
+        store = ShardStore(vae_store_root(cfg, ds))
+        present = store.keys()
+        for row, item in zip(kept.to_pylist(), items):
+            if row["split"] != split or item.key not in present:
+                continue
+            rows.append(
+                {
+                    "vae_store": str(store.root),
+                    "vae_key": item.key,
+                    "text_key": text_item_key(row["caption"]),
+                    "target_width": row["target_width"],
+                    "target_height": row["target_height"],
+                    "dataset_id": ds.id,
+                    "repeats": ds.repeats,
+                    "path": row["path"],
+                }
+            )
+    schema = pa.schema(
+        [("vae_store", pa.string()), ("vae_key", pa.string()), ("text_key", pa.string()),
+         ("target_width", pa.int64()), ("target_height", pa.int64()), ("dataset_id", pa.string()),
+         ("repeats", pa.int64()), ("path", pa.string())]
+    )
+    table = pa.Table.from_pylist(rows, schema=schema)
+    return table.sort_by([("dataset_id", "ascending"), ("vae_key", "ascending")])
+
+
+def _table_hash(table: pa.Table) -> str:
+    cols = [c for c in table.column_names if c != "path"]
+    return fp.stable_hash(sorted(map(tuple, zip(*(table.column(c).to_pylist() for c in cols)))))
+
+
+def prepare_training_run(cfg: PipelineConfig, device: str) -> PreparedRun:
+    """Write the items parquet and run spec into the run folder; return how to launch it."""
+    t = cfg.training
+    items = split_items(cfg, "train")
+    if items.num_rows == 0:
+        raise ValueError("no cached training items: check bucketed_metadata (all rejected?) and vae_cache")
+    run_dir = run_dir_for(cfg, items)
+    items_path = run_dir / "items.parquet"
+    if not items_path.exists():
+        write_parquet_atomic(items, items_path)
+    spec = RunSpec(
+        run_dir=str(run_dir),
+        base_model=base_model_path(cfg),
+        revision=t.revision,
+        items=str(items_path),
+        text_store=str(text_store_root(cfg)),
+        empty_text_key=text_item_key(EMPTY_PROMPT),
+        hyperparameters={k: getattr(t, k) for k in HYPERPARAMETER_KEYS},
+        checkpointing_steps=t.checkpointing_steps,
+        checkpoints_total_limit=t.checkpoints_total_limit,
+        resume_from_checkpoint=t.resume_from_checkpoint,
+        device=device,
+    )
+    spec_path = run_dir / "run_spec.json"
+    spec.save(spec_path)
+    module = ["-m", "pixart_pipeline.training", str(spec_path)]
+    if t.num_processes > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={t.num_processes}", *module]
+    else:
+        command = [sys.executable, *module]
+    env = {"PYTHONUNBUFFERED": "1"}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return PreparedRun(run_dir=run_dir, spec_path=spec_path, command=command, env=env)
+
+
+def read_training_result(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / RESULT_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: the training run did not finish")
+    return json.loads(path.read_text())
+
+
+def run_dir_for(cfg: PipelineConfig, items: pa.Table) -> Path:
+    """``runs/<hash of (trained_checkpoint fingerprint, training items, text store)>``."""
+    run_id = fp.stable_hash(
+        {"fields": fp.trained_checkpoint_fields(cfg), "items": _table_hash(items), "text": str(text_store_root(cfg))},
+        12,
+    )
+    return cfg.output_dir / "runs" / run_id
+
+
+def current_run_dir(cfg: PipelineConfig) -> Path:
+    """The finished run that the current config and caches determine."""
+    run_dir = run_dir_for(cfg, split_items(cfg, "train"))
+    if not (run_dir / RESULT_FILE).exists():
+        raise FileNotFoundError(f"{run_dir} has no finished run for the current config: materialize trained_checkpoint")
+    return run_dir
+
+
+def loss_curve(run_dir: Path) -> list[tuple[int, float]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [(int(r["step"]), float(r["loss"])) for r in rows if "loss" in r]
+
+
+def finish_training_run(cfg: PipelineConfig, prepared: PreparedRun) -> StageResult:
+    result = read_training_result(prepared.run_dir)
+    curve = loss_curve(prepared.run_dir)
+    head = curve[: max(1, len(curve) // 10)]
+    tail = curve[-max(1, len(curve) // 10):]
+    metadata = {
+        "run_dir": str(prepared.run_dir),
+        "pipeline_dir": str(prepared.run_dir / "pipeline"),
+        "steps": int(result.get("steps", len(curve))),
+        "final_loss": float(result.get("final_loss", float("nan"))),
+        "train_items": read_parquet(prepared.run_dir / "items.parquet").num_rows,
+        "seconds": float(result.get("seconds", 0.0)),
+    }
+    if curve:
+        metadata["loss_first_10pct"] = sum(v for _, v in head) / len(head)
+        metadata["loss_last_10pct"] = sum(v for _, v in tail) / len(tail)
+    plot = prepared.run_dir / "loss.png"
+    images = [plot] if plot.exists() else []
+    return StageResult(
+        path=prepared.run_dir / "pipeline",
+        data_version=str(result["weights_sha256"]),
+        metadata=metadata,
+        markdown={"loss_curve": _loss_table(curve)},
+        config=fp.trained_checkpoint_fields(cfg),
+        images=images,
+    )
+
+
+def _loss_table(curve: list[tuple[int, float]], rows: int = 12) -> str:
+    """A compact markdown loss curve: the mean loss over ~12 equal step windows."""
+    if not curve:
+        return "no metrics recorded"
+    size = max(1, len(curve) // rows)
+    lines = ["| steps | mean loss |", "|---|---|"]
+    for i in range(0, len(curve), size):
+        window = curve[i : i + size]
+        lines.append(f"| {window[0][0]}-{window[-1][0]} | {sum(v for _, v in window) / len(window):.4f} |")
+    return "\n".join(lines)
+
+
+def eval_items_table(cfg: PipelineConfig) -> pa.Table:
+    return split_items(cfg, "eval")
