@@ -53,6 +53,15 @@ class FolderChanges:
         """Truthy iff something changed, so ``if folder_changes(...):`` reads naturally."""
         return not self.is_empty
 
+    def __str__(self) -> str:
+        """``"3 new (a.png, b.png, c.png), 1 removed (d.png)"``: what a planner or sensor prints."""
+        parts = []
+        for label, paths in (("new", self.new), ("changed", self.changed), ("removed", self.removed)):
+            if paths:
+                shown = ", ".join(paths[:3]) + (f", ... (+{len(paths) - 3})" if len(paths) > 3 else "")
+                parts.append(f"{len(paths)} {label} ({shown})")
+        return ", ".join(parts) or "no changes"
+
 
 def extension(path: str) -> str:
     """Lower-case extension without the dot (``"a/B.JPG"`` -> ``"jpg"``)."""

@@ -1,0 +1,124 @@
+"""Validation sampling: one image per (prompt, size) from the exported pipeline, with fixed seeds.
+
+Each (prompt index, size index) gets its own seed (base + 1000 * prompt index + size index), so an
+image's starting noise depends only on its position and the base seed: appending a prompt or a size
+leaves the other images' noise alone, and the noise is the same on every device (drawn on a CPU
+generator, as diffusers' ``randn_tensor`` allows, then moved).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from pixart_pipeline.evaluation.spec import atomic_write_bytes
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Seeds are base + PROMPT_STRIDE * prompt_index + size_index: stable when prompts/sizes are appended.
+PROMPT_STRIDE = 1000
+
+
+@dataclass(frozen=True)
+class ValidationImage:
+    """One generated image and what produced it."""
+
+    prompt_index: int
+    size_index: int
+    prompt: str
+    width: int
+    height: int
+    seed: int
+    image: Image.Image
+
+    @property
+    def file_name(self) -> str:
+        return f"p{self.prompt_index:02d}_s{self.size_index:02d}_{self.width}x{self.height}.png"
+
+
+def image_seed(base_seed: int, prompt_index: int, size_index: int) -> int:
+    """The fixed seed of image (prompt_index, size_index)."""
+    if size_index >= PROMPT_STRIDE:
+        raise ValueError(f"at most {PROMPT_STRIDE} validation sizes are supported")
+    return int(base_seed) + PROMPT_STRIDE * prompt_index + size_index
+
+
+def load_pipeline(pipeline_dir: str | Path, device: torch.device, dtype: str = "fp32"):
+    """Load the exported pipeline with stock ``PixArtSigmaPipeline.from_pretrained``."""
+    from diffusers import PixArtSigmaPipeline
+
+    folder = Path(pipeline_dir)
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(
+            f"{folder} is not a diffusers pipeline folder (no model_index.json); expected the "
+            "trained_checkpoint's exported 'pipeline/' folder"
+        )
+    pipe = PixArtSigmaPipeline.from_pretrained(str(folder), dtype=TORCH_DTYPES[dtype])
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def generate_images(
+    pipe,
+    prompts: Sequence[str],
+    sizes: Sequence[tuple[int, int]],
+    *,
+    guidance: float,
+    num_inference_steps: int,
+    seed: int,
+    negative_prompt: str = "",
+    max_sequence_length: int = 300,
+    batch_size: int = 4,
+) -> list[ValidationImage]:
+    """Generate every prompt x size; returns images ordered by (prompt index, size index).
+
+    Prompts of one size are batched (up to ``batch_size``) with one generator per image, so each
+    image still gets its own fixed seed. Resolution binning is off: the size asked for is the size
+    made (PixArt's aspect-ratio bins would silently change it). Captions are not "cleaned" (that
+    needs bs4/ftfy and changes the prompt the user wrote).
+    """
+    results: dict[tuple[int, int], ValidationImage] = {}
+    for si, (width, height) in enumerate(sizes):
+        for start in range(0, len(prompts), batch_size):
+            indices = list(range(start, min(start + batch_size, len(prompts))))
+            seeds = [image_seed(seed, pi, si) for pi in indices]
+            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            output = pipe(
+                prompt=[prompts[pi] for pi in indices],
+                negative_prompt=negative_prompt,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance,
+                width=width,
+                height=height,
+                generator=generators,
+                use_resolution_binning=False,
+                clean_caption=False,
+                max_sequence_length=max_sequence_length,
+                output_type="pil",
+            )
+            for pi, s, image in zip(indices, seeds, output.images):
+                results[(pi, si)] = ValidationImage(pi, si, prompts[pi], width, height, s, image)
+    return [results[key] for key in sorted(results)]
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """Encode a PIL image as PNG (no metadata chunks, so equal pixels give equal bytes)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_images(images: Sequence[ValidationImage], folder: Path) -> list[Path]:
+    """Write each image as ``folder/<file_name>`` atomically; returns the paths in order."""
+    paths = []
+    for item in images:
+        path = folder / item.file_name
+        atomic_write_bytes(path, png_bytes(item.image))
+        paths.append(path)
+    return paths
