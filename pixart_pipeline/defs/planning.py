@@ -178,7 +178,7 @@ def sync(
         )
         seconds = time.perf_counter() - start
         if not result.success:
-            raise SyncError(f"materializing {name} failed (run {result.run_id}); see the run's logs")
+            raise SyncError(f"materializing {name} failed (run {result.run_id[:8]}):\n{_failure_messages(result)}")
         for evaluation in result.get_asset_check_evaluations():
             if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
                 raise SyncError(
@@ -186,3 +186,19 @@ def sync(
                 )
         echo(f"   done in {seconds:.1f}s (run {result.run_id[:8]})")
         done.append(SyncStep(entry.key, seconds, result.run_id))
+
+
+def _failure_messages(result) -> str:
+    """The root error of each failed step (e.g. "model X cannot be downloaded: ..."), not the stack."""
+    lines = []
+    for event in result.all_events:
+        if not event.is_step_failure:
+            continue
+        error = event.step_failure_data.error
+        # Skip Dagster's wrappers; stop at the first error our code (or a library) raised.
+        while error is not None and (error.cls_name or "").startswith("Dagster") and error.cause is not None:
+            error = error.cause
+        message = error.message.strip() if error is not None else "unknown error"
+        message = message.removeprefix("dagster._core.definitions.events.Failure: ")
+        lines.append(f"  {event.step_key}: {message}")
+    return "\n".join(lines) or "  (no step failure recorded; see the run's logs)"

@@ -7,6 +7,7 @@ from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config.fingerprints import bucketed_metadata_fields
 from pixart_pipeline.data.stage import run_bucketed_metadata
 from pixart_pipeline.defs.assets.common import (
+    user_errors,
     automation,
     captions_key,
     metadata_key,
@@ -32,6 +33,7 @@ def build_bucketed_metadata_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.A
         ),
     )
     def bucketed_metadata(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        return to_materialize_result(run_bucketed_metadata(cfg, ds, log=context.log.info))
+        with user_errors():
+            return to_materialize_result(run_bucketed_metadata(cfg, ds, log=context.log.info))
 
     return bucketed_metadata

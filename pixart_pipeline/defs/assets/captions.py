@@ -7,6 +7,7 @@ from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config.fingerprints import captions_fields
 from pixart_pipeline.data.stage import run_captions
 from pixart_pipeline.defs.assets.common import (
+    user_errors,
     automation,
     captions_key,
     raw_key,
@@ -31,6 +32,7 @@ def build_captions_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.AssetsDefi
         ),
     )
     def captions(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        return to_materialize_result(run_captions(cfg, ds, log=context.log.info))
+        with user_errors():
+            return to_materialize_result(run_captions(cfg, ds, log=context.log.info))
 
     return captions

@@ -5,8 +5,14 @@ import base64
 import io
 from pathlib import Path
 
+from contextlib import contextmanager
+
 import dagster as dg
 from PIL import Image
+
+from pixart_pipeline.config import ConfigError
+from pixart_pipeline.data.hub import HubUnavailableError
+from pixart_pipeline.models import ModelUnavailableError
 
 from pixart_pipeline.config.fingerprints import code_version
 from pixart_pipeline.stage_result import StageResult
@@ -51,6 +57,18 @@ def automation() -> dg.AutomationCondition:
         & ~ac.any_deps_in_progress()
         & ~ac.in_progress()
     )
+
+
+@contextmanager
+def user_errors():
+    """Errors a user can fix (config, missing model, missing input) fail the step with their message.
+
+    ``dg.Failure`` shows the description in the UI and the CLI instead of a stack trace.
+    """
+    try:
+        yield
+    except (ModelUnavailableError, HubUnavailableError, ConfigError, FileNotFoundError) as e:
+        raise dg.Failure(description=str(e), allow_retries=False) from None
 
 
 def stage_code_version(stage: str, fields: dict) -> str:

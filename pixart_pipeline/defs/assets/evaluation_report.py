@@ -6,6 +6,7 @@ import dagster as dg
 from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.config.fingerprints import evaluation_fields
 from pixart_pipeline.defs.assets.common import (
+    user_errors,
     CHECKPOINT_KEY,
     REPORT_KEY,
     automation,
@@ -35,6 +36,7 @@ def build_evaluation_report_asset(cfg: PipelineConfig) -> dg.AssetsDefinition:
         ),
     )
     def evaluation_report(context: dg.AssetExecutionContext, device: DeviceResource) -> dg.MaterializeResult:
-        return to_materialize_result(run_evaluation_report(cfg, device.device, log=context.log.info))
+        with user_errors():
+            return to_materialize_result(run_evaluation_report(cfg, device.device, log=context.log.info))
 
     return evaluation_report

@@ -6,7 +6,7 @@ import dagster as dg
 from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config.fingerprints import raw_dataset_fields
 from pixart_pipeline.data.stage import run_raw_dataset
-from pixart_pipeline.defs.assets.common import automation, raw_key, stage_code_version, to_materialize_result
+from pixart_pipeline.defs.assets.common import user_errors, automation, raw_key, stage_code_version, to_materialize_result
 
 
 def build_raw_dataset_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.AssetsDefinition:
@@ -23,7 +23,7 @@ def build_raw_dataset_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.AssetsD
         ),
     )
     def raw_dataset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        result = run_raw_dataset(cfg, ds, log=context.log.info)
-        return to_materialize_result(result)
+        with user_errors():
+            return to_materialize_result(run_raw_dataset(cfg, ds, log=context.log.info))
 
     return raw_dataset

@@ -7,6 +7,7 @@ from pixart_pipeline.cache.stage import run_text_embed_cache
 from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.config.fingerprints import text_encoder_fields
 from pixart_pipeline.defs.assets.common import (
+    user_errors,
     TEXT_EMBED_KEY,
     automation,
     captions_key,
@@ -32,6 +33,7 @@ def build_text_embed_cache_asset(cfg: PipelineConfig) -> dg.AssetsDefinition:
         ),
     )
     def text_embed_cache(context: dg.AssetExecutionContext, device: DeviceResource) -> dg.MaterializeResult:
-        return to_materialize_result(run_text_embed_cache(cfg, device.device, log=context.log.info))
+        with user_errors():
+            return to_materialize_result(run_text_embed_cache(cfg, device.device, log=context.log.info))
 
     return text_embed_cache

@@ -6,6 +6,7 @@ import dagster as dg
 from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.config.fingerprints import trained_checkpoint_fields
 from pixart_pipeline.defs.assets.common import (
+    user_errors,
     CHECKPOINT_KEY,
     TEXT_EMBED_KEY,
     automation,
@@ -45,7 +46,8 @@ def build_trained_checkpoint_asset(cfg: PipelineConfig) -> dg.AssetsDefinition:
         pipes_subprocess_client: dg.PipesSubprocessClient,
         device: DeviceResource,
     ) -> dg.MaterializeResult:
-        prepared = prepare_training_run(cfg, device.device)
+        with user_errors():
+            prepared = prepare_training_run(cfg, device.device)
         if prepared.complete:
             context.log.info(f"Run {prepared.run_dir} already finished with these exact inputs; reusing it.")
         else:

@@ -7,6 +7,7 @@ from pixart_pipeline.cache.stage import run_vae_cache
 from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config.fingerprints import vae_fields
 from pixart_pipeline.defs.assets.common import (
+    user_errors,
     automation,
     metadata_key,
     stage_code_version,
@@ -32,6 +33,7 @@ def build_vae_cache_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.AssetsDef
         ),
     )
     def vae_cache(context: dg.AssetExecutionContext, device: DeviceResource) -> dg.MaterializeResult:
-        return to_materialize_result(run_vae_cache(cfg, ds, device.device, log=context.log.info))
+        with user_errors():
+            return to_materialize_result(run_vae_cache(cfg, ds, device.device, log=context.log.info))
 
     return vae_cache

@@ -1,0 +1,130 @@
+"""The Dagster shell: the graph a user sees in the UI, and the CLI around it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from pixart_pipeline.config import load_config
+from pixart_pipeline.defs.build import build_definitions
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "config" / "demo" / "config.json"
+
+
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
+    return build_definitions(load_config(DEMO))
+
+
+def test_graph_has_the_design_asset_keys_in_four_groups(defs):
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {
+        "raw_dataset/shapes",
+        "captions/shapes",
+        "bucketed_metadata/shapes",
+        "vae_cache/shapes",
+        "text_embed_cache",
+        "trained_checkpoint",
+        "evaluation_report",
+    }
+    groups = {k.to_user_string(): graph.get(k).group_name for k in graph.get_all_asset_keys()}
+    assert set(groups.values()) == {"data", "caches", "training", "evaluation"}
+    assert groups["text_embed_cache"] == groups["vae_cache/shapes"] == "caches"
+
+
+def test_dependencies_follow_the_design(defs):
+    graph = defs.resolve_asset_graph()
+    parents = {k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()}
+    assert parents["captions/shapes"] == {"raw_dataset/shapes"}
+    assert parents["bucketed_metadata/shapes"] == {"raw_dataset/shapes", "captions/shapes"}
+    assert parents["vae_cache/shapes"] == {"bucketed_metadata/shapes"}
+    # Captions, not the bucketed table: a geometry change must not make the text cache unsynced.
+    assert parents["text_embed_cache"] == {"captions/shapes"}
+    assert parents["trained_checkpoint"] == {"text_embed_cache", "vae_cache/shapes", "bucketed_metadata/shapes"}
+    assert parents["evaluation_report"] == {"trained_checkpoint"}
+
+
+def test_gpu_stages_share_the_gpu_pool_and_have_descriptions(defs):
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.description and len(node.description) > 40, key
+        pool = node.pools
+        expected = {"gpu"} if node.group_name in ("caches", "training", "evaluation") else set()
+        assert set(pool or ()) == expected, key
+
+
+def test_code_versions_carry_stage_revision_and_fingerprint(defs):
+    graph = defs.resolve_asset_graph()
+    version = graph.get(dg.AssetKey("trained_checkpoint")).code_version
+    assert version.startswith("r1-") and len(version) == len("r1-") + 12
+
+
+def test_sensors_and_schedule_exist_and_are_stopped_by_default(defs):
+    sensors = {s.name: s for s in defs.sensors}
+    assert set(sensors) == {"dataset_folder_sensor", "pixart_automation"}
+    assert all(s.default_status == dg.DefaultSensorStatus.STOPPED for s in sensors.values())
+    (schedule,) = defs.schedules
+    assert schedule.name == "retraining_schedule"
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+
+
+def test_definitions_module_loads_the_config_from_the_environment(tmp_path):
+    folder = tmp_path / "cfg"
+    shutil.copytree(REPO / "config" / "demo", folder)
+    backend = json.loads((folder / "multidatabackend.json").read_text())
+    backend[0]["id"] = "other-set"
+    (folder / "multidatabackend.json").write_text(json.dumps(backend))
+    code = "from pixart_pipeline.definitions import defs; print(sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PIXART_CONFIG": str(folder / "config.json"), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+    ).stdout
+    assert "raw_dataset/other-set" in out
+
+
+def test_package_import_is_light():
+    """Importing the package (as the trainer does) must not import Dagster or read a config."""
+    code = "import sys, pixart_pipeline, pixart_pipeline.training.spec; print('dagster' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def _cli(*args: str, home: Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pixart_pipeline.cli", *args],
+        capture_output=True, text=True, cwd=cwd,
+        env={"DAGSTER_HOME": str(home), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def test_cli_validate_ok_and_bad(tmp_path):
+    ok = _cli("validate", "--config", str(DEMO), home=tmp_path / "home")
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    folder = tmp_path / "bad"
+    shutil.copytree(REPO / "config" / "demo", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["mixed_precison"] = "bf16"
+    (folder / "config.json").write_text(json.dumps(config))
+    bad = _cli("validate", "--config", str(folder / "config.json"), home=tmp_path / "home")
+    assert bad.returncode == 2
+    assert "mixed_precison" in bad.stderr and "did you mean 'mixed_precision'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_cli_plan_on_a_fresh_instance_lists_every_asset_as_missing(tmp_path):
+    result = _cli("plan", "--config", str(DEMO), home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    missing = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("MISSING")]
+    assert len(missing) == 7 and missing[0] == "raw_dataset/shapes" and missing[-1] == "evaluation_report"
+    # The instance lives where DAGSTER_HOME says, seeded with the repo's dagster.yaml.
+    assert (tmp_path / "home" / "dagster.yaml").read_text() == (REPO / "dagster.yaml").read_text()
