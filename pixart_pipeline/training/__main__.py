@@ -1,0 +1,38 @@
+"""``python -m pixart_pipeline.training <run_spec.json>``: train one run (see ``training/spec.py``).
+
+Exit status 0 when the run finished (or was already finished), 2 for a bad spec or input (the message
+names the file and key), 1 for anything else. Under Dagster Pipes the error also goes back to Dagster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pixart_pipeline.training.report import Reporter
+from pixart_pipeline.training.spec import RunSpec
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pixart_pipeline.training", description=__doc__.splitlines()[0])
+    parser.add_argument("run_spec", help="path of the run spec JSON")
+    parser.add_argument("--stop-at-step", type=int, default=None,
+                        help="stop after this global step (with a checkpoint), without exporting")
+    args, _unknown = parser.parse_known_args(argv)  # Pipes may add its own --dagster-pipes-* arguments
+    with Reporter.open() as reporter:
+        try:
+            spec = RunSpec.load(args.run_spec)
+            # imported after the spec is read, so a bad spec is reported without waiting for torch
+            from pixart_pipeline.training.loop import train
+
+            train(spec, stop_at_step=args.stop_at_step, reporter=reporter)
+        except ValueError as exc:  # bad spec or input: a clear message (naming file and key), no traceback
+            if reporter.under_pipes:
+                reporter.context.log.error(str(exc))
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

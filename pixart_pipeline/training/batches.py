@@ -1,0 +1,155 @@
+"""Training items and batches, read from the caches (no image or text encoder is loaded).
+
+The items parquet has one row per training image: ``vae_store`` (root of its VAE ShardStore),
+``vae_key``, ``text_key``, ``target_width``, ``target_height``, ``dataset_id``, ``repeats``.
+A batch is built from the latent posterior (``mean``, ``std``, each ``[4, H/8, W/8]``) and the
+T5 embedding (``prompt_embeds [L, D]``) of each item; latents are sampled fresh every step,
+``z = (mean + std * eps) * scaling_factor``, as SimpleTuner does from its cached distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+from pixart_pipeline.cache import ShardStore, pad_prompt_embeds, sample_latents
+
+ITEM_COLUMNS = ("vae_store", "vae_key", "text_key", "target_width", "target_height", "dataset_id", "repeats")
+
+
+@dataclass(frozen=True)
+class Items:
+    """The training items, column-wise (index ``i`` is one item)."""
+
+    vae_store: list[str]
+    vae_key: list[str]
+    text_key: list[str]
+    target: list[tuple[int, int]]  # (width, height): the bucket
+    dataset_id: list[str]
+    repeats: list[int]
+
+    def __len__(self) -> int:
+        return len(self.vae_key)
+
+
+def load_items(path: str | Path) -> Items:
+    """Read and check the items parquet; errors name the file, the column and the row."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the items table: {exc}") from None
+    missing = [c for c in ITEM_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: items table lacks column(s) {', '.join(missing)}; needs {', '.join(ITEM_COLUMNS)}")
+    if table.num_rows == 0:
+        raise ValueError(f"{path}: items table is empty; there is nothing to train on")
+    cols = {c: table.column(c).to_pylist() for c in ITEM_COLUMNS}
+    for c in ITEM_COLUMNS:
+        if None in cols[c]:
+            raise ValueError(f"{path}: column '{c}' is null in row {cols[c].index(None)}")
+    for row, (w, h) in enumerate(zip(cols["target_width"], cols["target_height"])):
+        if w <= 0 or h <= 0 or w % 8 or h % 8:
+            raise ValueError(f"{path}: row {row} has target size {w}x{h}; it must be positive multiples of 8")
+    for row, r in enumerate(cols["repeats"]):
+        if r < 0:
+            raise ValueError(f"{path}: row {row} has repeats {r}; it must be >= 0")
+    return Items(
+        vae_store=[str(s) for s in cols["vae_store"]],
+        vae_key=[str(k) for k in cols["vae_key"]],
+        text_key=[str(k) for k in cols["text_key"]],
+        target=[(int(w), int(h)) for w, h in zip(cols["target_width"], cols["target_height"])],
+        dataset_id=[str(d) for d in cols["dataset_id"]],
+        repeats=[int(r) for r in cols["repeats"]],
+    )
+
+
+def vae_scaling_factor(base_model: str, revision: str | None) -> float:
+    """``scaling_factor`` from the base model's ``vae/config.json`` (0.13025 for the SDXL VAE)."""
+    from diffusers import AutoencoderKL
+
+    try:
+        config = AutoencoderKL.load_config(base_model, subfolder="vae", revision=revision)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the VAE config of {base_model!r} (vae/config.json): {exc}") from None
+    return float(config.get("scaling_factor", 0.18215))
+
+
+def _describe_missing(missing: list[str], what: str, where: str) -> str:
+    shown = ", ".join(repr(k) for k in missing[:3])
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    return f"{len(missing)} {what} key(s) are not in {where}: {shown}{more}; materialise the cache first"
+
+
+class BatchBuilder:
+    """Turns a list of item indices into ``(latents, prompt_embeds, attention_mask)``."""
+
+    def __init__(self, items: Items, text_store: str | Path, empty_text_key: str | None) -> None:
+        self.items = items
+        self.vae_stores = {root: ShardStore(Path(root)) for root in sorted(set(items.vae_store))}
+        self.text_store = ShardStore(Path(text_store))
+        self.text_store_root = str(text_store)
+        self.empty_text_key = empty_text_key
+        self._empty: torch.Tensor | None = None
+
+    def check_complete(self, need_empty: bool) -> None:
+        """Fail before training (not at step 900) if any item is missing from a cache."""
+        for root, store in self.vae_stores.items():
+            have = store.keys()
+            missing = sorted({k for k, r in zip(self.items.vae_key, self.items.vae_store) if r == root} - have)
+            if missing:
+                raise ValueError(_describe_missing(missing, "VAE item", f"the VAE cache {root}"))
+        have = self.text_store.keys()
+        missing = sorted(set(self.items.text_key) - have)
+        if missing:
+            raise ValueError(_describe_missing(missing, "text", f"the text cache {self.text_store_root}"))
+        if need_empty and self.empty_text_key not in have:
+            raise ValueError(
+                f"the empty prompt's key {self.empty_text_key!r} (caption dropout) is not in the text cache "
+                f"{self.text_store_root}; encode \"\" into it"
+            )
+
+    def empty_embed(self) -> torch.Tensor:
+        if self._empty is None:
+            self._empty = self.text_store.get(self.empty_text_key)["prompt_embeds"]
+        return self._empty
+
+    def build(
+        self,
+        indices: list[int],
+        generator: torch.Generator,
+        scaling_factor: float,
+        caption_dropout_probability: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Latents ``[B, 4, h, w]`` (float32), prompt_embeds ``[B, Lmax, D]``, attention_mask ``[B, Lmax]``.
+
+        Random draws, in this order, all from ``generator`` (CPU): caption dropout (only when its
+        probability is > 0), then the latent sample."""
+        # group reads by store so each shard file is opened once
+        posteriors: list[dict[str, torch.Tensor] | None] = [None] * len(indices)
+        by_store: dict[str, list[int]] = {}
+        for pos, i in enumerate(indices):
+            by_store.setdefault(self.items.vae_store[i], []).append(pos)
+        for root, positions in by_store.items():
+            got = self.vae_stores[root].get_many([self.items.vae_key[indices[p]] for p in positions])
+            for p, item in zip(positions, got):
+                posteriors[p] = item
+        shapes = {tuple(item["mean"].shape) for item in posteriors}
+        if len(shapes) != 1:
+            keys = [self.items.vae_key[i] for i in indices]
+            raise ValueError(f"one batch mixes latent shapes {sorted(shapes)} (items {keys}); the VAE cache "
+                             "does not match the items table's target sizes")
+        mean = torch.stack([item["mean"] for item in posteriors]).float()  # [B, 4, h, w]
+        std = torch.stack([item["std"] for item in posteriors]).float()
+
+        texts = [t["prompt_embeds"] for t in self.text_store.get_many([self.items.text_key[i] for i in indices])]
+        if caption_dropout_probability > 0:
+            drop = torch.rand(len(indices), generator=generator) < caption_dropout_probability  # [B] bool
+            texts = [self.empty_embed() if d else t for t, d in zip(texts, drop.tolist())]
+        prompt_embeds, attention_mask = pad_prompt_embeds([t.float() for t in texts])
+
+        latents = sample_latents(mean, std, scaling_factor, generator)
+        return latents, prompt_embeds, attention_mask

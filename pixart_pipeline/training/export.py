@@ -1,0 +1,125 @@
+"""Export ``run_dir/pipeline/``: a diffusers pipeline folder with the trained transformer.
+
+Only the transformer is trained, so the other components (VAE, T5, tokenizer, scheduler) are linked
+to the base model's folders (symlinks; copied where the file system cannot link) and
+``model_index.json`` is the base model's. Stock ``PixArtSigmaPipeline.from_pretrained(run_dir /
+"pipeline")`` loads the result. The folder is built under a temp name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pixart_pipeline.training.fileio import atomic_write_text
+
+_COMPONENT_PATTERNS = ["model_index.json", "scheduler/*", "vae/*", "text_encoder/*", "tokenizer/*"]
+
+
+def base_model_folder(base_model: str, revision: str | None) -> Path:
+    """A local folder of the base pipeline: the path itself, or the hub snapshot in the HF cache."""
+    path = Path(os.path.expanduser(base_model))
+    if path.is_dir():
+        return path.resolve()
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(base_model, revision=revision, allow_patterns=_COMPONENT_PATTERNS))
+    except Exception as exc:  # offline cache miss, 404, gated repo ...
+        raise ValueError(
+            f"cannot export the pipeline: the base model {base_model!r} (revision {revision or 'main'}) "
+            f"is not a local folder and could not be fetched from the Hub ({type(exc).__name__}: {exc}). "
+            "Download it first or point base_model at a local folder."
+        ) from None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.symlink(src, dst, target_is_directory=src.is_dir())
+    except OSError:  # e.g. Windows without the symlink privilege
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            shutil.copy2(src, dst)
+
+
+def export_pipeline(transformer: torch.nn.Module, base_model: str, revision: str | None, out_dir: Path) -> Path:
+    """Write ``out_dir`` (e.g. ``run_dir/pipeline``) holding ``transformer`` + the base components."""
+    base = base_model_folder(base_model, revision)
+    index_file = base / "model_index.json"
+    if not index_file.is_file():
+        raise ValueError(f"cannot export the pipeline: {index_file} is missing (is {base} a diffusers pipeline?)")
+    index: dict[str, Any] = json.loads(index_file.read_text())
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir()
+        shutil.copy2(index_file, tmp / "model_index.json")
+        transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
+        for name, value in index.items():
+            # component entries look like "vae": ["diffusers", "AutoencoderKL"]; null = absent
+            if name.startswith("_") or name == "transformer" or not isinstance(value, list) or value[0] is None:
+                continue
+            src = base / name
+            if not src.exists():
+                raise ValueError(f"cannot export the pipeline: component folder {src} is missing")
+            _link_or_copy(src.resolve(), tmp / name)
+        if out_dir.exists() or out_dir.is_symlink():
+            old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(out_dir, old)
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def write_model_card(path: Path, info: dict[str, Any]) -> None:
+    """A short README.md: what was trained, on what, how, and how to load it."""
+    hp = info.get("hyperparameters", {})
+    rows = "\n".join(f"| `{k}` | `{hp[k]}` |" for k in sorted(hp))
+    ema_note = " The exported weights are the EMA of the trained ones." if hp.get("use_ema") else ""
+    datasets = ", ".join(f"`{d}`" for d in info.get("datasets", [])) or "(unknown)"
+    text = f"""---
+library_name: diffusers
+base_model: {info.get('base_model')}
+tags: [pixart-sigma, text-to-image, full-fine-tune]
+---
+
+# PixArt Sigma fine-tune
+
+Full fine-tune of the transformer of `{info.get('base_model')}` (revision `{info.get('revision') or 'main'}`)
+on {info.get('num_items')} training items from dataset(s) {datasets}, for {info.get('steps')} optimizer
+steps ({info.get('seconds', 0):.1f} s). Final training loss: {info.get('final_loss')}.{ema_note}
+
+Transformer weights sha256 (over tensor names, dtypes, shapes and bytes): `{info.get('weights_sha256')}`
+
+## Use
+
+```python
+from diffusers import PixArtSigmaPipeline
+
+pipe = PixArtSigmaPipeline.from_pretrained("{info.get('pipeline_path')}")
+image = pipe("a photo of ...").images[0]
+```
+
+## Hyperparameters
+
+| name | value |
+|---|---|
+{rows}
+
+Per-step metrics are in `metrics.jsonl` beside this card.
+"""
+    atomic_write_text(Path(path), text)
