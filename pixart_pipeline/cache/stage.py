@@ -20,8 +20,8 @@ from pixart_pipeline.cache.text import encode_captions
 from pixart_pipeline.cache.vae import VaeItem, encode_images
 from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
-from pixart_pipeline.data.io import read_parquet
 from pixart_pipeline.data.stage import captions_path, metadata_path
+from pixart_pipeline.fileio import read_parquet
 from pixart_pipeline.models import (
     load_text_encoder,
     load_tokenizer,

@@ -15,8 +15,6 @@ is harmless (the first shard in name order wins; both copies are equal). No pick
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 import uuid
 from collections import defaultdict
@@ -29,6 +27,8 @@ import pyarrow.parquet as pq
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
+
+from pixart_pipeline.fileio import atomic_write_bytes
 
 SHARDS = "shards"
 INDEX = "index"
@@ -60,20 +60,6 @@ class _Entry:
     fields: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[str, ...]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync it, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ShardStore:
@@ -165,10 +151,10 @@ class ShardStore:
         (self.root / SHARDS).mkdir(parents=True, exist_ok=True)
         (self.root / INDEX).mkdir(parents=True, exist_ok=True)
         # Shard first, then the index part that makes its items visible.
-        _write_atomic(self.root / SHARDS / f"{shard_id}.safetensors", blob)
+        atomic_write_bytes(self.root / SHARDS / f"{shard_id}.safetensors", blob)
         sink = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pydict(rows, schema=_INDEX_SCHEMA), sink)
-        _write_atomic(self.root / INDEX / f"{shard_id}.parquet", sink.getvalue().to_pybytes())
+        atomic_write_bytes(self.root / INDEX / f"{shard_id}.parquet", sink.getvalue().to_pybytes())
 
         if self._index is not None:
             for i, key in enumerate(rows["key"]):

@@ -116,6 +116,12 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
                 f"{backend_path}: {where}.dataset_type = {kind!r} is not supported; "
                 f"allowed: 'image' (default), 'text_embeds'{_did_you_mean(str(kind), ['image', 'text_embeds'])}"
             )
+    for ds in datasets:
+        if ds.skip_file_discovery.strip():
+            notes.append(
+                f"{backend_path}: dataset {ds.id!r} skip_file_discovery={ds.skip_file_discovery!r} is ignored: "
+                "discovery is always incremental here (only new or changed files are hashed and probed)"
+            )
     datasets = [d for d in datasets if not d.disabled]
     text_embeds = [t for t in text_embeds if not t.disabled]
     ids = [d.id for d in datasets]

@@ -181,7 +181,7 @@ class ImageDataset(StrictModel):
     crop: bool = False
     crop_aspect: Literal["square", "preserve"] = "square"
     crop_style: Literal["random", "center", "centre", "corner"] = "random"
-    resolution: Number = Field(1.0, gt=0)
+    resolution: Number = Field(1024, gt=0)
     resolution_type: Literal["area", "pixel", "pixel_area"] = "pixel_area"
     minimum_image_size: Number | None = Field(None, ge=0)
     maximum_image_size: Number | None = Field(None, gt=0)

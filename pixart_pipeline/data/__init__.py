@@ -4,7 +4,6 @@ bucketing and the metadata table. Plain Python + PIL + pyarrow; no Dagster here.
 from pixart_pipeline.data.buckets import Geometry, compute_geometry
 from pixart_pipeline.data.captions import build_captions_table, captions_data_version
 from pixart_pipeline.data.hub import HubUnavailableError, download_hub_dataset
-from pixart_pipeline.data.io import read_parquet, write_parquet_atomic
 from pixart_pipeline.data.manifest import FolderChanges, ScanStats, folder_changes, manifest_data_version, scan_dataset
 from pixart_pipeline.data.metadata import (
     bucket_histogram,
@@ -33,8 +32,6 @@ __all__ = [
     "metadata_data_version",
     "probe_image",
     "probe_many",
-    "read_parquet",
     "scan_dataset",
     "status_counts",
-    "write_parquet_atomic",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pixart_pipeline.data.io import write_json_atomic
+from pixart_pipeline.fileio import atomic_write_json
 
 MARKER = ".hub_revision.json"
 
@@ -91,8 +91,8 @@ def download_hub_dataset(
             f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
             + _how_to_fix(repo_id, revision, local_dir, allow_patterns)
         ) from None
-    write_json_atomic(
-        {"repo_id": repo_id, "revision": revision or "main", "sha": sha, "allow_patterns": allow_patterns},
+    atomic_write_json(
         local_dir / MARKER,
+        {"repo_id": repo_id, "revision": revision or "main", "sha": sha, "allow_patterns": allow_patterns},
     )
     return sha

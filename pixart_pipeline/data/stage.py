@@ -17,7 +17,6 @@ from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
 from pixart_pipeline.data.captions import build_captions_table, captions_data_version
 from pixart_pipeline.data.hub import download_hub_dataset
-from pixart_pipeline.data.io import read_parquet, write_parquet_atomic
 from pixart_pipeline.data.manifest import folder_changes, manifest_data_version, scan_dataset
 from pixart_pipeline.data.metadata import (
     bucket_histogram,
@@ -26,6 +25,7 @@ from pixart_pipeline.data.metadata import (
     status_counts,
 )
 from pixart_pipeline.data.synthetic import generate_synthetic_dataset
+from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
 from pixart_pipeline.stage_result import StageResult, markdown_table
 
 Log = Callable[[str], None]
@@ -74,7 +74,7 @@ def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) ->
     path = manifest_path(cfg, ds)
     previous = read_parquet(path) if path.exists() else None
     table, stats = scan_dataset(root, previous)
-    write_parquet_atomic(table, path)
+    atomic_write_parquet(path, table)
     log(f"manifest of {stats.total} file(s): {stats.hashed} hashed, {stats.reused} reused")
     return StageResult(
         path=path,
@@ -106,7 +106,7 @@ def run_captions(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> St
     manifest = _read_input(manifest_path(cfg, ds), f"raw_dataset/{ds.id}")
     table = build_captions_table(manifest, cfg.dataset_dir(ds), ds)
     path = captions_path(cfg, ds)
-    write_parquet_atomic(table, path)
+    atomic_write_parquet(path, table)
     statuses = _counts(table.column("caption_status").to_pylist())
     log(f"captions: {statuses}")
     ok = table.filter(pc.equal(table.column("caption_status"), "ok"))
@@ -130,7 +130,7 @@ def run_bucketed_metadata(cfg: PipelineConfig, ds: ImageDataset, log: Log = _qui
     captions = _read_input(captions_path(cfg, ds), f"captions/{ds.id}")
     table = build_metadata_table(manifest, captions, cfg.dataset_dir(ds), ds)
     path = metadata_path(cfg, ds)
-    write_parquet_atomic(table, path)
+    atomic_write_parquet(path, table)
     statuses = status_counts(table)
     buckets = bucket_histogram(table)
     splits = _counts(table.filter(pc.equal(table.column("status"), "ok")).column("split").to_pylist())

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from pixart_pipeline.data.io import write_bytes_atomic
+from pixart_pipeline.fileio import atomic_write_bytes
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -131,6 +131,6 @@ def generate_synthetic_dataset(folder: Path, num_images: int, seed: int) -> list
     for rel, index in planned_files(num_images, seed):
         path = folder / rel
         if not path.exists():
-            write_bytes_atomic(_file_bytes(rel, index, seed, triples), path)
+            atomic_write_bytes(path, _file_bytes(rel, index, seed, triples))
         paths.append(path)
     return paths

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from pixart_pipeline.evaluation.spec import atomic_write_text
+from pixart_pipeline.fileio import atomic_write_text
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222}

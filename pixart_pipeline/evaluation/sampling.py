@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from pixart_pipeline.evaluation.spec import atomic_write_bytes
+from pixart_pipeline.fileio import atomic_write_bytes
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Seeds are base + PROMPT_STRIDE * prompt_index + size_index: stable when prompts/sizes are appended.

@@ -7,11 +7,11 @@ into an EvalSpec; the core never reads config.json itself. Paths are stored as s
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
+
+from pixart_pipeline.fileio import atomic_write_text
 
 EvaluationType = Literal["clip", "none"]
 DTYPES = ("fp32", "bf16", "fp16")
@@ -131,22 +131,3 @@ class EvalSpec:
         if not isinstance(data, dict):
             raise ValueError(f"EvalSpec {source}: expected a JSON object")
         return cls.from_dict(data)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then os.replace (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))

@@ -10,9 +10,9 @@ from typing import Callable
 from pixart_pipeline.cache.stage import base_model_path, text_store_root
 from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
-from pixart_pipeline.data.io import write_parquet_atomic
 from pixart_pipeline.evaluation.run import run_evaluation
 from pixart_pipeline.evaluation.spec import EvalSpec
+from pixart_pipeline.fileio import atomic_write_parquet
 from pixart_pipeline.models import resolve_pretrained
 from pixart_pipeline.stage_result import StageResult, markdown_table
 from pixart_pipeline.training.stage import current_run_dir, split_items
@@ -29,7 +29,7 @@ def build_eval_spec(cfg: PipelineConfig, device: str) -> EvalSpec:
     run_dir = current_run_dir(cfg)
     out_dir = cfg.output_dir / "reports" / fp.stable_hash({"run": run_dir.name, "eval": fp.evaluation_fields(cfg)}, 12)
     items_path = out_dir / "eval_items.parquet"
-    write_parquet_atomic(split_items(cfg, "eval"), items_path)
+    atomic_write_parquet(items_path, split_items(cfg, "eval"))
     clip = None
     if t.evaluation_type == "clip":
         clip = resolve_pretrained(t.pretrained_evaluation_model_name_or_path, None, cfg.model_cache_dir)

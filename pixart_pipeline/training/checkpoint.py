@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from pixart_pipeline.training.fileio import atomic_save_tensors, atomic_write_json, atomic_write_text
+from pixart_pipeline.fileio import atomic_save_tensors, atomic_write_json, atomic_write_text
 
 MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d+)$")

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from pixart_pipeline.training.fileio import atomic_write_text
+from pixart_pipeline.fileio import atomic_write_text
 
 _COMPONENT_PATTERNS = ["model_index.json", "scheduler/*", "vae/*", "text_encoder/*", "tokenizer/*"]
 

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from pixart_pipeline.fileio import atomic_write_json, tensors_sha256
 from pixart_pipeline.models import load_noise_scheduler, load_transformer
 from pixart_pipeline.training import checkpoint as ckpt
 from pixart_pipeline.training.batches import BatchBuilder, load_items, vae_scaling_factor
 from pixart_pipeline.training.ema import EMA
 from pixart_pipeline.training.export import export_pipeline, write_model_card
-from pixart_pipeline.training.fileio import atomic_write_json, tensors_sha256
 from pixart_pipeline.training.loss import pixart_epsilon_loss
 from pixart_pipeline.training.metrics import MetricsLog, read_metrics
 from pixart_pipeline.training.optim import (
@@ -161,6 +161,8 @@ def _train(spec: RunSpec, reporter: Reporter, stop_at_step: int | None) -> Train
     if hp.use_bitfit:  # BitFit (arXiv:2106.10199): train only the bias terms
         for name, param in transformer.named_parameters():
             param.requires_grad_(name.endswith(".bias") or name == "bias")
+    if spec.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
     transformer.train()
     trainable = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
     optimizer = build_optimizer(trainable.values(), hp)

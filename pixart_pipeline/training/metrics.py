@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pixart_pipeline.training.fileio import atomic_write_text
+from pixart_pipeline.fileio import atomic_write_text
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

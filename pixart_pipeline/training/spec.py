@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pixart_pipeline.config.models import TrainingConfig
-from pixart_pipeline.training.fileio import atomic_write_text
+from pixart_pipeline.fileio import atomic_write_text
 
 # The TrainingConfig fields a run spec may set: those that change the trained weights.
 HYPERPARAMETER_KEYS: tuple[str, ...] = (
@@ -69,6 +69,8 @@ class RunSpec:
     resume_from_checkpoint: str = "latest"  # "latest" | "none" | a checkpoint folder
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "mps"
     log_every_steps: int = 10  # progress lines; metrics.jsonl always gets every step
+    # Recompute activations in the backward pass: less memory, same gradients (not a hyperparameter).
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

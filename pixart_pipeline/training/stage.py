@@ -20,7 +20,7 @@ from pixart_pipeline.cache.stage import EMPTY_PROMPT, base_model_path, text_stor
 from pixart_pipeline.cache.store import ShardStore
 from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
-from pixart_pipeline.data.io import read_parquet, write_parquet_atomic
+from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
 from pixart_pipeline.stage_result import StageResult
 from pixart_pipeline.training.spec import HYPERPARAMETER_KEYS, RunSpec
 
@@ -87,7 +87,7 @@ def prepare_training_run(cfg: PipelineConfig, device: str) -> PreparedRun:
     run_dir = run_dir_for(cfg, items)
     items_path = run_dir / "items.parquet"
     if not items_path.exists():
-        write_parquet_atomic(items, items_path)
+        atomic_write_parquet(items_path, items)
     spec = RunSpec(
         run_dir=str(run_dir),
         base_model=base_model_path(cfg),
@@ -100,6 +100,7 @@ def prepare_training_run(cfg: PipelineConfig, device: str) -> PreparedRun:
         checkpoints_total_limit=t.checkpoints_total_limit,
         resume_from_checkpoint=t.resume_from_checkpoint,
         device=device,
+        gradient_checkpointing=t.gradient_checkpointing,
     )
     spec_path = run_dir / "run_spec.json"
     spec.save(spec_path)

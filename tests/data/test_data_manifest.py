@@ -1,8 +1,8 @@
 import os
 
-from pixart_pipeline.data.io import read_parquet, write_parquet_atomic
 from pixart_pipeline.data.manifest import folder_changes, manifest_data_version, scan_dataset
 from pixart_pipeline.data.synthetic import generate_synthetic_dataset
+from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
 
 
 def _bump(path, data):
@@ -21,7 +21,7 @@ def test_rescan_hashes_only_changed_and_new(tmp_path):
     assert first.column("path").to_pylist() == sorted(first.column("path").to_pylist())
 
     # parquet round trip keeps the table
-    write_parquet_atomic(first, tmp_path / "m.parquet")
+    atomic_write_parquet(tmp_path / "m.parquet", first)
     first = read_parquet(tmp_path / "m.parquet")
 
     same, stats = scan_dataset(root, previous=first)

@@ -5,7 +5,6 @@ import pyarrow as pa
 from pixart_pipeline.config import load_config
 from pixart_pipeline.config.models import ImageDataset
 from pixart_pipeline.data.captions import build_captions_table
-from pixart_pipeline.data.io import read_parquet, write_parquet_atomic
 from pixart_pipeline.data.manifest import scan_dataset
 from pixart_pipeline.data.metadata import (
     METADATA_SCHEMA,
@@ -16,6 +15,7 @@ from pixart_pipeline.data.metadata import (
     status_counts,
 )
 from pixart_pipeline.data.synthetic import BROKEN_NAME, TINY_NAME, generate_synthetic_dataset
+from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
 
 DEMO = Path(__file__).resolve().parents[2] / "config" / "demo" / "config.json"
 
@@ -72,7 +72,7 @@ def test_data_version_is_order_free_and_semantic(tmp_path):
     ds = ImageDataset(id="d", instance_data_dir=".", resolution=128, crop=True, crop_aspect="preserve")
     generate_synthetic_dataset(tmp_path / "ds", 10, seed=0)
     table = _metadata(tmp_path / "ds", ds)
-    write_parquet_atomic(table, tmp_path / "meta.parquet")
+    atomic_write_parquet(tmp_path / "meta.parquet", table)
     assert read_parquet(tmp_path / "meta.parquet").equals(table)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "meta.parquet"]  # no temp file left
     shuffled = pa.Table.from_pylist(table.to_pylist()[::-1], schema=table.schema)

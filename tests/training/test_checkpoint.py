@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pixart_pipeline.fileio import atomic_save_tensors
 from pixart_pipeline.training import checkpoint as ckpt
-from pixart_pipeline.training.fileio import atomic_save_tensors
 from pixart_pipeline.training.optim import (
     optimizer_state_from_flat,
     optimizer_state_to_flat,

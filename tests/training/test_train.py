@@ -15,8 +15,8 @@ import torch
 from diffusers import PixArtSigmaPipeline
 from safetensors.torch import load_file
 
+from pixart_pipeline.fileio import tensors_sha256
 from pixart_pipeline.models import load_transformer
-from pixart_pipeline.training.fileio import tensors_sha256
 from pixart_pipeline.training.loop import train
 from pixart_pipeline.training.metrics import read_metrics
 
