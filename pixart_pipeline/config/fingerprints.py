@@ -13,7 +13,12 @@ import json
 from typing import Any
 
 from pixart_pipeline.config.load import PipelineConfig
-from pixart_pipeline.config.models import ImageDataset
+from pixart_pipeline.config.models import (
+    TINY_CLIP_NAME,
+    TINY_MODEL_NAME,
+    TINY_MODEL_REVISION,
+    ImageDataset,
+)
 
 # Bump when a stage's code changes what it writes.
 STAGE_REVISIONS = {
@@ -37,7 +42,9 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 
 
 def model_identity(name_or_path: str, revision: str | None) -> dict:
-    """What names a model's weights: hub id + revision, or local path (+ revision if given)."""
+    """What names a model's weights: hub id + revision, local path, or tiny name + builder revision."""
+    if name_or_path in (TINY_MODEL_NAME, TINY_CLIP_NAME):
+        return {"model": name_or_path, "revision": f"builder-r{TINY_MODEL_REVISION}"}
     return {"model": name_or_path, "revision": revision or "main"}
 
 
@@ -112,7 +119,7 @@ def evaluation_fields(cfg: PipelineConfig) -> dict:
         "seed": t.validation_seed,
         "negative_prompt": t.validation_negative_prompt,
         "evaluation_type": t.evaluation_type,
-        "clip_model": t.pretrained_evaluation_model_name_or_path,
+        "clip_model": model_identity(t.pretrained_evaluation_model_name_or_path, None),
         "eval_timesteps": t.eval_timesteps,
     }
 

@@ -15,10 +15,9 @@ from typing import Iterator
 
 import torch
 
-from pixart_pipeline.models.tiny import build_tiny_clip, build_tiny_pixart
+from pixart_pipeline.config.models import TINY_CLIP_NAME, TINY_MODEL_NAME
+from pixart_pipeline.models.tiny import TINY_REVISION, build_tiny_clip, build_tiny_pixart
 
-TINY_MODEL_NAME = "tiny-random"
-TINY_CLIP_NAME = "tiny-random-clip"
 _TINY_BUILDERS = {TINY_MODEL_NAME: build_tiny_pixart, TINY_CLIP_NAME: build_tiny_clip}
 
 
@@ -77,7 +76,7 @@ def resolve_pretrained(name_or_path: str, revision: str | None, cache_dir: Path)
     """
     builder = _TINY_BUILDERS.get(name_or_path)
     if builder is not None:
-        return str(builder(Path(cache_dir) / name_or_path))
+        return str(builder(Path(cache_dir) / f"{name_or_path}-r{TINY_REVISION}"))
     expanded = Path(os.path.expanduser(name_or_path))
     if expanded.is_dir():
         return str(expanded.resolve())

@@ -5,7 +5,8 @@ They use the real diffusers / transformers classes with tiny configs (like diffu
 the same ``from_pretrained`` calls that load ``PixArt-alpha/PixArt-Sigma-XL-2-1024-MS``. No network.
 
 Sizes (the contract relies on them): T5 d_model 32 (prompt_embeds [L, 32]); VAE 4 latent channels,
-downsample 8, scaling_factor 0.13025 (SDXL's VAE, which PixArt Sigma uses); transformer patch 2,
+downsample 8, a near-deterministic posterior and a scaling factor calibrated to unit-variance latents
+(what SDXL's 0.13025 does for the real VAE); transformer patch 2,
 in 4 / out 8 channels (learned sigma), sample_size 16 (128 px), caption_channels 32.
 """
 
@@ -20,6 +21,8 @@ import uuid
 from pathlib import Path
 
 import torch
+
+from pixart_pipeline.config.models import TINY_MODEL_REVISION as TINY_REVISION  # noqa: F401 (re-export)
 
 # A small English + colour/shape corpus: enough for the synthetic "shapes" captions and validation
 # prompts to tokenize into real sub-words instead of <unk>.
@@ -124,9 +127,10 @@ def _tiny_components(vocab_size: int, seed: int) -> dict:
         latent_channels=4,
         norm_num_groups=4,
         sample_size=128,
-        scaling_factor=0.13025,  # SDXL VAE (PixArt Sigma's)
+        scaling_factor=1.0,  # calibrated below
         force_upcast=True,
     ).eval()
+    _calibrate_vae(vae)
     torch.manual_seed(seed + 2)
     transformer = PixArtTransformer2DModel(
         sample_size=16,  # latent size: 16 * 8 = 128 px
@@ -150,6 +154,28 @@ def _tiny_components(vocab_size: int, seed: int) -> dict:
     # epsilon); training builds a DDPMScheduler from this same config.
     scheduler = DPMSolverMultistepScheduler()
     return {"text_encoder": text_encoder, "vae": vae, "transformer": transformer, "scheduler": scheduler}
+
+
+def _calibrate_vae(vae, log_std: float = -5.0) -> None:
+    """Make a random VAE behave like a trained one where training depends on it.
+
+    A random encoder's posterior has logvar ~ 0 (std ~ 1) and a small mean, so sampled latents would be
+    almost pure noise and learning to predict the noise nearly trivial. Like a trained VAE, make the
+    posterior nearly deterministic (constant logvar ``2 * log_std``: the logvar half of ``quant_conv``)
+    and choose ``scaling_factor`` so the scaled means have unit variance on smooth images, which is how
+    SDXL's 0.13025 was chosen (Rombach et al., arXiv:2112.10752, appendix on latent rescaling).
+    """
+    channels = vae.config.latent_channels
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        quant = vae.quant_conv  # Conv2d(2C, 2C, 1): outputs [mean (C), logvar (C)]
+        quant.weight[channels:] = 0.0
+        quant.bias[channels:] = 2 * log_std
+        # Smooth test images: low-resolution noise upsampled, in [-1, 1]. [8, 3, 128, 128]
+        coarse = torch.rand(8, 3, 8, 8, generator=generator) * 2 - 1
+        images = torch.nn.functional.interpolate(coarse, size=(128, 128), mode="bilinear", align_corners=False)
+        mean = vae.encode(images).latent_dist.mean  # [8, C, 16, 16]
+    vae.register_to_config(scaling_factor=round(1.0 / float(mean.std()), 5))
 
 
 def _build_atomically(folder: Path, write) -> Path:
