@@ -177,13 +177,12 @@ def sync(
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         )
         seconds = time.perf_counter() - start
-        if not result.success:
-            raise SyncError(f"materializing {name} failed (run {result.run_id[:8]}):\n{_failure_messages(result)}")
+        # A failed blocking check also fails the run; its description (what to change) comes first.
         for evaluation in result.get_asset_check_evaluations():
             if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
-                raise SyncError(
-                    f"check {evaluation.check_name} on {name} failed: {evaluation.description}"
-                )
+                raise SyncError(f"check {evaluation.check_name} on {name} failed: {evaluation.description}")
+        if not result.success:
+            raise SyncError(f"materializing {name} failed (run {result.run_id[:8]}):\n{_failure_messages(result)}")
         echo(f"   done in {seconds:.1f}s (run {result.run_id[:8]})")
         done.append(SyncStep(entry.key, seconds, result.run_id))
 

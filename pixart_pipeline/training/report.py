@@ -7,6 +7,7 @@ asset's materialization is exactly what the trainer produced. Run by hand, the s
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,7 +66,8 @@ class Reporter:
     def open(cls, stream: TextIO | None = None) -> Iterator["Reporter"]:
         """A Pipes-backed reporter under Dagster (the connection is closed, and buffered messages
         flushed, on exit), a printing one otherwise."""
-        if is_dagster_pipes_process():
+        # Under torchrun only rank 0 talks to Dagster: one message stream, one "closed" message.
+        if is_dagster_pipes_process() and os.environ.get("RANK", "0") == "0":
             from dagster_pipes import open_dagster_pipes
 
             with open_dagster_pipes() as context:

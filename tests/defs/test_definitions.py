@@ -128,3 +128,23 @@ def test_cli_plan_on_a_fresh_instance_lists_every_asset_as_missing(tmp_path):
     assert len(missing) == 7 and missing[0] == "raw_dataset/shapes" and missing[-1] == "evaluation_report"
     # The instance lives where DAGSTER_HOME says, seeded with the repo's dagster.yaml.
     assert (tmp_path / "home" / "dagster.yaml").read_text() == (REPO / "dagster.yaml").read_text()
+
+
+def test_sync_stops_at_the_blocking_batch_check_with_its_message(tmp_path):
+    """Too few images for one batch: the metadata stage runs, its blocking check fails, and sync
+    stops there with the check's advice instead of spending GPU time on caches and training."""
+    from pixart_pipeline.defs.assets import common as keys
+    from pixart_pipeline.defs.planning import SyncError, sync
+
+    folder = tmp_path / "config" / "demo"
+    shutil.copytree(REPO / "config" / "demo", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"train_batch_size": 64}))
+    cfg = load_config(folder / "config.json")
+    home = tmp_path / "home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        with pytest.raises(SyncError, match="enough_images_for_a_batch.*lower train_batch_size"):
+            sync(instance, build_definitions(cfg), cfg, echo=lambda _: None, log_level="ERROR")
+        assert instance.get_latest_materialization_event(keys.metadata_key("shapes")) is not None
+        assert instance.get_latest_materialization_event(keys.vae_key("shapes")) is None

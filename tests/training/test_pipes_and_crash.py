@@ -63,3 +63,14 @@ def test_progress_and_result_come_back_through_dagster_pipes(make_spec, tmp_path
     messages = [e.user_message for e in instance.all_logs(result.run_id)]
     assert any("step 4/4 loss" in m for m in messages)
     assert any("saved checkpoint" in m for m in messages)
+
+
+def test_only_rank_zero_talks_to_pipes(monkeypatch):
+    """Under torchrun every rank inherits the Pipes environment; only rank 0 may open the channel."""
+    from pixart_pipeline.training.report import Reporter
+
+    monkeypatch.setenv("DAGSTER_PIPES_CONTEXT", "e30=")  # would be opened if this rank were 0
+    monkeypatch.setenv("DAGSTER_PIPES_MESSAGES", "e30=")
+    monkeypatch.setenv("RANK", "1")
+    with Reporter.open() as reporter:
+        assert not reporter.under_pipes

@@ -1,0 +1,94 @@
+"""The core stage functions chained without Dagster, as the CLI or a notebook would call them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from pixart_pipeline.cache.stage import run_text_embed_cache, run_vae_cache
+from pixart_pipeline.config import load_config
+from pixart_pipeline.data.stage import (
+    batch_readiness,
+    metadata_path,
+    run_bucketed_metadata,
+    run_captions,
+    run_raw_dataset,
+)
+from pixart_pipeline.fileio import read_parquet
+from pixart_pipeline.training.stage import prepare_training_run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def copy_demo(root: Path, **config_changes) -> Path:
+    folder = root / "config" / "demo"
+    shutil.copytree(REPO / "config" / "demo", folder)
+    path = folder / "config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | config_changes))
+    backend = folder / "multidatabackend.json"
+    entries = json.loads(backend.read_text())
+    entries[0]["synthetic_num_images"] = 16
+    backend.write_text(json.dumps(entries))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory) -> Path:
+    """The demo (16 images) through every stage before training."""
+    path = copy_demo(tmp_path_factory.mktemp("stages"))
+    cfg = load_config(path)
+    ds = cfg.datasets[0]
+    run_raw_dataset(cfg, ds)
+    run_captions(cfg, ds)
+    run_bucketed_metadata(cfg, ds)
+    run_text_embed_cache(cfg, "cpu")
+    run_vae_cache(cfg, ds, "cpu")
+    return path
+
+
+def _edit(path: Path, **changes) -> None:
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+def test_training_items_are_the_cached_train_split(cached):
+    cfg = load_config(cached)
+    prepared = prepare_training_run(cfg, "cpu")
+    items = read_parquet(prepared.run_dir / "items.parquet")
+    table = read_parquet(metadata_path(cfg, cfg.datasets[0]))
+    train = table.filter(pc.and_(pc.equal(table["status"], "ok"), pc.equal(table["split"], "train")))
+    assert sorted(items["path"].to_pylist()) == sorted(train["path"].to_pylist())
+    spec = json.loads(prepared.spec_path.read_text())
+    assert spec["items"] == str(prepared.run_dir / "items.parquet")
+    assert spec["hyperparameters"]["learning_rate"] == cfg.training.learning_rate
+
+
+def test_run_folder_is_named_by_everything_that_determines_the_weights(cached):
+    """Same inputs -> same folder (so an interrupted run resumes); a new lr -> a new folder;
+    a new checkpoint interval changes nothing about the weights -> same folder."""
+    first = prepare_training_run(load_config(cached), "cpu").run_dir
+    assert prepare_training_run(load_config(cached), "cpu").run_dir == first
+    original = json.loads(cached.read_text())
+    try:
+        _edit(cached, checkpointing_steps=7)
+        assert prepare_training_run(load_config(cached), "cpu").run_dir == first
+        _edit(cached, learning_rate=0.0005)
+        assert prepare_training_run(load_config(cached), "cpu").run_dir != first
+    finally:
+        cached.write_text(json.dumps(original))
+
+
+def test_batch_readiness_says_what_to_change(cached):
+    original = json.loads(cached.read_text())
+    try:
+        _edit(cached, train_batch_size=64, gradient_accumulation_steps=2)
+        cfg = load_config(cached)
+        report = batch_readiness(cfg, cfg.datasets[0])
+        assert not report.enough and report.needed == 128
+        assert "lower train_batch_size" in report.message
+        assert report.small_buckets  # every bucket is smaller than 64
+    finally:
+        cached.write_text(json.dumps(original))
