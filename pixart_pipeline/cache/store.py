@@ -257,3 +257,31 @@ class ShardStore:
                     path.unlink(missing_ok=True)
                     removed += 1
         return removed
+
+
+class ShardWriter:
+    """Buffers items and writes a shard every ``items_per_shard`` items (and the rest on ``close``).
+
+    Small shards mean less work lost to a crash; large ones mean fewer files. ``written`` counts the
+    items already durable in the store.
+    """
+
+    def __init__(self, store: "ShardStore", items_per_shard: int) -> None:
+        self.store = store
+        self.items_per_shard = items_per_shard
+        self.pending: dict[str, dict[str, torch.Tensor]] = {}
+        self.written = 0
+
+    def add(self, key: str, fields: dict[str, torch.Tensor]) -> bool:
+        """Queue one item; returns True when this call flushed a shard."""
+        self.pending[key] = fields
+        if len(self.pending) < self.items_per_shard:
+            return False
+        self.close()
+        return True
+
+    def close(self) -> None:
+        if self.pending:
+            self.store.write(self.pending)
+            self.written += len(self.pending)
+            self.pending = {}

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from pixart_pipeline.cache.keys import text_item_key
-from pixart_pipeline.cache.store import EncodeStats, ShardStore
+from pixart_pipeline.cache.store import ShardWriter, EncodeStats, ShardStore
 
 
 def _token_counts(tokenizer, captions: list[str], max_length: int) -> list[int]:
@@ -56,7 +56,7 @@ def encode_captions(
     order = sorted(range(len(todo)), key=lambda i: (-counts[i], todo[i]))
     todo = [todo[i] for i in order]
     device = torch.device(device)
-    pending: dict[str, dict[str, torch.Tensor]] = {}
+    writer = ShardWriter(store, items_per_shard)
     with torch.inference_mode():
         for first in range(0, len(todo), batch_size):
             batch = todo[first : first + batch_size]
@@ -79,15 +79,9 @@ def encode_captions(
                         (caption, "text encoder output has NaN/Inf (try text_encoder_dtype 'fp32' or 'bf16')")
                     )
                     continue
-                pending[text_item_key(caption)] = {"prompt_embeds": embeds.to("cpu").clone()}
-            if len(pending) >= items_per_shard:
-                store.write(pending)
-                stats.encoded += len(pending)
-                pending = {}
-                if log:
-                    log(f"text embeds: {stats.encoded}/{len(todo)} encoded")
-    if pending:
-        store.write(pending)
-        stats.encoded += len(pending)
+                if writer.add(text_item_key(caption), {"prompt_embeds": embeds.to("cpu").clone()}) and log:
+                    log(f"text embeds: {writer.written}/{len(todo)} encoded")
+    writer.close()
+    stats.encoded = writer.written
     stats.seconds = time.perf_counter() - start
     return stats

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from pixart_pipeline.cache.store import EncodeStats, ShardStore
+from pixart_pipeline.cache.store import EncodeStats, ShardStore, ShardWriter
 
 VAE_DOWNSAMPLE = 8
 
@@ -87,7 +87,7 @@ def encode_images(
     stats.reused = len(unique) - len(todo)
     device = torch.device(device)
     dtype = next(vae.parameters()).dtype
-    pending: dict[str, dict[str, torch.Tensor]] = {}
+    writer = ShardWriter(store, items_per_shard)
     with torch.inference_mode():
         for batch in _batches(todo, batch_size):
             ready, pixels = [], []
@@ -108,15 +108,9 @@ def encode_images(
                         (str(item.path), "VAE posterior has NaN/Inf (the SDXL VAE overflows in fp16; use fp32)")
                     )
                     continue
-                pending[item.key] = {"mean": mean[i].to("cpu").clone(), "std": std[i].to("cpu").clone()}
-            if len(pending) >= items_per_shard:
-                store.write(pending)
-                stats.encoded += len(pending)
-                pending = {}
-                if log:
-                    log(f"vae: {stats.encoded}/{len(todo)} encoded, {len(stats.failed)} failed")
-    if pending:
-        store.write(pending)
-        stats.encoded += len(pending)
+                if writer.add(item.key, {"mean": mean[i].to("cpu").clone(), "std": std[i].to("cpu").clone()}) and log:
+                    log(f"vae: {writer.written}/{len(todo)} encoded, {len(stats.failed)} failed")
+    writer.close()
+    stats.encoded = writer.written
     stats.seconds = time.perf_counter() - start
     return stats

@@ -131,3 +131,17 @@ def test_sample_latents_is_seeded_and_scaled():
     z2 = sample_latents(mean, std, 0.13025, torch.Generator().manual_seed(1))
     assert torch.equal(z1, z2) and z1.shape == mean.shape
     assert torch.allclose(sample_latents(mean, torch.zeros_like(std), 0.5), mean * 0.5)
+
+
+def test_shard_writer_flushes_every_n_items_and_the_rest_on_close(tmp_path):
+    from pixart_pipeline.cache.store import ShardWriter
+
+    store = ShardStore(tmp_path / "store")
+    writer = ShardWriter(store, items_per_shard=2)
+    flushed = [writer.add(f"k{i}", {"x": torch.full((3,), float(i))}) for i in range(5)]
+    assert flushed == [False, True, False, True, False]
+    assert writer.written == 4 and len(ShardStore(store.root)) == 4  # the 5th is not durable yet
+    writer.close()
+    reopened = ShardStore(store.root)
+    assert reopened.stats()["shards"] == 3 and reopened.keys() == {f"k{i}" for i in range(5)}
+    assert torch.equal(reopened.get("k4")["x"], torch.full((3,), 4.0))
