@@ -148,3 +148,26 @@ def test_sync_stops_at_the_blocking_batch_check_with_its_message(tmp_path):
             sync(instance, build_definitions(cfg), cfg, echo=lambda _: None, log_level="ERROR")
         assert instance.get_latest_materialization_event(keys.metadata_key("shapes")) is not None
         assert instance.get_latest_materialization_event(keys.vae_key("shapes")) is None
+
+
+@pytest.mark.slow
+def test_dagster_cli_materializes_the_data_lane(tmp_path):
+    """The README's `dagster asset materialize -m pixart_pipeline.definitions` path: the module-level
+    definitions, the multiprocess executor and a persistent instance, as a user runs them."""
+    folder = tmp_path / "config" / "demo"
+    shutil.copytree(REPO / "config" / "demo", folder)
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "DAGSTER_HOME": str(home),
+           "PIXART_CONFIG": str(folder / "config.json"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "pixart_pipeline.definitions",
+         "--select", "raw_dataset/shapes,captions/shapes,bucketed_metadata/shapes"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        for key in ("raw_dataset/shapes", "captions/shapes", "bucketed_metadata/shapes"):
+            event = instance.get_latest_materialization_event(dg.AssetKey.from_user_string(key))
+            assert event is not None, key
