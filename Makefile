@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_DISABLE_TELEMETRY := 1
+# from_pretrained progress bars would bury the pipeline's own progress lines
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo test test-fast ui plan clean

@@ -16,7 +16,7 @@ TINY_MODEL_NAME = "tiny-random"
 TINY_CLIP_NAME = "tiny-random-clip"
 # Bump when the tiny-model builder's output changes: it is part of the tiny models' identity (so of
 # every cache fingerprint) and of their folder name, so an old build is never taken for the new one.
-TINY_MODEL_REVISION = "2"
+TINY_MODEL_REVISION = "3"
 DEFAULT_BASE_MODEL = "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14-336"
 

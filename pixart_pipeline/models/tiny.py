@@ -218,17 +218,37 @@ def build_tiny_pixart(folder: Path, seed: int = 0) -> Path:
     return _build_atomically(Path(folder), write)
 
 
+def _clip_byte_chars() -> list[str]:
+    """The 256 printable characters CLIP's byte-level BPE maps bytes to (as in GPT-2's encoder)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return [chr(b if b in printable else next(extra)) for b in range(256)]
+
+
+def _clip_tokenizer():
+    """A character-level CLIP tokenizer: every byte (and byte + ``</w>``) is a token, no merges.
+
+    Built, not trained: BPE training breaks ties in a different order on every run, which made the
+    tiny CLIP (and so the demo's CLIP score) differ from one build to the next.
+    """
+    from transformers import CLIPTokenizer
+
+    chars = _clip_byte_chars()
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[])
+
+
 def build_tiny_clip(folder: Path, seed: int = 0) -> Path:
     """Build (once) a tiny random CLIP (model + tokenizer + image processor, 32 px) at ``folder``.
 
     Saved as one ``CLIPProcessor`` folder, so ``CLIPModel.from_pretrained`` and
     ``CLIPProcessor.from_pretrained`` both load it.
     """
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     def write(tmp: Path) -> None:
-        tokenizer = CLIPTokenizer().train_new_from_iterator(_corpus(), vocab_size=TOKENIZER_VOCAB_SIZE)
+        tokenizer = _clip_tokenizer()
         tokenizer.model_max_length = 77
         torch.manual_seed(seed)
         config = CLIPConfig(

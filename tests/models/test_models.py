@@ -181,3 +181,18 @@ def test_tiny_vae_latents_are_near_deterministic_and_unit_variance(tiny_pixart_p
     scaled = posterior.mean * vae.config.scaling_factor
     assert 0.4 < float(scaled.std()) < 2.5
     assert float(posterior.std.max()) < 0.02
+
+
+def test_tiny_clip_build_is_byte_identical(tmp_path):
+    """Two builds of the tiny CLIP give the same files (the trained BPE tokenizer did not)."""
+    import hashlib
+
+    from pixart_pipeline.models.tiny import build_tiny_clip
+
+    def digest(folder: Path) -> dict[str, str]:
+        return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+                for f in sorted(folder.rglob("*")) if f.is_file()}
+
+    first = digest(build_tiny_clip(tmp_path / "a"))
+    assert first == digest(build_tiny_clip(tmp_path / "b"))
+    assert "tokenizer.json" in first
