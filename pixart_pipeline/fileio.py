@@ -26,6 +26,15 @@ if TYPE_CHECKING:
     import torch
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable: without it a power loss can keep the old directory entry."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -51,6 +60,7 @@ def atomic_write(path: Path | str, write: Callable[[str], None]) -> Path:
         # reports are meant to be read by others).
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

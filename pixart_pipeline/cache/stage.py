@@ -41,11 +41,14 @@ def _quiet(_: str) -> None:
 
 
 def text_store_root(cfg: PipelineConfig) -> Path:
-    return cfg.text_cache_dir / fp.stable_hash(fp.text_encoder_fields(cfg))
+    """``<cache_dir>/<hash of (stage revision, encoder fields)>``: a code change that alters what is
+    encoded (a bumped revision) gets a new store instead of reusing stale items."""
+    return cfg.text_cache_dir / fp.stable_hash([fp.STAGE_REVISIONS["text_embed_cache"], fp.text_encoder_fields(cfg)])
 
 
 def vae_store_root(cfg: PipelineConfig, ds: ImageDataset) -> Path:
-    return cfg.vae_cache_dir(ds) / fp.stable_hash(fp.vae_fields(cfg))
+    """``<cache_dir_vae>/<hash of (stage revision, VAE fields)>`` (see ``text_store_root``)."""
+    return cfg.vae_cache_dir(ds) / fp.stable_hash([fp.STAGE_REVISIONS["vae_cache"], fp.vae_fields(cfg)])
 
 
 def base_model_path(cfg: PipelineConfig) -> str:
@@ -147,13 +150,13 @@ def run_vae_cache(cfg: PipelineConfig, ds: ImageDataset, device: str, log: Log =
         for path, reason in failed:
             log(f"not cached: {path}: {reason}")
     keys = sorted(item.key for item in items if item.key in store)
-    log(f"vae cache: {len(missing) - len(failed)} encoded, {len(items) - len(missing)} reused, {len(failed)} failed")
+    log(f"vae cache: {stats.encoded if stats else 0} encoded, {len(items) - len(missing)} reused, {len(failed)} failed")
     return StageResult(
         path=store.root,
         data_version=store.data_version(keys),
         metadata={
             "items": len(keys),
-            "encoded": len(missing) - len(failed),
+            "encoded": stats.encoded if stats else 0,
             "reused": len(items) - len(missing),
             "failed": len(failed),
             "failed_files": [f"{p}: {r}" for p, r in failed][:20],

@@ -160,8 +160,9 @@ def parse_resolutions(value: str | int) -> list[tuple[int, int]]:
             width, height = int(w), int(h)
         except ValueError:
             raise ValueError(f"{part!r} is not WIDTHxHEIGHT (e.g. 1024x1024,1280x768)") from None
-        if width < 8 or height < 8:
-            raise ValueError(f"{part!r} is smaller than 8 pixels")
+        # The VAE downsamples by 8 and the transformer patchifies latents by 2.
+        if width < 16 or height < 16 or width % 16 or height % 16:
+            raise ValueError(f"{part!r}: width and height must be multiples of 16 (VAE 8 x patch 2)")
         sizes.append((width, height))
     return sizes
 

@@ -57,7 +57,7 @@ def load_pipeline(pipeline_dir: str | Path, device: torch.device, dtype: str = "
             f"{folder} is not a diffusers pipeline folder (no model_index.json); expected the "
             "trained_checkpoint's exported 'pipeline/' folder"
         )
-    pipe = PixArtSigmaPipeline.from_pretrained(str(folder), dtype=TORCH_DTYPES[dtype])
+    pipe = PixArtSigmaPipeline.from_pretrained(str(folder), dtype=TORCH_DTYPES[dtype], use_safetensors=True)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

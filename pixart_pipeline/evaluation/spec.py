@@ -67,10 +67,10 @@ class EvalSpec:
         if not self.sizes:
             raise ValueError("EvalSpec.sizes is empty: give at least one (width, height)")
         for w, h in self.sizes:
-            if w < 8 or h < 8 or w % 8 or h % 8:
+            if w < 16 or h < 16 or w % 16 or h % 16:
                 raise ValueError(
                     f"EvalSpec.sizes: {w}x{h} is not allowed; width and height must be multiples "
-                    "of 8 (the VAE downsamples by 8), at least 8"
+                    "of 16 (the VAE downsamples by 8, the transformer patchifies by 2)"
                 )
         if self.evaluation_type not in ("clip", "none"):
             raise ValueError(

@@ -13,7 +13,7 @@ from pixart_pipeline.config import fingerprints as fp
 from pixart_pipeline.evaluation.run import run_evaluation
 from pixart_pipeline.evaluation.spec import EvalSpec
 from pixart_pipeline.fileio import atomic_write_parquet
-from pixart_pipeline.models import resolve_pretrained
+from pixart_pipeline.models import resolve_device, resolve_pretrained
 from pixart_pipeline.stage_result import StageResult, markdown_table
 from pixart_pipeline.training.stage import current_run_dir, split_items
 
@@ -51,6 +51,8 @@ def build_eval_spec(cfg: PipelineConfig, device: str) -> EvalSpec:
         eval_timesteps=t.eval_timesteps,
         device=device,
         max_sequence_length=t.tokenizer_max_length,
+        # T5-XXL alone is ~19 GB in fp32: bf16 on a GPU. Base and trained eval losses use the same dtype.
+        dtype="bf16" if resolve_device(device).type == "cuda" else "fp32",
     )
 
 

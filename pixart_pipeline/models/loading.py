@@ -101,7 +101,9 @@ def load_text_encoder(path: str, revision: str | None = None, dtype: torch.dtype
     from transformers import T5EncoderModel
 
     with _explain_failures(path, "text encoder", "text_encoder", revision):
-        model = T5EncoderModel.from_pretrained(path, subfolder="text_encoder", revision=revision, dtype=dtype)
+        model = T5EncoderModel.from_pretrained(
+            path, subfolder="text_encoder", revision=revision, dtype=dtype, use_safetensors=True
+        )
     return model.eval().requires_grad_(False)
 
 
@@ -110,7 +112,9 @@ def load_vae(path: str, revision: str | None = None, dtype: torch.dtype = torch.
     from diffusers import AutoencoderKL
 
     with _explain_failures(path, "VAE", "vae", revision):
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", revision=revision, torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(
+            path, subfolder="vae", revision=revision, torch_dtype=dtype, use_safetensors=True
+        )
     return vae.eval().requires_grad_(False)
 
 
@@ -120,7 +124,7 @@ def load_transformer(path: str, revision: str | None = None, dtype: torch.dtype 
 
     with _explain_failures(path, "transformer", "transformer", revision):
         return PixArtTransformer2DModel.from_pretrained(
-            path, subfolder="transformer", revision=revision, torch_dtype=dtype
+            path, subfolder="transformer", revision=revision, torch_dtype=dtype, use_safetensors=True
         )
 
 
@@ -138,7 +142,7 @@ def load_clip(path: str, revision: str | None = None):
     from transformers import CLIPModel, CLIPProcessor
 
     with _explain_failures(path, "CLIP model", None, revision):
-        model = CLIPModel.from_pretrained(path, revision=revision)
+        model = CLIPModel.from_pretrained(path, revision=revision, use_safetensors=True)
         processor = CLIPProcessor.from_pretrained(path, revision=revision)
     return model.eval().requires_grad_(False), processor
 

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_spec", help="path of the run spec JSON")
     parser.add_argument("--stop-at-step", type=int, default=None,
                         help="stop after this global step (with a checkpoint), without exporting")
-    args, _unknown = parser.parse_known_args(argv)  # Pipes may add its own --dagster-pipes-* arguments
+    args = parser.parse_args(argv)  # Pipes passes its context in environment variables, not arguments
     with Reporter.open() as reporter:
         try:
             spec = RunSpec.load(args.run_spec)

@@ -232,7 +232,8 @@ def _train(spec: RunSpec, reporter: Reporter, stop_at_step: int | None) -> Train
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(list(trainable.values()), max_norm)
                     optimizer.step()
-                    lr_scheduler.step()
+                    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: no update, no schedule step
+                        lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
             micro_step += 1

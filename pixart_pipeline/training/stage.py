@@ -22,6 +22,7 @@ from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
 from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
 from pixart_pipeline.stage_result import StageResult
+from pixart_pipeline.training.metrics import read_metrics
 from pixart_pipeline.training.spec import HYPERPARAMETER_KEYS, RunSpec
 
 RESULT_FILE = "result.json"
@@ -126,7 +127,12 @@ def read_training_result(run_dir: str | Path) -> dict:
 def run_dir_for(cfg: PipelineConfig, items: pa.Table) -> Path:
     """``runs/<hash of (trained_checkpoint fingerprint, training items, text store)>``."""
     run_id = fp.stable_hash(
-        {"fields": fp.trained_checkpoint_fields(cfg), "items": _table_hash(items), "text": str(text_store_root(cfg))},
+        {
+            "revision": fp.STAGE_REVISIONS["trained_checkpoint"],
+            "fields": fp.trained_checkpoint_fields(cfg),
+            "items": _table_hash(items),
+            "text": str(text_store_root(cfg)),
+        },
         12,
     )
     return cfg.output_dir / "runs" / run_id
@@ -141,11 +147,8 @@ def current_run_dir(cfg: PipelineConfig) -> Path:
 
 
 def loss_curve(run_dir: Path) -> list[tuple[int, float]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(int(r["step"]), float(r["loss"])) for r in rows if "loss" in r]
+    """(step, loss) of every logged step."""
+    return [(int(r["step"]), float(r["loss"])) for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
 
 
 def finish_training_run(cfg: PipelineConfig, prepared: PreparedRun) -> StageResult:
@@ -187,6 +190,3 @@ def _loss_table(curve: list[tuple[int, float]], rows: int = 12) -> str:
         lines.append(f"| {window[0][0]}-{window[-1][0]} | {sum(v for _, v in window) / len(window):.4f} |")
     return "\n".join(lines)
 
-
-def eval_items_table(cfg: PipelineConfig) -> pa.Table:
-    return split_items(cfg, "eval")

@@ -85,6 +85,8 @@ def test_keys_with_leading_dashes_are_accepted(tmp_path):
         ("lr_scheduler", "cosin", ["lr_scheduler", "did you mean 'cosine'"]),
         ("train_batch_size", 0, ["train_batch_size", "0"]),
         ("validation_resolution", "1024by1024", ["validation_resolution", "1024by1024"]),
+        # 1000 is a multiple of 8 but not of 16: it would crash evaluation after training finished.
+        ("validation_resolution", "1000x1000", ["validation_resolution", "multiples of 16"]),
         ("push_to_hub", True, ["push_to_hub", "not supported"]),
     ],
 )

@@ -28,7 +28,8 @@ def test_json_round_trip(tmp_path):
     "kw, message",
     [
         (dict(prompts=[]), "prompts is empty"),
-        (dict(sizes=[(100, 128)]), "multiples of 8"),
+        (dict(sizes=[(100, 128)]), "multiples of 16"),
+        (dict(sizes=[(136, 136)]), "multiples of 16"),  # a multiple of 8 that crashed the transformer
         (dict(evaluation_type="fid"), "allowed: 'clip', 'none'"),
         (dict(clip_model=None), "clip_model is required"),
         (dict(eval_timesteps=0), "eval_timesteps"),

@@ -92,3 +92,20 @@ def test_batch_readiness_says_what_to_change(cached):
         assert report.small_buckets  # every bucket is smaller than 64
     finally:
         cached.write_text(json.dumps(original))
+
+
+def test_a_stage_revision_bump_never_reuses_stale_runs_or_caches(cached, monkeypatch):
+    """Bumping a stage's revision (its code changed its output) must give a new run folder and new
+    stores; otherwise the unsynced asset would re-run, find the old artefact and report it as new."""
+    from pixart_pipeline.cache.stage import text_store_root, vae_store_root
+    from pixart_pipeline.config import fingerprints as fp
+
+    cfg = load_config(cached)
+    before = (prepare_training_run(cfg, "cpu").run_dir, text_store_root(cfg), vae_store_root(cfg, cfg.datasets[0]))
+    monkeypatch.setitem(fp.STAGE_REVISIONS, "text_embed_cache", "r-next")
+    monkeypatch.setitem(fp.STAGE_REVISIONS, "vae_cache", "r-next")
+    assert text_store_root(cfg) != before[1] and vae_store_root(cfg, cfg.datasets[0]) != before[2]
+    monkeypatch.setitem(fp.STAGE_REVISIONS, "text_embed_cache", "r1")
+    monkeypatch.setitem(fp.STAGE_REVISIONS, "vae_cache", "r1")
+    monkeypatch.setitem(fp.STAGE_REVISIONS, "trained_checkpoint", "r-next")
+    assert prepare_training_run(cfg, "cpu").run_dir != before[0]
