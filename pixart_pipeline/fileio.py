@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 
 def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable: without it a power loss can keep the old directory entry."""
+    """Make a rename durable: without it a power loss can keep the old directory entry (POSIX)."""
+    if os.name != "posix":
+        return
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -35,10 +37,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which races with other threads.
+_UMASK = _read_umask()
 
 
 def atomic_write(path: Path | str, write: Callable[[str], None]) -> Path:
@@ -58,7 +64,7 @@ def atomic_write(path: Path | str, write: Callable[[str], None]) -> Path:
             os.fsync(fh.fileno())
         # mkstemp creates 0600; give the file the mode a plain open() would (exported pipelines and
         # reports are meant to be read by others).
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:

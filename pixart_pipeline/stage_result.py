@@ -27,6 +27,14 @@ class StageResult:
     images: list[Path] = field(default_factory=list)
 
 
+class MissingInputError(FileNotFoundError):
+    """An upstream artefact is missing: materialize that stage first (the message says which)."""
+
+
+class InsufficientDataError(ValueError):
+    """Too few usable images to fill one optimizer step; the message says what to change."""
+
+
 def markdown_table(header: tuple[str, str], rows: dict[str, Any]) -> str:
     """A two-column markdown table, e.g. a bucket histogram or reason counts."""
     lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]

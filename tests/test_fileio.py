@@ -133,9 +133,8 @@ def test_importing_fileio_stays_light():
 
 
 def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
-    old = os.umask(0o022)
-    try:
-        path = atomic_write_text(tmp_path / "report.json", "{}")
-    finally:
-        os.umask(old)
-    assert path.stat().st_mode & 0o777 == 0o644
+    from pixart_pipeline import fileio
+
+    path = atomic_write_text(tmp_path / "report.json", "{}")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~fileio._UMASK
+    assert fileio._UMASK & 0o066 or path.stat().st_mode & 0o777 != 0o600

@@ -29,7 +29,7 @@ from pixart_pipeline.models import (
     resolve_device,
     resolve_pretrained,
 )
-from pixart_pipeline.stage_result import StageResult
+from pixart_pipeline.stage_result import MissingInputError, StageResult
 
 Log = Callable[[str], None]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -54,7 +54,7 @@ def vae_store_root(cfg: PipelineConfig, ds: ImageDataset) -> Path:
 def base_model_path(cfg: PipelineConfig) -> str:
     """The base model as a loadable path: a built tiny model, a local folder, or a hub id."""
     t = cfg.training
-    return resolve_pretrained(t.pretrained_model_name_or_path, t.revision, cfg.model_cache_dir)
+    return resolve_pretrained(cfg.local_or_hub(t.pretrained_model_name_or_path), t.revision, cfg.model_cache_dir)
 
 
 def all_captions(cfg: PipelineConfig) -> list[str]:
@@ -63,7 +63,7 @@ def all_captions(cfg: PipelineConfig) -> list[str]:
     for ds in cfg.datasets:
         path = captions_path(cfg, ds)
         if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: materialize captions/{ds.id} first")
+            raise MissingInputError(f"{path} does not exist: materialize captions/{ds.id} first")
         table = read_parquet(path)
         ok = table.filter(pc.equal(table.column("caption_status"), "ok"))
         captions.update(ok.column("caption").to_pylist())
@@ -110,7 +110,7 @@ def vae_items(cfg: PipelineConfig, ds: ImageDataset) -> tuple[pa.Table, list[Vae
     """The kept rows of a dataset's metadata and the VAE item of each (train and eval split)."""
     path = metadata_path(cfg, ds)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: materialize bucketed_metadata/{ds.id} first")
+        raise MissingInputError(f"{path} does not exist: materialize bucketed_metadata/{ds.id} first")
     table = read_parquet(path)
     kept = table.filter(pc.equal(table.column("status"), "ok"))
     root = cfg.dataset_dir(ds)

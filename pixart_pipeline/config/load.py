@@ -62,6 +62,12 @@ class PipelineConfig:
         """Where locally built tiny models live (shared by every run of this config)."""
         return self.output_dir / "models"
 
+    def local_or_hub(self, name_or_path: str) -> str:
+        """A model or checkpoint reference: a folder relative to config.json if one exists there
+        (the same rule as every other path), else the value unchanged (a hub id, or absolute)."""
+        candidate = _resolve(self.config_path.parent, name_or_path)
+        return str(candidate) if candidate.is_dir() else name_or_path
+
     def dataset(self, dataset_id: str) -> ImageDataset:
         for ds in self.datasets:
             if ds.id == dataset_id:
@@ -93,6 +99,10 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
     """Read and validate both files. Raises ``ConfigError`` naming the file, key and value."""
     config_path = Path(path).resolve() if path else default_config_path()
     raw = _read_json(config_path, expect=dict)
+    stripped = [_strip_dashes(k) for k in raw]
+    twice = sorted({k for k in stripped if stripped.count(k) > 1})
+    if twice:
+        raise ConfigError(f"{config_path}: key(s) given both with and without '--': {twice}; keep one")
     raw = {_strip_dashes(k): v for k, v in raw.items()}
     notes = _check_known_keys(raw, config_path)
     training = _validate(TrainingConfig, raw, config_path, "")

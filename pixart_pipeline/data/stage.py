@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
 from pixart_pipeline.data.captions import build_captions_table, captions_data_version
 from pixart_pipeline.data.hub import download_hub_dataset
-from pixart_pipeline.data.manifest import folder_changes, manifest_data_version, scan_dataset
+from pixart_pipeline.data.manifest import FolderChanges, folder_changes, manifest_data_version, scan_dataset
 from pixart_pipeline.data.metadata import (
     bucket_histogram,
     build_metadata_table,
@@ -26,7 +27,7 @@ from pixart_pipeline.data.metadata import (
 )
 from pixart_pipeline.data.synthetic import generate_synthetic_dataset
 from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
-from pixart_pipeline.stage_result import StageResult, markdown_table
+from pixart_pipeline.stage_result import MissingInputError, StageResult, markdown_table
 
 Log = Callable[[str], None]
 
@@ -51,9 +52,9 @@ def metadata_path(cfg: PipelineConfig, ds: ImageDataset) -> Path:
     return metadata_dir(cfg, ds) / "metadata.parquet"
 
 
-def _read_input(path: Path, stage: str) -> "pa.Table":  # noqa: F821
+def _read_input(path: Path, stage: str) -> pa.Table:
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: materialize {stage} first")
+        raise MissingInputError(f"{path} does not exist: materialize {stage} first")
     return read_parquet(path)
 
 
@@ -70,7 +71,7 @@ def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) ->
         extra["hub_commit"] = commit
         log(f"downloaded {ds.hub_repo_id}@{commit} into {root}")
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset {ds.id!r}: instance_data_dir {root} is not a folder")
+        raise MissingInputError(f"dataset {ds.id!r}: instance_data_dir {root} is not a folder")
     path = manifest_path(cfg, ds)
     previous = read_parquet(path) if path.exists() else None
     table, stats = scan_dataset(root, previous)
@@ -92,13 +93,36 @@ def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) ->
     )
 
 
-def dataset_folder_changes(cfg: PipelineConfig, ds: ImageDataset):
-    """What changed in the folder since the last manifest (stat only); falsy when nothing did."""
+def dataset_folder_changes(cfg: PipelineConfig, ds: ImageDataset) -> FolderChanges | None:
+    """What changed in the folder since the last manifest (stat only); falsy when nothing did.
+
+    A folder that disappeared counts as every file removed. None before the first manifest.
+    """
     path = manifest_path(cfg, ds)
-    root = cfg.dataset_dir(ds)
-    if not path.exists() or not root.is_dir():
+    if not path.exists():
         return None
-    return folder_changes(root, read_parquet(path))
+    manifest = read_parquet(path)
+    root = cfg.dataset_dir(ds)
+    if not root.is_dir():
+        return FolderChanges(removed=sorted(manifest.column("path").to_pylist()))
+    return folder_changes(root, manifest)
+
+
+def folder_changes_key(cfg: PipelineConfig, ds: ImageDataset, changes: FolderChanges) -> str:
+    """A key that differs for every distinct state of the changed files (paths, sizes, mtimes).
+
+    A sensor uses it as its run key: Dagster never reuses a run key, so keying on the paths alone
+    would ignore a second edit of the same file.
+    """
+    root = cfg.dataset_dir(ds)
+    state = []
+    for rel in sorted(changes.new + changes.changed):
+        try:
+            st = (root / rel).stat()
+            state.append([rel, st.st_size, st.st_mtime_ns])
+        except FileNotFoundError:
+            state.append([rel, None, None])
+    return fp.stable_hash([ds.id, state, sorted(changes.removed)])
 
 
 def run_captions(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> StageResult:
@@ -195,13 +219,18 @@ class BatchReadiness:
         )
 
 
-def batch_readiness(cfg: PipelineConfig, ds: ImageDataset) -> BatchReadiness:
-    """Count train images in buckets that can fill a batch (the sampler drops the others)."""
+def readiness(draws_per_bucket: dict[str, int], cfg: PipelineConfig) -> BatchReadiness:
+    """Decide from per-bucket draws per epoch (images x (1 + repeats)), as the sampler counts them."""
     t = cfg.training
+    small = {b: n for b, n in draws_per_bucket.items() if n < t.train_batch_size}
+    usable = sum(n for b, n in draws_per_bucket.items() if b not in small)
+    needed = t.train_batch_size * t.gradient_accumulation_steps * t.num_processes
+    return BatchReadiness(usable=usable, needed=needed, small_buckets=small)
+
+
+def batch_readiness(cfg: PipelineConfig, ds: ImageDataset) -> BatchReadiness:
+    """One dataset on its own (the asset check); the trainer checks all datasets pooled."""
     table = _read_input(metadata_path(cfg, ds), f"bucketed_metadata/{ds.id}")
     ok = pc.and_(pc.equal(table.column("status"), "ok"), pc.equal(table.column("split"), "train"))
     per_bucket = _counts(table.filter(ok).column("bucket").to_pylist())
-    small = {b: n for b, n in per_bucket.items() if n < t.train_batch_size}
-    usable = sum(n for b, n in per_bucket.items() if b not in small) * (1 + ds.repeats)
-    needed = t.train_batch_size * t.gradient_accumulation_steps * t.num_processes
-    return BatchReadiness(usable=usable, needed=needed, small_buckets=small)
+    return readiness({b: n * (1 + ds.repeats) for b, n in per_bucket.items()}, cfg)

@@ -9,6 +9,7 @@ re-run depends on whether upstream content really changes.
 """
 
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -76,7 +77,7 @@ def compute_plan(instance: dg.DagsterInstance, defs: dg.Definitions, cfg: Pipeli
             for cause in resolver.get_stale_causes(key):
                 if cause.category == StaleCauseCategory.CODE:
                     reasons += _config_diff(instance, key, current.get(key, {}))
-                elif cause.dependency_asset_key is not None:
+                elif cause.category == StaleCauseCategory.DATA and cause.dependency_asset_key is not None:
                     dep = cause.dependency_asset_key.to_user_string()
                     reasons.append(f"input {dep} has new data")
                 else:
@@ -182,17 +183,24 @@ def sync(
             if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
                 raise SyncError(f"check {evaluation.check_name} on {name} failed: {evaluation.description}")
         if not result.success:
-            raise SyncError(f"materializing {name} failed (run {result.run_id[:8]}):\n{_failure_messages(result)}")
+            raise SyncError(
+                f"materializing {name} failed (run {result.run_id[:8]}):\n{_failure_messages(instance, result)}"
+            )
         echo(f"   done in {seconds:.1f}s (run {result.run_id[:8]})")
         done.append(SyncStep(entry.key, seconds, result.run_id))
 
 
-def _failure_messages(result) -> str:
-    """The root error of each failed step (e.g. "model X cannot be downloaded: ..."), not the stack."""
-    lines = []
+def _failure_messages(instance: dg.DagsterInstance, result) -> str:
+    """The root error of each failed step (e.g. "model X cannot be downloaded: ..."), not the stack.
+
+    A subprocess (the trainer under Pipes) fails as "process failed with code 2"; its own reason is
+    the last ERROR it logged, so that is shown too.
+    """
+    lines, failed_steps = [], set()
     for event in result.all_events:
         if not event.is_step_failure:
             continue
+        failed_steps.add(event.step_key)
         error = event.step_failure_data.error
         # Skip Dagster's wrappers; stop at the first error our code (or a library) raised.
         while error is not None and (error.cls_name or "").startswith("Dagster") and error.cause is not None:
@@ -200,4 +208,12 @@ def _failure_messages(result) -> str:
         message = error.message.strip() if error is not None else "unknown error"
         message = message.removeprefix("dagster._core.definitions.events.Failure: ")
         lines.append(f"  {event.step_key}: {message}")
+    logged = [
+        entry.user_message
+        for entry in instance.all_logs(result.run_id)
+        if entry.dagster_event is None and entry.level >= logging.ERROR and entry.user_message
+        and entry.step_key in failed_steps
+    ]
+    if logged:
+        lines.append(f"  last error logged: {logged[-1]}")
     return "\n".join(lines) or "  (no step failure recorded; see the run's logs)"

@@ -1,8 +1,6 @@
 """Resources: which device the GPU stages use, and the Pipes client that launches the trainer."""
 
 
-import os
-
 import dagster as dg
 
 
@@ -16,11 +14,8 @@ class DeviceResource(dg.ConfigurableResource):
 
 
 def build_resources(device: str) -> dict:
-    env = {"PYTHONUNBUFFERED": "1"}
-    # The trainer subprocess must find this package even when Dagster was started from elsewhere.
-    if os.environ.get("PYTHONPATH"):
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    # The client passes os.environ through; unbuffered output keeps the trainer's lines in order.
     return {
         "device": DeviceResource(device=device),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(env=env),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(env={"PYTHONUNBUFFERED": "1"}),
     }

@@ -4,8 +4,7 @@
 import dagster as dg
 
 from pixart_pipeline.config import PipelineConfig
-from pixart_pipeline.config.fingerprints import stable_hash
-from pixart_pipeline.data.stage import dataset_folder_changes
+from pixart_pipeline.data.stage import dataset_folder_changes, folder_changes_key
 from pixart_pipeline.defs.assets.common import raw_key
 
 
@@ -27,9 +26,8 @@ def build_dataset_folder_sensor(cfg: PipelineConfig) -> dg.SensorDefinition:
             changes = dataset_folder_changes(cfg, ds)
             if changes:
                 context.log.info(f"{ds.id}: {changes}")
-                requests.append(
-                    dg.RunRequest(run_key=f"{ds.id}-{stable_hash(str(changes))}", asset_selection=[raw_key(ds.id)])
-                )
+                key = folder_changes_key(cfg, ds, changes)
+                requests.append(dg.RunRequest(run_key=f"{ds.id}-{key}", asset_selection=[raw_key(ds.id)]))
         return requests or dg.SkipReason("no dataset folder changed since its manifest")
 
     return dataset_folder_sensor

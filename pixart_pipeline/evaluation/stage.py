@@ -27,12 +27,17 @@ def _quiet(_: str) -> None:
 def build_eval_spec(cfg: PipelineConfig, device: str) -> EvalSpec:
     t = cfg.training
     run_dir = current_run_dir(cfg)
-    out_dir = cfg.output_dir / "reports" / fp.stable_hash({"run": run_dir.name, "eval": fp.evaluation_fields(cfg)}, 12)
+    items = split_items(cfg, "eval")
+    key = {"run": run_dir.name, "eval": fp.evaluation_fields(cfg), "items": items.column("vae_key").to_pylist(),
+           "revision": fp.STAGE_REVISIONS["evaluation_report"]}
+    out_dir = cfg.output_dir / "reports" / fp.stable_hash(key, 12)
     items_path = out_dir / "eval_items.parquet"
-    atomic_write_parquet(items_path, split_items(cfg, "eval"))
+    atomic_write_parquet(items_path, items)
     clip = None
     if t.evaluation_type == "clip":
-        clip = resolve_pretrained(t.pretrained_evaluation_model_name_or_path, None, cfg.model_cache_dir)
+        clip = resolve_pretrained(
+            cfg.local_or_hub(t.pretrained_evaluation_model_name_or_path), None, cfg.model_cache_dir
+        )
     return EvalSpec(
         pipeline_dir=str(run_dir / "pipeline"),
         base_model=base_model_path(cfg),

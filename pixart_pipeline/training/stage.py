@@ -8,7 +8,6 @@ interrupted run, or reuses a finished one, instead of starting over.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ from pixart_pipeline.cache.store import ShardStore
 from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
 from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
-from pixart_pipeline.stage_result import StageResult
+from pixart_pipeline.data.stage import readiness
+from pixart_pipeline.stage_result import InsufficientDataError, MissingInputError, StageResult
 from pixart_pipeline.training.metrics import read_metrics
 from pixart_pipeline.training.spec import HYPERPARAMETER_KEYS, RunSpec
 
@@ -74,6 +74,14 @@ def split_items(cfg: PipelineConfig, split: str) -> pa.Table:
     return table.sort_by([("dataset_id", "ascending"), ("vae_key", "ascending")])
 
 
+def _draws_per_bucket(items: pa.Table) -> dict[str, int]:
+    """Draws per epoch of each target size over every dataset, as the bucket sampler pools them."""
+    draws: dict[str, int] = {}
+    for w, h, r in zip(*(items.column(c).to_pylist() for c in ("target_width", "target_height", "repeats"))):
+        draws[f"{w}x{h}"] = draws.get(f"{w}x{h}", 0) + 1 + r
+    return draws
+
+
 def _table_hash(table: pa.Table) -> str:
     cols = [c for c in table.column_names if c != "path"]
     return fp.stable_hash(sorted(map(tuple, zip(*(table.column(c).to_pylist() for c in cols)))))
@@ -83,8 +91,9 @@ def prepare_training_run(cfg: PipelineConfig, device: str) -> PreparedRun:
     """Write the items parquet and run spec into the run folder; return how to launch it."""
     t = cfg.training
     items = split_items(cfg, "train")
-    if items.num_rows == 0:
-        raise ValueError("no cached training items: check bucketed_metadata (all rejected?) and vae_cache")
+    report = readiness(_draws_per_bucket(items), cfg)
+    if not report.enough:
+        raise InsufficientDataError(f"not training: {report.message}")
     run_dir = run_dir_for(cfg, items)
     items_path = run_dir / "items.parquet"
     if not items_path.exists():
@@ -99,7 +108,10 @@ def prepare_training_run(cfg: PipelineConfig, device: str) -> PreparedRun:
         hyperparameters={k: getattr(t, k) for k in HYPERPARAMETER_KEYS},
         checkpointing_steps=t.checkpointing_steps,
         checkpoints_total_limit=t.checkpoints_total_limit,
-        resume_from_checkpoint=t.resume_from_checkpoint,
+        resume_from_checkpoint=(
+            t.resume_from_checkpoint if t.resume_from_checkpoint in ("latest", "none")
+            else cfg.local_or_hub(t.resume_from_checkpoint)
+        ),
         device=device,
         gradient_checkpointing=t.gradient_checkpointing,
     )
@@ -111,16 +123,13 @@ def prepare_training_run(cfg: PipelineConfig, device: str) -> PreparedRun:
                    f"--nproc_per_node={t.num_processes}", *module]
     else:
         command = [sys.executable, *module]
-    env = {"PYTHONUNBUFFERED": "1"}
-    if os.environ.get("PYTHONPATH"):
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    return PreparedRun(run_dir=run_dir, spec_path=spec_path, command=command, env=env)
+    return PreparedRun(run_dir=run_dir, spec_path=spec_path, command=command, env={"PYTHONUNBUFFERED": "1"})
 
 
 def read_training_result(run_dir: str | Path) -> dict:
     path = Path(run_dir) / RESULT_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: the training run did not finish")
+        raise MissingInputError(f"{path} does not exist: the training run did not finish")
     return json.loads(path.read_text())
 
 
@@ -142,7 +151,7 @@ def current_run_dir(cfg: PipelineConfig) -> Path:
     """The finished run that the current config and caches determine."""
     run_dir = run_dir_for(cfg, split_items(cfg, "train"))
     if not (run_dir / RESULT_FILE).exists():
-        raise FileNotFoundError(f"{run_dir} has no finished run for the current config: materialize trained_checkpoint")
+        raise MissingInputError(f"{run_dir} has no finished run for the current config: materialize trained_checkpoint")
     return run_dir
 
 

@@ -197,3 +197,19 @@ def test_each_key_changes_exactly_its_stages_fingerprint(tmp_path, where, key, v
         edited = write(tmp_path, QUICKSTART_CONFIG, [QUICKSTART_BACKEND[0] | {key: value}, QUICKSTART_BACKEND[1]])
     before, after = _fields(base), _fields(load_config(edited))
     assert {stage for stage in before if fp.stable_hash(before[stage]) != fp.stable_hash(after[stage])} == changed
+
+
+def test_the_same_key_with_and_without_dashes_is_an_error(tmp_path):
+    path = tmp_path / "config.json"
+    (tmp_path / "multidatabackend.json").write_text(json.dumps(QUICKSTART_BACKEND))
+    path.write_text('{"learning_rate": 1e-5, "--learning_rate": 2e-5}')
+    with pytest.raises(ConfigError, match="both with and without '--'.*learning_rate"):
+        load_config(path)
+
+
+def test_a_model_folder_relative_to_the_config_is_found_there(tmp_path, monkeypatch):
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    cfg = load_config(write(tmp_path, QUICKSTART_CONFIG, QUICKSTART_BACKEND))
+    monkeypatch.chdir("/")  # the working directory must not matter
+    assert cfg.local_or_hub("models/mine") == str((tmp_path / "models" / "mine").resolve())
+    assert cfg.local_or_hub("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS") == "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"

@@ -49,7 +49,10 @@ def test_dependencies_follow_the_design(defs):
     # Captions, not the bucketed table: a geometry change must not make the text cache unsynced.
     assert parents["text_embed_cache"] == {"captions/shapes"}
     assert parents["trained_checkpoint"] == {"text_embed_cache", "vae_cache/shapes", "bucketed_metadata/shapes"}
-    assert parents["evaluation_report"] == {"trained_checkpoint"}
+    # Evaluation also reads the held-out split from the caches, which training never sees.
+    assert parents["evaluation_report"] == {
+        "trained_checkpoint", "text_embed_cache", "vae_cache/shapes", "bucketed_metadata/shapes"
+    }
 
 
 def test_gpu_stages_share_the_gpu_pool_and_have_descriptions(defs):
@@ -171,3 +174,25 @@ def test_dagster_cli_materializes_the_data_lane(tmp_path):
         for key in ("raw_dataset/shapes", "captions/shapes", "bucketed_metadata/shapes"):
             event = instance.get_latest_materialization_event(dg.AssetKey.from_user_string(key))
             assert event is not None, key
+
+
+@pytest.mark.slow
+def test_a_trainer_error_reaches_the_sync_message(tmp_path):
+    """The trainer runs under Pipes in a subprocess; its own error, not "exit code 2", is what sync shows."""
+    from pixart_pipeline.defs.planning import SyncError, sync
+
+    folder = tmp_path / "config" / "demo"
+    shutil.copytree(REPO / "config" / "demo", folder)
+    (folder / "not-a-checkpoint").mkdir()
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"resume_from_checkpoint": "not-a-checkpoint", "max_train_steps": 2}
+    (folder / "config.json").write_text(json.dumps(config))
+    backend = json.loads((folder / "multidatabackend.json").read_text())
+    backend[0]["synthetic_num_images"] = 16
+    (folder / "multidatabackend.json").write_text(json.dumps(backend))
+    cfg = load_config(folder / "config.json")
+    home = tmp_path / "home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        with pytest.raises(SyncError, match="(?s)trained_checkpoint.*not a complete checkpoint folder"):
+            sync(instance, build_definitions(cfg), cfg, echo=lambda _: None, log_level="ERROR")

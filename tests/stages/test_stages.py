@@ -109,3 +109,43 @@ def test_a_stage_revision_bump_never_reuses_stale_runs_or_caches(cached, monkeyp
     monkeypatch.setitem(fp.STAGE_REVISIONS, "vae_cache", "r1")
     monkeypatch.setitem(fp.STAGE_REVISIONS, "trained_checkpoint", "r-next")
     assert prepare_training_run(cfg, "cpu").run_dir != before[0]
+
+
+def test_training_refuses_to_start_when_pooled_draws_cannot_fill_a_step(cached):
+    from pixart_pipeline.stage_result import InsufficientDataError
+
+    original = json.loads(cached.read_text())
+    try:
+        _edit(cached, train_batch_size=4, gradient_accumulation_steps=50)
+        with pytest.raises(InsufficientDataError, match="not training: Only .* needs 200"):
+            prepare_training_run(load_config(cached), "cpu")
+    finally:
+        cached.write_text(json.dumps(original))
+
+
+def test_folder_change_key_changes_on_every_edit_of_the_same_file(cached):
+    from pixart_pipeline.data.stage import dataset_folder_changes, folder_changes_key
+
+    cfg = load_config(cached)
+    ds = cfg.datasets[0]
+    extra = cfg.dataset_dir(ds) / "notes.txt"
+    try:
+        extra.write_text("one")
+        first = folder_changes_key(cfg, ds, dataset_folder_changes(cfg, ds))
+        extra.write_text("one more")  # the same path, changed again
+        second = folder_changes_key(cfg, ds, dataset_folder_changes(cfg, ds))
+        assert first != second
+    finally:
+        extra.unlink()
+
+
+def test_a_deleted_dataset_folder_is_a_change_not_in_sync(tmp_path):
+    from pixart_pipeline.data.stage import dataset_folder_changes
+
+    path = copy_demo(tmp_path)
+    cfg = load_config(path)
+    ds = cfg.datasets[0]
+    run_raw_dataset(cfg, ds)
+    shutil.rmtree(cfg.dataset_dir(ds))
+    changes = dataset_folder_changes(cfg, ds)
+    assert changes and len(changes.removed) == 18  # 16 images + the corrupt and the too-small file

@@ -5,6 +5,7 @@ import base64
 import io
 from pathlib import Path
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
@@ -15,7 +16,7 @@ from pixart_pipeline.data.hub import HubUnavailableError
 from pixart_pipeline.models import ModelUnavailableError
 
 from pixart_pipeline.config.fingerprints import code_version
-from pixart_pipeline.stage_result import StageResult
+from pixart_pipeline.stage_result import InsufficientDataError, MissingInputError, StageResult
 
 # Metadata key under which each materialization records its fingerprint fields, so that
 # `pixart-pipeline plan` can say which config key changed since the last run.
@@ -54,20 +55,21 @@ def automation() -> dg.AutomationCondition:
     return (
         trigger.since_last_handled().with_label("missing, config changed, or input data changed")
         & ~ac.any_deps_missing()
+        & ~ac.any_deps_match(ac.any_checks_match(ac.check_failed(), blocking_only=True))
         & ~ac.any_deps_in_progress()
         & ~ac.in_progress()
     )
 
 
 @contextmanager
-def user_errors():
+def user_errors() -> Iterator[None]:
     """Errors a user can fix (config, missing model, missing input) fail the step with their message.
 
     ``dg.Failure`` shows the description in the UI and the CLI instead of a stack trace.
     """
     try:
         yield
-    except (ModelUnavailableError, HubUnavailableError, ConfigError, FileNotFoundError) as e:
+    except (ModelUnavailableError, HubUnavailableError, ConfigError, MissingInputError, InsufficientDataError) as e:
         raise dg.Failure(description=str(e), allow_retries=False) from None
 
 

@@ -9,6 +9,9 @@ from pixart_pipeline.defs.assets.common import (
     user_errors,
     CHECKPOINT_KEY,
     REPORT_KEY,
+    TEXT_EMBED_KEY,
+    metadata_key,
+    vae_key,
     automation,
     stage_code_version,
     to_materialize_result,
@@ -22,7 +25,10 @@ def build_evaluation_report_asset(cfg: PipelineConfig) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=REPORT_KEY,
-        deps=[CHECKPOINT_KEY],
+        # The eval loss reads the held-out split from the caches, which the checkpoint never sees:
+        # new eval images must make the report unsynced even when the trained weights are unchanged.
+        deps=[CHECKPOINT_KEY, TEXT_EMBED_KEY, *[vae_key(ds.id) for ds in cfg.datasets],
+              *[metadata_key(ds.id) for ds in cfg.datasets]],
         group_name="evaluation",
         pool="gpu",
         code_version=stage_code_version("evaluation_report", evaluation_fields(cfg)),
