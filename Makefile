@@ -10,7 +10,9 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo test test-fast ui plan clean
 
-# torch is pinned and installed first: an open range would pull a multi-GB CUDA build on a CPU box.
+# torch is pinned and installed first, so no dependency's open range can pull a newer build. Here
+# (and in CI) torch==2.13.0 resolves to a CPU wheel; on a GPU box PyPI's CUDA build is what you want;
+# on a CPU-only box elsewhere, install torch==2.13.0 from PyTorch's CPU index before `make`.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
