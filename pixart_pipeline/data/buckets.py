@@ -44,6 +44,8 @@ Our deviations (each keeps every crop full-sized and reproducible):
 - SimpleTuner's square-crop minimum check compares ``crop_style`` to ``"square"`` (never true); we
   apply it when ``crop_aspect`` is ``square``. Its downsample trigger ignores the value of
   ``maximum_image_size``; we downsample only images larger than it, as documented.
+- Images with ``w / h`` outside ``[1/8, 8]`` are rejected (``extreme_aspect``, see ``MAX_ASPECT``):
+  SimpleTuner divides by zero on thin strips and builds huge intermediaries for wide ones.
 - No cross-image memo of targets per bucket (SimpleTuner's ``StateTracker`` resolution map): the
   target is a pure function of the image size and the config.
 """
@@ -59,6 +61,14 @@ from pixart_pipeline.config.models import ImageDataset
 
 TOO_SMALL = "too_small"
 INVALID_SIZE = "invalid_size"
+EXTREME_ASPECT = "extreme_aspect"
+# Widest accepted w/h (and 1/MAX_ASPECT the tallest). SimpleTuner has no bound, but its rules break
+# down for strips: ``round(w / h, 2)`` is 0.0 for w/h < 0.005 (a division by zero in the size
+# functions), and the intermediary grows with the ratio (``pixel``: ``R * ar`` wide, so a 300x1
+# strip at 1024 px becomes 307200x1024, about 1 GB of RGB). Within 1:8 the rounded ratio is at least
+# 0.12, the intermediary's long side at most 1/0.12 (about 8.3) times the resolution, and the
+# target keeps a useful short side (pixel_area 1024: 2880x384). PixArt's own aspect bins stop at 1:4.
+MAX_ASPECT = 8
 # SimpleTuner remaps these megapixel values to the square areas people mean by them.
 _AREA_REMAP = {0.25: 512**2, 0.5: 768**2, 1.0: 1024**2, 2.0: 1536**2, 4.0: 2048**2}
 
@@ -100,6 +110,16 @@ def round_to_multiple(value: float, multiple: int = PIXART_ALIGNMENT) -> int:
 def aspect_ratio(width: int, height: int) -> float:
     """``round(w / h, 2)``: SimpleTuner's aspect ratio and bucket value."""
     return round(width / height, 2)
+
+
+def is_extreme_aspect(width: int, height: int) -> bool:
+    """True when ``w / h`` is outside ``[1 / MAX_ASPECT, MAX_ASPECT]`` or its rounded ratio is 0.
+
+    Integer comparisons, so the bounds themselves (8:1, 1:8) are exact and accepted.
+    """
+    if width > MAX_ASPECT * height or height > MAX_ASPECT * width:
+        return True
+    return aspect_ratio(width, height) == 0.0
 
 
 def bucket_key(width: int, height: int) -> str:
@@ -230,10 +250,13 @@ def crop_box(intermediary: Size, target: Size, style: str, sha256: str) -> tuple
 def compute_geometry(width: int, height: int, ds: ImageDataset, sha256: str) -> Geometry | str:
     """Geometry of a ``width`` x ``height`` (displayed) image under ``ds``, or a reason code.
 
-    Reason codes: ``"too_small"`` (below ``minimum_image_size``), ``"invalid_size"`` (<= 0).
+    Reason codes: ``"invalid_size"`` (an edge <= 0), ``"extreme_aspect"`` (``w / h`` outside
+    ``[1/8, 8]``, see :data:`MAX_ASPECT`), ``"too_small"`` (below ``minimum_image_size``).
     """
     if width <= 0 or height <= 0:
         return INVALID_SIZE
+    if is_extreme_aspect(width, height):
+        return EXTREME_ASPECT
     res = normalise_resolution(ds)
     square_crop = ds.crop and ds.crop_aspect == "square"
     if not meets_minimum(width, height, res, square_crop):

@@ -7,7 +7,9 @@ Rules (learned from SimpleTuner's ``helpers/prompts.py`` ``PromptHandler``):
 - ``textfile``: the sibling file with the same stem and a ``.txt`` extension
   (``os.path.splitext(path)[0] + ".txt"``). SimpleTuner splits a multi-line file into several
   captions and samples one per step; we keep the FIRST non-empty line (stripped), so an image has
-  one caption and one text-embedding. The file must be UTF-8.
+  one caption and one text-embedding. The file must be UTF-8 and at most ``MAX_CAPTION_BYTES``
+  (64 KiB): a caption is a prompt of a few hundred bytes, and reading an arbitrarily large file in
+  full could exhaust memory. A larger file gets ``caption_too_large``.
 - ``instanceprompt``: every image gets ``instance_prompt``.
 
 A missing or empty caption is a reason code in ``caption_status``, never an exception.
@@ -32,6 +34,11 @@ NO_CAPTION_FILE = "no_caption_file"
 EMPTY_CAPTION = "empty_caption"
 CAPTION_NOT_UTF8 = "caption_not_utf8"
 CAPTION_UNREADABLE = "caption_unreadable"
+CAPTION_TOO_LARGE = "caption_too_large"
+# Largest caption sidecar read, in bytes. T5 sees 120 (PixArt-alpha) to 300 (PixArt-Sigma) tokens,
+# a few KiB of text at most; 64 KiB leaves room for long multi-line files without reading a
+# multi-GB file whole.
+MAX_CAPTION_BYTES = 64 * 1024
 
 
 def caption_from_filename(path: str) -> str:
@@ -52,16 +59,28 @@ def first_caption_line(text: str) -> str | None:
     return None
 
 
+def read_capped(path: Path, limit: int = MAX_CAPTION_BYTES) -> bytes | None:
+    """The bytes of ``path``, or None when it holds more than ``limit`` bytes (reads ``limit + 1`` at most).
+
+    Raises ``OSError`` like ``open`` (``FileNotFoundError`` for a missing file).
+    """
+    with open(path, "rb") as f:
+        raw = f.read(limit + 1)
+    return None if len(raw) > limit else raw
+
+
 def _textfile_caption(root: Path, path: str, listed: set[str]) -> tuple[str | None, str]:
     sidecar = caption_file_for(path)
     if sidecar not in listed:
         return None, NO_CAPTION_FILE
     try:
-        raw = (root / sidecar).read_bytes()
+        raw = read_capped(root / sidecar)
     except FileNotFoundError:
         return None, NO_CAPTION_FILE
     except OSError:
         return None, CAPTION_UNREADABLE
+    if raw is None:
+        return None, CAPTION_TOO_LARGE
     try:
         text = raw.decode("utf-8-sig")  # tolerate a BOM written by Windows editors
     except UnicodeDecodeError:
@@ -102,11 +121,15 @@ def build_captions_table(manifest: pa.Table, root: Path, ds: ImageDataset) -> pa
 
 
 def captions_data_version(table: pa.Table) -> str:
-    """sha256 (16 hex chars) of the sorted (path, sha256, caption, caption_status) rows."""
-    cols = [table.column(c).to_pylist() for c in ("path", "sha256", "caption", "caption_status")]
+    """sha256 (16 hex chars) of the (path, caption, caption_status) rows sorted by path.
+
+    The image's ``sha256`` is left out on purpose: text embeddings depend on the caption only, so
+    editing an image's pixels must not make the text-embedding cache look out of date.
+    """
+    cols = [table.column(c).to_pylist() for c in ("path", "caption", "caption_status")]
     h = hashlib.sha256()
     for row in sorted(zip(*cols), key=lambda r: r[0]):
         h.update(("\0".join("" if v is None else v for v in row) + "\n").encode())
-        if row[2] is None:
+        if row[1] is None:
             h.update(b"\1")  # distinguish a null caption from an empty string
     return h.hexdigest()[:16]

@@ -7,7 +7,9 @@ scanning 10,000 unchanged images costs 10,000 ``stat`` calls and no reads.
 
 Hidden files and folders (name starting with ``.``) are skipped, symlinked folders are not
 followed, and a symlinked file is listed only if its target is inside the root (a dataset folder
-should never pull in ``/etc/passwd`` or the user's home through a link).
+should never pull in ``/etc/passwd`` or the user's home through a link). A file whose path is not
+valid UTF-8 (``os.scandir`` hands it over with surrogate escapes) cannot be stored in a parquet
+string column, so it is skipped and counted (``ScanStats.skipped_names``) instead of failing the scan.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ MANIFEST_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class ScanStats:
-    """What a scan did: files hashed, hashes reused from the previous manifest, files now, files gone."""
+    """What a scan did: files hashed, hashes reused from the previous manifest, files now, files gone,
+    and image/caption files skipped because their path is not valid UTF-8."""
 
     hashed: int
     reused: int
     total: int
     removed: int
+    skipped_names: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,18 +80,37 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def is_storable_path(path: str) -> bool:
+    """True when ``path`` encodes to UTF-8: not so for a name ``os.scandir`` surrogate-escaped."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def list_dataset_files(root: Path) -> dict[str, os.stat_result]:
     """``{relative POSIX path: stat}`` of every image and caption file under ``root`` (recursive).
 
-    Skips hidden names, symlinked files whose target lies outside ``root``, and every symlinked
-    folder: one inside the root only repeats files already listed (or loops), one outside is not
-    the dataset's.
+    Skips hidden names, symlinked files whose target lies outside ``root``, every symlinked
+    folder (one inside the root only repeats files already listed, or loops; one outside is not
+    the dataset's) and paths that are not valid UTF-8 (see :func:`walk_dataset_files`).
+    """
+    return walk_dataset_files(root)[0]
+
+
+def walk_dataset_files(root: Path) -> tuple[dict[str, os.stat_result], list[str]]:
+    """(:func:`list_dataset_files`' result, image/caption paths skipped as not valid UTF-8).
+
+    A skipped path keeps its surrogate escapes; print it with ``ascii()``. A folder whose name is not
+    valid UTF-8 is still walked, and each image/caption file below it counts as one skipped path.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} does not exist or is not a folder")
     real_root = os.path.realpath(root)
     found: dict[str, os.stat_result] = {}
+    skipped: list[str] = []
     stack = [(str(root), "")]
     while stack:
         folder, rel_folder = stack.pop()
@@ -109,11 +132,15 @@ def list_dataset_files(root: Path) -> dict[str, os.stat_result]:
                     stack.append((entry.path, rel + "/"))
                 elif entry.is_file(follow_symlinks=True):
                     ext = extension(entry.name)
-                    if ext in IMAGE_EXTENSIONS or ext in CAPTION_EXTENSIONS:
+                    if ext not in IMAGE_EXTENSIONS and ext not in CAPTION_EXTENSIONS:
+                        continue
+                    if is_storable_path(rel):
                         found[rel] = entry.stat(follow_symlinks=True)
+                    else:
+                        skipped.append(rel)
             except OSError:
                 continue  # broken link or a file removed while we scanned
-    return found
+    return found, sorted(skipped)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -130,10 +157,11 @@ def scan_dataset(
 ) -> tuple[pa.Table, ScanStats]:
     """Manifest of ``root``; hashes only files that are new or whose (size, mtime_ns) changed.
 
-    ``previous`` is the last manifest of the same root (or None). Rows are sorted by path.
+    ``previous`` is the last manifest of the same root (or None). Rows are sorted by path. Files
+    whose path is not valid UTF-8 are left out and counted in ``ScanStats.skipped_names``.
     """
     root = Path(root)
-    files = list_dataset_files(root)
+    files, skipped = walk_dataset_files(root)
     known: dict[str, tuple[int, int, str]] = {}
     if previous is not None and previous.num_rows:
         for p, s, m, h in zip(*(previous.column(c).to_pylist() for c in ("path", "size", "mtime_ns", "sha256"))):
@@ -162,7 +190,10 @@ def scan_dataset(
         schema=MANIFEST_SCHEMA,
     )
     removed = len(set(known) - set(files))
-    stats = ScanStats(hashed=len(to_hash), reused=len(paths) - len(to_hash), total=len(paths), removed=removed)
+    stats = ScanStats(
+        hashed=len(to_hash), reused=len(paths) - len(to_hash), total=len(paths), removed=removed,
+        skipped_names=len(skipped),
+    )
     return table, stats
 
 
@@ -179,7 +210,11 @@ def manifest_data_version(table: pa.Table) -> str:
 
 
 def folder_changes(root: Path, manifest: pa.Table) -> FolderChanges:
-    """What changed in ``root`` since ``manifest`` was taken, using ``stat`` only (cheap for sensors)."""
+    """What changed in ``root`` since ``manifest`` was taken, using ``stat`` only (cheap for sensors).
+
+    Paths that are not valid UTF-8 are ignored, as :func:`scan_dataset` leaves them out: such a file
+    is never "new", or every sensor tick would ask for a re-scan that cannot list it.
+    """
     files = list_dataset_files(Path(root))
     recorded = {
         p: (s, m)

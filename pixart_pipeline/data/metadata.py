@@ -2,7 +2,7 @@
 
 Checks run in this order and the first failure is the row's ``status`` (a reason code):
 probe (``missing``/``empty_file``/``unreadable``/``decompression_bomb``) -> caption
-(``no_caption_file``/``empty_caption``/...) -> geometry (``too_small``/``invalid_size``).
+(``no_caption_file``/``empty_caption``/...) -> geometry (``extreme_aspect``/``too_small``/``invalid_size``).
 Rejected rows stay in the table with null geometry, so the UI can show why each image was dropped.
 
 The train/eval split is a pure function of the image's sha256 (eval iff

@@ -1,8 +1,13 @@
 """Image size probing from headers, with EXIF orientation applied, that never raises on a bad file.
 
 ``PIL.Image.open`` is lazy: it parses the header (size, mode, EXIF for JPEG/WebP/TIFF) without
-decoding pixels. EXIF orientations 5-8 rotate the image by 90 degrees, so the displayed size swaps
-width and height; that displayed size is what bucketing must use, because the encoder applies
+decoding pixels. Reading the EXIF orientation of a PNG is not: when the PNG has no ``eXIf`` chunk
+before its image data (most PNGs), Pillow's ``PngImageFile.getexif`` loads (decodes) the whole
+image to look for one after it. A decoding error there is swallowed (orientation 1), so a truncated
+PNG still probes "ok" unless ``verify=True``.
+
+EXIF orientations 5-8 rotate the image by 90 degrees, so the displayed size swaps width and
+height; that displayed size is what bucketing must use, because the encoder applies
 ``exif_transpose`` before resizing (as SimpleTuner's ``TrainingSample.correct_image`` does).
 """
 
@@ -37,10 +42,15 @@ class Probe:
 
 
 def probe_image(path: Path, verify: bool = False) -> Probe:
-    """Read an image's size from its header (no pixel decoding); never raises for a bad file.
+    """Read an image's displayed size from its header; never raises for a bad file.
 
-    ``verify=True`` also runs PIL's structural check (``Image.verify``: PNG chunk CRCs, etc.),
-    which reads the file but still decodes no pixels; it catches truncated/corrupt files early.
+    JPEG, WebP, TIFF, BMP and GIF decode no pixels here; a PNG without an early ``eXIf`` chunk is
+    decoded in full by the EXIF lookup (see the module docstring).
+
+    ``verify=True`` also runs PIL's ``Image.verify``, which decodes no pixels. Only Pillow's PNG
+    plugin implements it (chunk CRCs, truncation), so it rejects truncated/corrupt PNGs; for every
+    other format it is a no-op: a truncated JPEG still probes "ok" and fails only when the VAE
+    encoder decodes it.
     """
     path = Path(path)
     try:

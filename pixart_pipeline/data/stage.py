@@ -77,6 +77,8 @@ def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) ->
     table, stats = scan_dataset(root, previous)
     atomic_write_parquet(path, table)
     log(f"manifest of {stats.total} file(s): {stats.hashed} hashed, {stats.reused} reused")
+    if stats.skipped_names:
+        log(f"skipped {stats.skipped_names} file(s) whose names are not valid UTF-8 (parquet cannot store them)")
     return StageResult(
         path=path,
         data_version=manifest_data_version(table),
@@ -85,6 +87,7 @@ def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) ->
             "hashed": stats.hashed,
             "reused_hashes": stats.reused,
             "removed": stats.removed,
+            "skipped_non_utf8_names": stats.skipped_names,
             "dataset_dir": str(root),
             "seconds": round(time.perf_counter() - start, 3),
             **extra,

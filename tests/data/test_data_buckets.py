@@ -4,6 +4,7 @@ import pytest
 
 from pixart_pipeline.config.models import ImageDataset
 from pixart_pipeline.data.buckets import (
+    EXTREME_ASPECT,
     Geometry,
     bucket_key,
     compute_geometry,
@@ -121,7 +122,7 @@ def test_minimum_image_size_units_follow_resolution_type():
     # pixel_area: 64 -> 64*64 = 4096 pixels of area
     assert geometry(40, 40, resolution=128, resolution_type="pixel_area", minimum_image_size=64) == "too_small"
     assert isinstance(geometry(64, 64, resolution=128, resolution_type="pixel_area", minimum_image_size=64), Geometry)
-    assert isinstance(geometry(256, 16, resolution=128, resolution_type="pixel_area", minimum_image_size=64), Geometry)
+    assert isinstance(geometry(128, 32, resolution=128, resolution_type="pixel_area", minimum_image_size=64), Geometry)
     # pixel: both edges
     assert geometry(511, 900, resolution=512, resolution_type="pixel", minimum_image_size=512) == "too_small"
     # area (megapixels): 0.25 MP = 250000 px; square crops also need both edges >= floor(sqrt) = 500
@@ -151,7 +152,7 @@ def test_crop_styles_and_random_seeded_by_sha():
     assert crop_box((400, 300), (192, 128), "random", SHA) == crop_box((400, 300), (192, 128), "random", SHA)
 
 
-@pytest.mark.parametrize("w,h", [(128, 128), (200, 200), (256, 160), (160, 256), (192, 128), (999, 333), (64, 1000)])
+@pytest.mark.parametrize("w,h", [(128, 128), (200, 200), (256, 160), (160, 256), (192, 128), (999, 333), (64, 500), (800, 100)])
 @pytest.mark.parametrize("rt,res", [("pixel_area", 128), ("pixel", 256), ("area", 0.1)])
 @pytest.mark.parametrize("crop,aspect", [(False, "square"), (True, "square"), (True, "preserve")])
 def test_crop_always_fits_and_target_is_aligned(w, h, rt, res, crop, aspect):
@@ -160,3 +161,20 @@ def test_crop_always_fits_and_target_is_aligned(w, h, rt, res, crop, aspect):
     assert g.target_width % 64 == 0 and g.target_height % 64 == 0
     assert 0 <= g.crop_left <= g.intermediary_width - g.target_width
     assert 0 <= g.crop_top <= g.intermediary_height - g.target_height
+
+
+@pytest.mark.parametrize("w,h", [(1, 300), (300, 1), (2, 500), (500, 2), (801, 100), (100, 801)])
+@pytest.mark.parametrize("rt,res", [("pixel_area", 1024), ("pixel", 1024), ("area", 1.0)])
+@pytest.mark.parametrize("crop,aspect", [(False, "square"), (True, "square"), (True, "preserve")])
+def test_extreme_aspect_is_a_reason_code_not_a_crash(w, h, rt, res, crop, aspect):
+    # 1x300 / 2x500: round(w/h, 2) == 0.0 (ZeroDivisionError); 300x1: a 307200x1024 intermediary
+    assert geometry(w, h, resolution=res, resolution_type=rt, crop=crop, crop_aspect=aspect) == EXTREME_ASPECT
+
+
+@pytest.mark.parametrize("w,h", [(800, 100), (100, 800)])
+@pytest.mark.parametrize("rt,res", [("pixel_area", 1024), ("pixel", 1024), ("area", 1.0)])
+def test_aspect_bound_is_inclusive_and_keeps_the_intermediary_bounded(w, h, rt, res):
+    g = geometry(w, h, resolution=res, resolution_type=rt)
+    assert isinstance(g, Geometry)
+    # 1:8 rounds to 0.12, so the long side is at most 1024 / 0.12 (8533 px), never 300x the edge
+    assert max(g.intermediary_width, g.intermediary_height) <= 1024 / 0.12

@@ -1,7 +1,12 @@
 import pyarrow as pa
 
 from pixart_pipeline.config.models import ImageDataset
-from pixart_pipeline.data.captions import build_captions_table, captions_data_version
+from pixart_pipeline.data.captions import (
+    CAPTION_TOO_LARGE,
+    MAX_CAPTION_BYTES,
+    build_captions_table,
+    captions_data_version,
+)
 from pixart_pipeline.data.manifest import scan_dataset
 
 
@@ -55,3 +60,31 @@ def test_instanceprompt_strategy_and_version_is_order_free(tmp_path):
     assert {c for c, _ in _captions(table).values()} == {"a sks dog"}
     reversed_table = pa.Table.from_pylist(table.to_pylist()[::-1], schema=table.schema)
     assert captions_data_version(reversed_table) == captions_data_version(table)
+
+
+def test_version_ignores_image_bytes_but_not_captions(tmp_path):
+    ds = ImageDataset(id="d", instance_data_dir=".", caption_strategy="textfile")
+    table = build_captions_table(_dataset(tmp_path), tmp_path, ds)
+    rows = table.to_pylist()
+    repixeled = pa.Table.from_pylist([{**r, "sha256": "0" * 64} for r in rows], schema=table.schema)
+    assert captions_data_version(repixeled) == captions_data_version(table)
+    recaptioned = pa.Table.from_pylist(
+        [{**r, "caption": "new" if r["path"] == "plain.jpg" else r["caption"]} for r in rows], schema=table.schema
+    )
+    assert captions_data_version(recaptioned) != captions_data_version(table)
+    restatused = pa.Table.from_pylist(
+        [{**r, "caption_status": "caption_unreadable" if r["path"] == "empty.png" else r["caption_status"]}
+         for r in rows], schema=table.schema,
+    )
+    assert captions_data_version(restatused) != captions_data_version(table)
+
+
+def test_oversized_caption_file_is_a_reason_code(tmp_path):
+    for name in ("at_cap.png", "over_cap.png"):
+        (tmp_path / name).write_bytes(b"img")
+    (tmp_path / "at_cap.txt").write_bytes(b"a" * MAX_CAPTION_BYTES)
+    (tmp_path / "over_cap.txt").write_bytes(b"a" * (MAX_CAPTION_BYTES + 1))
+    manifest, _ = scan_dataset(tmp_path)
+    got = _captions(build_captions_table(manifest, tmp_path, ImageDataset(id="d", instance_data_dir=".", caption_strategy="textfile")))
+    assert got["at_cap.png"] == ("a" * MAX_CAPTION_BYTES, "ok")
+    assert got["over_cap.png"] == (None, CAPTION_TOO_LARGE) == (None, "caption_too_large")

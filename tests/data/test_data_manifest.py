@@ -85,3 +85,18 @@ def test_hidden_symlinks_and_other_files(tmp_path):
     assert "link_out.png" not in paths and not any(p.startswith("dir_out") for p in paths)
     assert "notes.json" not in paths
     assert not any(p.startswith("loop") for p in paths)
+
+
+def test_names_that_are_not_utf8_are_skipped_and_counted(tmp_path):
+    generate_synthetic_dataset(tmp_path, 3, seed=0)
+    (tmp_path / "sub").mkdir()
+    for name in (b"bad\xff.png", b"bad\xff.txt", b"sub/also\xfe.jpg", b"ignored\xff.json"):
+        os.close(os.open(os.path.join(os.fsencode(tmp_path), name), os.O_CREAT | os.O_WRONLY, 0o644))
+    table, stats = scan_dataset(tmp_path)
+    assert stats.skipped_names == 3  # images and captions only; the .json was never a dataset file
+    assert (stats.total, stats.hashed) == (5, 5)
+    assert all("bad" not in p and "also" not in p for p in table.column("path").to_pylist())
+    atomic_write_parquet(tmp_path / "m.parquet", table)  # storable: every path is valid UTF-8
+    assert not folder_changes(tmp_path, read_parquet(tmp_path / "m.parquet"))
+    _, again = scan_dataset(tmp_path, previous=table)
+    assert (again.reused, again.skipped_names) == (5, 3)
