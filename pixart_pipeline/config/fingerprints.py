@@ -102,11 +102,15 @@ def trained_checkpoint_fields(cfg: PipelineConfig) -> dict:
         # excluded; see the README).
         "num_processes"
     ).split()
-    return {
+    fields = {
         "transformer": model_identity(t.pretrained_model_name_or_path, t.revision),
         "hyperparameters": {k: getattr(t, k) for k in keys},
         "repeats": {ds.id: ds.repeats for ds in cfg.datasets},
     }
+    if t.resume_from_checkpoint not in ("latest", "none"):
+        # Starting from another run's checkpoint changes the weights ("latest" resumes this run's own).
+        fields["resume_from_checkpoint"] = t.resume_from_checkpoint
+    return fields
 
 
 def evaluation_fields(cfg: PipelineConfig) -> dict:

@@ -51,6 +51,12 @@ class EMA:
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)
 
+    def to(self, device: torch.device) -> "EMA":
+        """Keep the shadow beside the parameters: updating a CPU shadow from GPU parameters would copy
+        every trained tensor off the GPU each optimizer step."""
+        self.shadow = {name: t.to(device) for name, t in self.shadow.items()}
+        return self
+
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], num_updates: int) -> None:
         missing = set(self.shadow) - set(tensors)
         if missing:

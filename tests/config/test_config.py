@@ -213,3 +213,14 @@ def test_a_model_folder_relative_to_the_config_is_found_there(tmp_path, monkeypa
     monkeypatch.chdir("/")  # the working directory must not matter
     assert cfg.local_or_hub("models/mine") == str((tmp_path / "models" / "mine").resolve())
     assert cfg.local_or_hub("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS") == "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"
+
+
+def test_an_explicit_resume_checkpoint_is_in_the_checkpoint_fingerprint(tmp_path):
+    base = fp.trained_checkpoint_fields(load_config(write(tmp_path, QUICKSTART_CONFIG, QUICKSTART_BACKEND)))
+    latest = fp.trained_checkpoint_fields(
+        load_config(write(tmp_path, QUICKSTART_CONFIG | {"resume_from_checkpoint": "latest"}, QUICKSTART_BACKEND))
+    )
+    other = fp.trained_checkpoint_fields(
+        load_config(write(tmp_path, QUICKSTART_CONFIG | {"resume_from_checkpoint": "/runs/x/step-10"}, QUICKSTART_BACKEND))
+    )
+    assert fp.stable_hash(base) == fp.stable_hash(latest) != fp.stable_hash(other)

@@ -32,3 +32,14 @@ def test_ema_tracks_a_moving_parameter_and_copies_back():
     model.w = torch.nn.Parameter(torch.zeros(3))
     ema.copy_to(model)
     assert torch.allclose(model.w, torch.full((3,), expected[-1]))
+
+
+def test_ema_shadow_moves_to_the_training_device():
+    """The loop moves the shadow next to the prepared model (on a GPU: no per-step copies to the CPU)."""
+    import torch
+
+    from pixart_pipeline.training.ema import EMA
+
+    params = {"w": torch.nn.Parameter(torch.ones(3))}
+    ema = EMA(params, 0.9).to(torch.device("meta"))
+    assert ema.shadow["w"].device.type == "meta"
