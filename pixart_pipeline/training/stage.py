@@ -23,6 +23,7 @@ from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
 from pixart_pipeline.data.stage import readiness
 from pixart_pipeline.stage_result import InsufficientDataError, MissingInputError, StageResult
 from pixart_pipeline.training.metrics import read_metrics
+from pixart_pipeline.training.plot import loss_curve_png
 from pixart_pipeline.training.spec import HYPERPARAMETER_KEYS, RunSpec
 
 RESULT_FILE = "result.json"
@@ -176,8 +177,7 @@ def finish_training_run(cfg: PipelineConfig, prepared: PreparedRun) -> StageResu
     if curve:
         metadata["loss_first_10pct"] = sum(v for _, v in head) / len(head)
         metadata["loss_last_10pct"] = sum(v for _, v in tail) / len(tail)
-    plot = prepared.run_dir / "loss.png"
-    images = [plot] if plot.exists() else []
+    images = [loss_curve_png(curve, prepared.run_dir / "loss.png")] if curve else []
     return StageResult(
         path=prepared.run_dir / "pipeline",
         data_version=str(result["weights_sha256"]),

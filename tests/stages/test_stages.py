@@ -149,3 +149,26 @@ def test_a_deleted_dataset_folder_is_a_change_not_in_sync(tmp_path):
     shutil.rmtree(cfg.dataset_dir(ds))
     changes = dataset_folder_changes(cfg, ds)
     assert changes and len(changes.removed) == 18  # 16 images + the corrupt and the too-small file
+
+
+def test_two_datasets_share_one_text_cache_and_pool_into_one_training_run(tmp_path):
+    path = copy_demo(tmp_path)
+    backend = path.parent / "multidatabackend.json"
+    entries = json.loads(backend.read_text())
+    second = entries[0] | {"id": "shapes-b", "synthetic_seed": 7, "instance_data_dir": "../../output/demo/datasets/b",
+                           "cache_dir_vae": "../../output/demo/cache/vae/b", "repeats": 1}
+    backend.write_text(json.dumps([entries[0], second, entries[1]]))
+    cfg = load_config(path)
+    for ds in cfg.datasets:
+        run_raw_dataset(cfg, ds)
+        run_captions(cfg, ds)
+        run_bucketed_metadata(cfg, ds)
+        run_vae_cache(cfg, ds, "cpu")
+    text = run_text_embed_cache(cfg, "cpu")
+    from pixart_pipeline.cache.stage import all_captions
+
+    # Both datasets draw from the same shape/colour vocabulary: shared captions are encoded once.
+    assert text.metadata["items"] == len(all_captions(cfg))
+    items = read_parquet(prepare_training_run(cfg, "cpu").run_dir / "items.parquet")
+    assert set(items["dataset_id"].to_pylist()) == {"shapes", "shapes-b"}
+    assert set(zip(items["dataset_id"].to_pylist(), items["repeats"].to_pylist())) == {("shapes", 0), ("shapes-b", 1)}

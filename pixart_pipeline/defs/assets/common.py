@@ -94,12 +94,12 @@ def to_materialize_result(result: StageResult) -> dg.MaterializeResult:
     for name, table in result.markdown.items():
         metadata[name] = dg.MetadataValue.md(table)
     if result.images:
-        metadata["samples"] = dg.MetadataValue.md(thumbnails_markdown(result.images))
+        metadata["images"] = dg.MetadataValue.md(thumbnails_markdown(result.images))
     metadata[CONFIG_METADATA_KEY] = dg.MetadataValue.json(result.config)
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(result.data_version))
 
 
-def thumbnails_markdown(paths: list[Path], size: int = 160, limit: int = 12) -> str:
+def thumbnails_markdown(paths: list[Path], size: int = 480, limit: int = 12) -> str:
     """Inline PNG thumbnails (data URLs) so the UI shows sample images beside the numbers."""
     parts = []
     for path in paths[:limit]:
