@@ -31,8 +31,10 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/pixart-pipeline validate
 	$(VENV)/bin/pixart-pipeline sync
 
-# The whole suite, slow end-to-end tests included (CI runs this).
+# The whole suite, slow end-to-end tests included (CI runs this), after a lint for real errors
+# (undefined names, unused imports, syntax).
 test: install
+	$(VENV)/bin/ruff check --no-cache --select F,E9 pixart_pipeline tests benchmarks
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "slow or not slow" -p no:cacheprovider
 
 # The fast subset (`pytest` alone runs the same).

@@ -64,7 +64,7 @@ def cmd_plan(cfg: PipelineConfig) -> int:
         print(f"{labels[entry.state]:<11} {entry.key.to_user_string()}")
         for reason in entry.reasons:
             print(f"            - {reason}")
-    print(f"\n`pixart-pipeline sync` materializes these in order, re-checking after each stage.")
+    print("\n`pixart-pipeline sync` materializes these in order, re-checking after each stage.")
     return 0
 
 

@@ -7,8 +7,6 @@ real `sync` (real Dagster runs, real models, real files). The scenarios run in o
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -20,10 +18,10 @@ from pixart_pipeline.config import load_config
 from pixart_pipeline.defs.assets import common as keys
 from pixart_pipeline.defs.build import build_definitions
 from pixart_pipeline.defs.planning import compute_plan, sync
+from demo_copy import REPO, copy_demo, edit_json
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 RAW = keys.raw_key("shapes")
 CAPTIONS = keys.captions_key("shapes")
 META = keys.metadata_key("shapes")
@@ -38,13 +36,8 @@ class Project:
     """A copy of the demo config in a temp dir, with helpers to edit it and sync."""
 
     def __init__(self, root: Path, instance: dg.DagsterInstance):
-        self.dir = root / "config" / "demo"
-        self.dir.mkdir(parents=True)
-        for name in ("config.json", "multidatabackend.json"):
-            shutil.copy(REPO / "config" / "demo" / name, self.dir / name)
-        self.instance = instance
         # CPU-sized for a test: a few training steps, two sampling steps, two eval timesteps.
-        self.edit_config(
+        config = dict(
             max_train_steps=12,
             checkpointing_steps=6,
             lr_warmup_steps=2,
@@ -53,17 +46,14 @@ class Project:
             validation_resolution="128x128",
             eval_timesteps=2,
         )
-        self.edit_dataset(synthetic_num_images=24)
+        self.dir = copy_demo(root, config=config, dataset={"synthetic_num_images": 24}).parent
+        self.instance = instance
 
     def edit_config(self, **changes) -> None:
-        path = self.dir / "config.json"
-        path.write_text(json.dumps(json.loads(path.read_text()) | changes, indent=1))
+        edit_json(self.dir / "config.json", changes)
 
     def edit_dataset(self, **changes) -> None:
-        path = self.dir / "multidatabackend.json"
-        entries = json.loads(path.read_text())
-        entries[0] |= changes
-        path.write_text(json.dumps(entries, indent=1))
+        edit_json(self.dir / "multidatabackend.json", changes, index=0)
 
     @property
     def cfg(self):

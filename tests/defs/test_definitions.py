@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 
 from pixart_pipeline.config import load_config
 from pixart_pipeline.defs.build import build_definitions
+from demo_copy import copy_demo
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "config" / "demo" / "config.json"
@@ -81,15 +81,11 @@ def test_sensors_and_schedule_exist_and_are_stopped_by_default(defs):
 
 
 def test_definitions_module_loads_the_config_from_the_environment(tmp_path):
-    folder = tmp_path / "cfg"
-    shutil.copytree(REPO / "config" / "demo", folder)
-    backend = json.loads((folder / "multidatabackend.json").read_text())
-    backend[0]["id"] = "other-set"
-    (folder / "multidatabackend.json").write_text(json.dumps(backend))
+    config_path = copy_demo(tmp_path, dataset={"id": "other-set"})
     code = "from pixart_pipeline.definitions import defs; print(sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()))"
     out = subprocess.run(
         [sys.executable, "-c", code],
-        env={"PIXART_CONFIG": str(folder / "config.json"), "PATH": "/usr/bin:/bin"},
+        env={"PIXART_CONFIG": str(config_path), "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, check=True, cwd=tmp_path,
     ).stdout
     assert "raw_dataset/other-set" in out
@@ -113,12 +109,8 @@ def _cli(*args: str, home: Path, cwd: Path = REPO) -> subprocess.CompletedProces
 def test_cli_validate_ok_and_bad(tmp_path):
     ok = _cli("validate", "--config", str(DEMO), home=tmp_path / "home")
     assert ok.returncode == 0 and "OK" in ok.stdout
-    folder = tmp_path / "bad"
-    shutil.copytree(REPO / "config" / "demo", folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["mixed_precison"] = "bf16"
-    (folder / "config.json").write_text(json.dumps(config))
-    bad = _cli("validate", "--config", str(folder / "config.json"), home=tmp_path / "home")
+    bad_config = copy_demo(tmp_path, config={"mixed_precison": "bf16"})
+    bad = _cli("validate", "--config", str(bad_config), home=tmp_path / "home")
     assert bad.returncode == 2
     assert "mixed_precison" in bad.stderr and "did you mean 'mixed_precision'" in bad.stderr
     assert "Traceback" not in bad.stderr
@@ -139,11 +131,7 @@ def test_sync_stops_at_the_blocking_batch_check_with_its_message(tmp_path):
     from pixart_pipeline.defs.assets import common as keys
     from pixart_pipeline.defs.planning import SyncError, sync
 
-    folder = tmp_path / "config" / "demo"
-    shutil.copytree(REPO / "config" / "demo", folder)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps(config | {"train_batch_size": 64}))
-    cfg = load_config(folder / "config.json")
+    cfg = load_config(copy_demo(tmp_path, config={"train_batch_size": 64}))
     home = tmp_path / "home"
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home)) as instance:
@@ -157,13 +145,12 @@ def test_sync_stops_at_the_blocking_batch_check_with_its_message(tmp_path):
 def test_dagster_cli_materializes_the_data_lane(tmp_path):
     """The README's `dagster asset materialize -m pixart_pipeline.definitions` path: the module-level
     definitions, the multiprocess executor and a persistent instance, as a user runs them."""
-    folder = tmp_path / "config" / "demo"
-    shutil.copytree(REPO / "config" / "demo", folder)
+    config_path = copy_demo(tmp_path)
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "DAGSTER_HOME": str(home),
-           "PIXART_CONFIG": str(folder / "config.json"), "HF_HUB_OFFLINE": "1"}
+           "PIXART_CONFIG": str(config_path), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "pixart_pipeline.definitions",
          "--select", "raw_dataset/shapes,captions/shapes,bucketed_metadata/shapes"],
@@ -181,16 +168,13 @@ def test_a_trainer_error_reaches_the_sync_message(tmp_path):
     """The trainer runs under Pipes in a subprocess; its own error, not "exit code 2", is what sync shows."""
     from pixart_pipeline.defs.planning import SyncError, sync
 
-    folder = tmp_path / "config" / "demo"
-    shutil.copytree(REPO / "config" / "demo", folder)
-    (folder / "not-a-checkpoint").mkdir()
-    config = json.loads((folder / "config.json").read_text())
-    config |= {"resume_from_checkpoint": "not-a-checkpoint", "max_train_steps": 2}
-    (folder / "config.json").write_text(json.dumps(config))
-    backend = json.loads((folder / "multidatabackend.json").read_text())
-    backend[0]["synthetic_num_images"] = 16
-    (folder / "multidatabackend.json").write_text(json.dumps(backend))
-    cfg = load_config(folder / "config.json")
+    config_path = copy_demo(
+        tmp_path,
+        config={"resume_from_checkpoint": "not-a-checkpoint", "max_train_steps": 2},
+        dataset={"synthetic_num_images": 16},
+    )
+    (config_path.parent / "not-a-checkpoint").mkdir()
+    cfg = load_config(config_path)
     home = tmp_path / "home"
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home)) as instance:

@@ -20,26 +20,14 @@ from pixart_pipeline.data.stage import (
 )
 from pixart_pipeline.fileio import read_parquet
 from pixart_pipeline.training.stage import prepare_training_run
+from demo_copy import copy_demo, edit_json
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def copy_demo(root: Path, **config_changes) -> Path:
-    folder = root / "config" / "demo"
-    shutil.copytree(REPO / "config" / "demo", folder)
-    path = folder / "config.json"
-    path.write_text(json.dumps(json.loads(path.read_text()) | config_changes))
-    backend = folder / "multidatabackend.json"
-    entries = json.loads(backend.read_text())
-    entries[0]["synthetic_num_images"] = 16
-    backend.write_text(json.dumps(entries))
-    return path
 
 
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory) -> Path:
     """The demo (16 images) through every stage before training."""
-    path = copy_demo(tmp_path_factory.mktemp("stages"))
+    path = copy_demo(tmp_path_factory.mktemp("stages"), dataset={"synthetic_num_images": 16})
     cfg = load_config(path)
     ds = cfg.datasets[0]
     run_raw_dataset(cfg, ds)
@@ -48,10 +36,6 @@ def cached(tmp_path_factory) -> Path:
     run_text_embed_cache(cfg, "cpu")
     run_vae_cache(cfg, ds, "cpu")
     return path
-
-
-def _edit(path: Path, **changes) -> None:
-    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
 
 
 def test_training_items_are_the_cached_train_split(cached):
@@ -73,9 +57,9 @@ def test_run_folder_is_named_by_everything_that_determines_the_weights(cached):
     assert prepare_training_run(load_config(cached), "cpu").run_dir == first
     original = json.loads(cached.read_text())
     try:
-        _edit(cached, checkpointing_steps=7)
+        edit_json(cached, dict(checkpointing_steps=7))
         assert prepare_training_run(load_config(cached), "cpu").run_dir == first
-        _edit(cached, learning_rate=0.0005)
+        edit_json(cached, dict(learning_rate=0.0005))
         assert prepare_training_run(load_config(cached), "cpu").run_dir != first
     finally:
         cached.write_text(json.dumps(original))
@@ -84,7 +68,7 @@ def test_run_folder_is_named_by_everything_that_determines_the_weights(cached):
 def test_batch_readiness_says_what_to_change(cached):
     original = json.loads(cached.read_text())
     try:
-        _edit(cached, train_batch_size=64, gradient_accumulation_steps=2)
+        edit_json(cached, dict(train_batch_size=64, gradient_accumulation_steps=2))
         cfg = load_config(cached)
         report = batch_readiness(cfg, cfg.datasets[0])
         assert not report.enough and report.needed == 128
@@ -116,7 +100,7 @@ def test_training_refuses_to_start_when_pooled_draws_cannot_fill_a_step(cached):
 
     original = json.loads(cached.read_text())
     try:
-        _edit(cached, train_batch_size=4, gradient_accumulation_steps=50)
+        edit_json(cached, dict(train_batch_size=4, gradient_accumulation_steps=50))
         with pytest.raises(InsufficientDataError, match="not training: Only .* needs 200"):
             prepare_training_run(load_config(cached), "cpu")
     finally:
@@ -142,7 +126,7 @@ def test_folder_change_key_changes_on_every_edit_of_the_same_file(cached):
 def test_a_deleted_dataset_folder_is_a_change_not_in_sync(tmp_path):
     from pixart_pipeline.data.stage import dataset_folder_changes
 
-    path = copy_demo(tmp_path)
+    path = copy_demo(tmp_path, dataset={"synthetic_num_images": 16})
     cfg = load_config(path)
     ds = cfg.datasets[0]
     run_raw_dataset(cfg, ds)
@@ -152,7 +136,7 @@ def test_a_deleted_dataset_folder_is_a_change_not_in_sync(tmp_path):
 
 
 def test_two_datasets_share_one_text_cache_and_pool_into_one_training_run(tmp_path):
-    path = copy_demo(tmp_path)
+    path = copy_demo(tmp_path, dataset={"synthetic_num_images": 16})
     backend = path.parent / "multidatabackend.json"
     entries = json.loads(backend.read_text())
     second = entries[0] | {"id": "shapes-b", "synthetic_seed": 7, "instance_data_dir": "../../output/demo/datasets/b",
