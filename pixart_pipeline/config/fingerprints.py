@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from pixart_pipeline.config.load import PipelineConfig
@@ -41,10 +42,25 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-def model_identity(name_or_path: str, revision: str | None) -> dict:
-    """What names a model's weights: hub id + revision, local path, or tiny name + builder revision."""
+def model_identity(
+    cfg: PipelineConfig, name_or_path: str, revision: str | None, subfolders: tuple[str, ...] = ()
+) -> dict:
+    """What names a model's weights: hub id + revision, tiny name + builder revision, or a local
+    folder + the (name, size, mtime) of every file in the ``subfolders`` a stage reads.
+
+    A local folder is not named by its path alone: replacing its weights in place must make the
+    stages that read them unsynced (DESIGN.md principle 3). Only the stage's own parts count, so a
+    new transformer in the same folder leaves the T5 and VAE caches synced.
+    """
     if name_or_path in (TINY_MODEL_NAME, TINY_CLIP_NAME):
         return {"model": name_or_path, "revision": f"builder-r{TINY_MODEL_REVISION}"}
+    local = cfg.local_or_hub(name_or_path)
+    if local != name_or_path or Path(local).is_dir():
+        root = Path(local)
+        parts = [root / s for s in subfolders] or [root]
+        paths = [p for part in parts for p in ([part] if part.is_file() else part.rglob("*")) if p.is_file()]
+        files = sorted((str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in paths)
+        return {"model": str(root), "files": stable_hash(files)}
     return {"model": name_or_path, "revision": revision or "main"}
 
 
@@ -81,7 +97,7 @@ def bucketed_metadata_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
 def text_encoder_fields(cfg: PipelineConfig) -> dict:
     t = cfg.training
     return {
-        "encoder": model_identity(t.pretrained_model_name_or_path, t.revision),
+        "encoder": model_identity(cfg, t.pretrained_model_name_or_path, t.revision, ("text_encoder", "tokenizer")),
         "max_length": t.tokenizer_max_length,
         "dtype": t.text_encoder_dtype,
     }
@@ -89,7 +105,10 @@ def text_encoder_fields(cfg: PipelineConfig) -> dict:
 
 def vae_fields(cfg: PipelineConfig) -> dict:
     t = cfg.training
-    return {"vae": model_identity(t.pretrained_model_name_or_path, t.revision), "dtype": t.resolved_vae_dtype}
+    return {
+        "vae": model_identity(cfg, t.pretrained_model_name_or_path, t.revision, ("vae",)),
+        "dtype": t.resolved_vae_dtype,
+    }
 
 
 def trained_checkpoint_fields(cfg: PipelineConfig) -> dict:
@@ -103,7 +122,9 @@ def trained_checkpoint_fields(cfg: PipelineConfig) -> dict:
         "num_processes"
     ).split()
     fields = {
-        "transformer": model_identity(t.pretrained_model_name_or_path, t.revision),
+        "transformer": model_identity(
+            cfg, t.pretrained_model_name_or_path, t.revision, ("transformer", "scheduler", "vae/config.json")
+        ),
         "hyperparameters": {k: getattr(t, k) for k in keys},
         "repeats": {ds.id: ds.repeats for ds in cfg.datasets},
     }
@@ -123,7 +144,7 @@ def evaluation_fields(cfg: PipelineConfig) -> dict:
         "seed": t.validation_seed,
         "negative_prompt": t.validation_negative_prompt,
         "evaluation_type": t.evaluation_type,
-        "clip_model": model_identity(t.pretrained_evaluation_model_name_or_path, None),
+        "clip_model": model_identity(cfg, t.pretrained_evaluation_model_name_or_path, None),
         "eval_timesteps": t.eval_timesteps,
     }
 

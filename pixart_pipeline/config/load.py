@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from pixart_pipeline.config.models import (
+    DATASET_UNSUPPORTED,
     IGNORED,
     UNSUPPORTED,
     ImageDataset,
@@ -116,6 +117,11 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
         where = f"[{i}]"
         if not isinstance(entry, dict):
             raise ConfigError(f"{backend_path}: entry {where} must be an object, got {entry!r}")
+        for key in entry:
+            if key in DATASET_UNSUPPORTED:
+                raise ConfigError(
+                    f"{backend_path}: {where}.{key} is not supported yet: {DATASET_UNSUPPORTED[key]}"
+                )
         kind = entry.get("dataset_type", "image")
         if kind == "text_embeds":
             text_embeds.append(_validate(TextEmbedsDataset, entry, backend_path, where))

@@ -38,6 +38,21 @@ UNSUPPORTED: dict[str, str] = {
     "lora_rank": "only model_type 'full' is supported",
 }
 
+# SimpleTuner dataset keys (multidatabackend.json) we know but do not implement yet: key -> why.
+DATASET_UNSUPPORTED: dict[str, str] = {
+    "probability": "every enabled dataset is sampled in proportion to its size (and repeats)",
+    "is_regularisation_data": "regularisation datasets are not implemented",
+    "crop_aspect_buckets": "crop_aspect 'closest'/'random' with buckets is not implemented yet",
+    "parquet": "the parquet caption/metadata backend is not implemented yet",
+    "prepend_instance_prompt": "not implemented; use caption_strategy 'instanceprompt' or edit captions",
+    "only_instance_prompt": "use caption_strategy 'instanceprompt'",
+    "vae_cache_clear_each_epoch": "latents are cached once per geometry and reused",
+    "conditioning_data": "conditioning datasets (ControlNet) are not supported",
+    "aws_bucket_name": "only local folders and Hub downloads are supported",
+    "csv_file": "only local folders and Hub downloads are supported",
+    "huggingface": "use type 'local' with hub_repo_id to download a Hub dataset",
+}
+
 # SimpleTuner keys that cannot change any artefact; accepted with a warning.
 IGNORED: dict[str, str] = {
     "validation_steps": "evaluation runs as its own asset after training",

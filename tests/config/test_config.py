@@ -107,6 +107,8 @@ def test_bad_training_values_name_file_key_and_value(tmp_path, key, value, expec
         ("resolution_type", "pixels", ["[0].resolution_type", "did you mean 'pixel'"]),
         ("crop_aspec", "square", ["[0].crop_aspec", "unknown key", "did you mean 'crop_aspect'"]),
         ("caption_strategy", "instanceprompt", ["instance_prompt"]),
+        ("probability", 0.5, ["[0].probability", "not supported yet"]),
+        ("crop_aspect_buckets", [1.0, 1.5], ["[0].crop_aspect_buckets", "not supported yet"]),
     ],
 )
 def test_bad_dataset_values_name_entry_and_key(tmp_path, key, value, expected):
@@ -224,3 +226,19 @@ def test_an_explicit_resume_checkpoint_is_in_the_checkpoint_fingerprint(tmp_path
         load_config(write(tmp_path, QUICKSTART_CONFIG | {"resume_from_checkpoint": "/runs/x/step-10"}, QUICKSTART_BACKEND))
     )
     assert fp.stable_hash(base) == fp.stable_hash(latest) != fp.stable_hash(other)
+
+
+def test_a_local_model_is_fingerprinted_by_the_files_each_stage_reads(tmp_path):
+    """Replacing weights in place in a local model folder makes exactly the stages that read them
+    unsynced: a new transformer retrains but keeps the T5 and VAE caches."""
+    model = tmp_path / "my-pixart"
+    for part in ("text_encoder", "tokenizer", "vae", "transformer", "scheduler"):
+        (model / part).mkdir(parents=True)
+        (model / part / "config.json").write_text("{}")
+    (model / "transformer" / "weights.safetensors").write_bytes(b"old")
+    path = write(tmp_path, QUICKSTART_CONFIG | {"pretrained_model_name_or_path": "my-pixart"}, QUICKSTART_BACKEND)
+    before = _fields(load_config(path))
+    (model / "transformer" / "weights.safetensors").write_bytes(b"new weights")
+    after = _fields(load_config(path))
+    changed = {stage for stage in before if fp.stable_hash(before[stage]) != fp.stable_hash(after[stage])}
+    assert changed == {"train"}
