@@ -19,8 +19,8 @@ from pixart_pipeline.cache.stage import EMPTY_PROMPT, base_model_path, text_stor
 from pixart_pipeline.cache.store import ShardStore
 from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
-from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
 from pixart_pipeline.data.stage import readiness
+from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
 from pixart_pipeline.stage_result import InsufficientDataError, MissingInputError, StageResult
 from pixart_pipeline.training.metrics import read_metrics
 from pixart_pipeline.training.plot import loss_curve_png
