@@ -119,6 +119,24 @@ def resolve_resume(spec: RunSpec) -> Path | None:
     return path
 
 
+def load_resume(spec: RunSpec, reporter: Reporter) -> tuple[Path | None, ckpt.CheckpointState | None]:
+    """The checkpoint to resume from, loaded and verified.
+
+    With ``latest``, a checkpoint that fails verification (bit rot, a partial copy, a lost write) is
+    skipped with a warning and the one before it is used: losing some steps beats refusing to resume.
+    An explicitly named checkpoint must verify.
+    """
+    if spec.resume_from_checkpoint != "latest":
+        path = resolve_resume(spec)
+        return path, (ckpt.load_checkpoint(path) if path else None)
+    for _, path in reversed(ckpt.list_checkpoints(Path(spec.run_dir))):
+        try:
+            return path, ckpt.load_checkpoint(path)
+        except ValueError as err:
+            reporter.warning(f"skipping damaged checkpoint {path.name}: {err}")
+    return None, None
+
+
 def train(spec: RunSpec, stop_at_step: int | None = None, reporter: Reporter | None = None) -> TrainResult:
     """Train (or resume) the run described by ``spec``; export the pipeline when finished.
 
@@ -172,8 +190,7 @@ def _train(spec: RunSpec, reporter: Reporter, stop_at_step: int | None) -> Train
     ema = EMA(trainable, hp.ema_decay) if hp.use_ema else None
 
     # -- resume
-    resume_path = resolve_resume(spec)
-    state = ckpt.load_checkpoint(resume_path) if resume_path else None
+    resume_path, state = load_resume(spec, reporter)
     global_step = 0
     if state is not None:
         transformer.load_state_dict(state.transformer)

@@ -121,3 +121,19 @@ def test_cli_runs_a_spec_and_reports_bad_specs(make_spec, tmp_path):
     assert bad.returncode == 2
     assert "run_spec.json: unknown hyperparameter 'learnig_rate' (did you mean 'learning_rate'?)" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(make_spec):
+    """Bit rot in the newest checkpoint must not block the resume: the one before it is used, and the
+    run still ends bit-identical to an uninterrupted one (the lost steps are simply redone)."""
+    straight = train(make_spec("straight-5", checkpointing_steps=5))
+    spec = make_spec("damaged", checkpointing_steps=5)
+    train(spec, stop_at_step=10)
+    weights = Path(spec.run_dir) / "checkpoints" / "step-10" / "transformer.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit: the recorded sha256 no longer matches
+    weights.write_bytes(bytes(data))
+
+    resumed = train(spec)
+    assert resumed.resumed_from.endswith("step-5")
+    assert resumed.weights_sha256 == straight.weights_sha256
