@@ -10,10 +10,8 @@ Output is a markdown table for BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -28,6 +26,8 @@ from pixart_pipeline.defs.build import build_definitions
 from pixart_pipeline.defs.planning import sync
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the demo-copy helper the tests use
+from demo_copy import copy_demo, edit_json  # noqa: E402
 
 
 def run_sync(instance, config_path: Path) -> list:
@@ -35,25 +35,14 @@ def run_sync(instance, config_path: Path) -> list:
     return sync(instance, build_definitions(cfg), cfg, echo=lambda _: None, log_level="ERROR")
 
 
-def edit(path: Path, index: int | None = None, **changes) -> None:
-    data = json.loads(path.read_text())
-    if index is None:
-        data |= changes
-    else:
-        data[index] |= changes
-    path.write_text(json.dumps(data, indent=1))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(REPO / "config" / "demo" / "config.json"))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    source = Path(args.config).resolve().parent
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "config" / "demo"
-        shutil.copytree(source, folder)
-        config, backend = folder / "config.json", folder / "multidatabackend.json"
+        config = copy_demo(Path(tmp), source=Path(args.config).resolve().parent)
+        backend = config.parent / "multidatabackend.json"
         home = Path(tmp) / "home"
         home.mkdir()
         settings = yaml.safe_load((REPO / "dagster.yaml").read_text())
@@ -64,9 +53,9 @@ def main() -> None:
             rows = [("cold: every asset", cold, [s.key.to_user_string() for s in cold_steps])]
             scenarios = [
                 ("nothing changed", lambda: None),
-                ("validation_guidance changed", lambda: edit(config, validation_guidance=4.0)),
-                ("learning_rate changed", lambda: edit(config, learning_rate=0.002)),
-                ("resolution changed", lambda: edit(backend, 0, resolution=192)),
+                ("validation_guidance changed", lambda: edit_json(config, {"validation_guidance": 4.0})),
+                ("learning_rate changed", lambda: edit_json(config, {"learning_rate": 0.002})),
+                ("resolution changed", lambda: edit_json(backend, {"resolution": 192}, index=0)),
             ]
             for name, change in scenarios:
                 change()

@@ -23,11 +23,13 @@ def edit_json(path: Path, changes: dict, index: int | None = None) -> None:
     path.write_text(json.dumps(data, indent=1))
 
 
-def copy_demo(root: Path, config: dict | None = None, dataset: dict | None = None) -> Path:
-    """Copy config/demo under ``root``; apply ``config`` to config.json and ``dataset`` to the
-    first dataset entry. Returns the path of the copied config.json."""
+def copy_demo(
+    root: Path, config: dict | None = None, dataset: dict | None = None, source: Path | None = None
+) -> Path:
+    """Copy config/demo (or ``source``) under ``root``; apply ``config`` to config.json and
+    ``dataset`` to the first dataset entry. Returns the path of the copied config.json."""
     folder = root / "config" / "demo"
-    shutil.copytree(REPO / "config" / "demo", folder)
+    shutil.copytree(source or REPO / "config" / "demo", folder)
     if config:
         edit_json(folder / "config.json", config)
     if dataset:
