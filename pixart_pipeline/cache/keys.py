@@ -1,7 +1,13 @@
-"""Item keys: content hashes of exactly what determines an item.
+"""Item keys: content hashes of exactly what determines an item (issue 4, DESIGN.md section 6).
 
-The encoder identity (model, revision, dtype, max_length) is in the store root
-(``<cache_dir>/<fingerprint>/``), not in the key, so one key names the same input under every encoder.
+- text: the caption, and the encoder (T5 identity + revision, ``tokenizer_max_length``, dtype);
+- VAE: the image bytes (their sha256), the geometry (intermediary size, crop box, target size), and
+  the encoder (VAE identity + revision, dtype).
+
+The encoder is passed as ``encoder``: a short hash of the stage's fingerprint fields
+(``cache.stage.text_encoder_id`` / ``vae_encoder_id``). Store roots are named by the same
+fingerprint, so an encoder change also gives a new store; the old items stay on disk, unreferenced,
+until ``pixart-pipeline cache prune``.
 """
 
 from __future__ import annotations
@@ -10,9 +16,14 @@ import hashlib
 import json
 
 
-def text_item_key(caption: str) -> str:
-    """Key of a caption's T5 embedding: sha256 of the exact caption text (UTF-8)."""
-    return hashlib.sha256(b"text\0" + caption.encode("utf-8")).hexdigest()[:40]
+def _digest(kind: bytes, payload: dict) -> str:
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(kind + b"\0" + blob).hexdigest()[:40]
+
+
+def text_item_key(caption: str, encoder: str = "") -> str:
+    """Key of a caption's T5 embedding: sha256 of the exact caption text and the encoder id."""
+    return _digest(b"text", {"caption": caption, "encoder": encoder})
 
 
 def vae_item_key(
@@ -20,17 +31,21 @@ def vae_item_key(
     intermediary: tuple[int, int],
     crop: tuple[int, int],
     target: tuple[int, int],
+    encoder: str = "",
 ) -> str:
-    """Key of an image's VAE posterior: the image bytes' sha256 plus its geometry.
+    """Key of an image's VAE posterior: the image bytes' sha256, its geometry and the encoder id.
 
     ``intermediary`` (w, h) is the resize before cropping, ``crop`` (left, top) the crop corner and
-    ``target`` (w, h) the crop size: the same image under another crop is another item.
+    ``target`` (w, h) the crop size: the same image under another crop is another item, and the
+    same pixels under another file name are the same item.
     """
-    geometry = {
-        "sha256": sha256,
-        "intermediary": [int(v) for v in intermediary],
-        "crop": [int(v) for v in crop],
-        "target": [int(v) for v in target],
-    }
-    blob = json.dumps(geometry, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(b"vae\0" + blob).hexdigest()[:40]
+    return _digest(
+        b"vae",
+        {
+            "sha256": sha256,
+            "intermediary": [int(v) for v in intermediary],
+            "crop": [int(v) for v in crop],
+            "target": [int(v) for v in target],
+            "encoder": encoder,
+        },
+    )

@@ -6,6 +6,7 @@ fingerprint, items by what determines them, so only missing items are ever encod
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -15,7 +16,9 @@ import pyarrow.compute as pc
 import torch
 
 from pixart_pipeline.cache.keys import text_item_key, vae_item_key
-from pixart_pipeline.cache.store import ShardStore
+from pixart_pipeline.cache.maintenance import repair
+from pixart_pipeline.cache.parallel import launch_parallel
+from pixart_pipeline.cache.store import EncodeStats, ShardStore
 from pixart_pipeline.cache.text import encode_captions
 from pixart_pipeline.cache.vae import VaeItem, encode_images
 from pixart_pipeline.config import ImageDataset, PipelineConfig
@@ -48,7 +51,27 @@ def text_store_root(cfg: PipelineConfig) -> Path:
 
 def vae_store_root(cfg: PipelineConfig, ds: ImageDataset) -> Path:
     """``<cache_dir_vae>/<hash of (stage revision, VAE fields)>`` (see ``text_store_root``)."""
-    return cfg.vae_cache_dir(ds) / fp.stable_hash([fp.STAGE_REVISIONS["vae_cache"], fp.vae_fields(cfg)])
+    return cfg.vae_cache_dir(ds) / fp.stable_hash([fp.STAGE_REVISIONS["vae_cache"], _vae_encoder_fields(cfg)])
+
+
+def text_encoder_id(cfg: PipelineConfig) -> str:
+    """The text encoder's part of every text item key: T5 identity + revision, max length, dtype."""
+    return fp.stable_hash(fp.text_encoder_fields(cfg))
+
+
+def vae_encoder_id(cfg: PipelineConfig) -> str:
+    """The VAE's part of every VAE item key: VAE identity + revision, dtype."""
+    return fp.stable_hash(_vae_encoder_fields(cfg))
+
+
+def _vae_encoder_fields(cfg: PipelineConfig) -> dict:
+    """``vae_fields`` without ``cache_disabled``: online and cached encoding share keys and store root."""
+    return {k: v for k, v in fp.vae_fields(cfg).items() if k != "cache_disabled"}
+
+
+def text_key(cfg: PipelineConfig, caption: str) -> str:
+    """The text cache key of ``caption`` under ``cfg``'s encoder (what training looks up)."""
+    return text_item_key(caption, text_encoder_id(cfg))
 
 
 def base_model_path(cfg: PipelineConfig) -> str:
@@ -57,48 +80,89 @@ def base_model_path(cfg: PipelineConfig) -> str:
     return resolve_pretrained(cfg.local_or_hub(t.pretrained_model_name_or_path), t.revision, cfg.model_cache_dir)
 
 
-def all_captions(cfg: PipelineConfig) -> list[str]:
-    """Every usable caption of every dataset, plus the empty prompt, deduplicated and sorted."""
-    captions = {EMPTY_PROMPT}
+def caption_sources(cfg: PipelineConfig) -> dict[str, str]:
+    """Every usable caption of every dataset (plus the empty prompt) -> the first image it came from."""
+    sources = {EMPTY_PROMPT: "the empty prompt (caption dropout)"}
     for ds in cfg.datasets:
         path = captions_path(cfg, ds)
         if not path.exists():
             raise MissingInputError(f"{path} does not exist: materialize captions/{ds.id} first")
         table = read_parquet(path)
         ok = table.filter(pc.equal(table.column("caption_status"), "ok"))
-        captions.update(ok.column("caption").to_pylist())
-    return sorted(captions)
+        root = cfg.dataset_dir(ds)
+        for caption, image in zip(ok.column("caption").to_pylist(), ok.column("path").to_pylist()):
+            sources.setdefault(caption, str(root / image))
+    return sources
+
+
+def all_captions(cfg: PipelineConfig) -> list[str]:
+    """Every usable caption of every dataset, plus the empty prompt, deduplicated and sorted."""
+    return sorted(caption_sources(cfg))
+
+
+def _encoding_device(device: str) -> torch.device:
+    """The device of this process: under torchrun with several GPUs, this rank's own GPU."""
+    resolved = resolve_device(device)
+    local_rank = os.environ.get("LOCAL_RANK")
+    if resolved.type == "cuda" and resolved.index is None and local_rank is not None and torch.cuda.device_count() > 1:
+        return torch.device("cuda", int(local_rank))
+    return resolved
+
+
+def encode_text_items(
+    cfg: PipelineConfig, captions: list[str], sources: dict[str, str], device: str, log: Log = _quiet
+) -> EncodeStats:
+    """Encode ``captions`` into the text store in this process (one rank's share under torchrun)."""
+    t = cfg.training
+    model = base_model_path(cfg)
+    torch_device = _encoding_device(device)
+    tokenizer = load_tokenizer(model, t.revision)
+    encoder = load_text_encoder(model, t.revision, DTYPES[t.text_encoder_dtype]).to(torch_device)
+    return encode_captions(
+        ShardStore(text_store_root(cfg)), captions, tokenizer, encoder, t.tokenizer_max_length,
+        cfg.text_embeds.write_batch_size, torch_device, encoder=text_encoder_id(cfg), sources=sources, log=log,
+    )
+
+
+def encode_vae_items(cfg: PipelineConfig, ds: ImageDataset, items: list[VaeItem], device: str, log: Log = _quiet) -> EncodeStats:
+    """Encode ``items`` into the dataset's VAE store in this process (one rank's share under torchrun)."""
+    t = cfg.training
+    model = base_model_path(cfg)
+    torch_device = _encoding_device(device)
+    vae = load_vae(model, t.revision, DTYPES[t.resolved_vae_dtype]).to(torch_device)
+    return encode_images(ShardStore(vae_store_root(cfg, ds)), items, vae, t.vae_batch_size, torch_device, log=log)
 
 
 def run_text_embed_cache(cfg: PipelineConfig, device: str, log: Log = _quiet) -> StageResult:
     start = time.perf_counter()
-    t = cfg.training
-    captions = all_captions(cfg)
+    sources = caption_sources(cfg)
+    captions = sorted(sources)
     store = ShardStore(text_store_root(cfg))
-    keys = sorted(text_item_key(c) for c in captions)
-    missing = [c for c in captions if text_item_key(c) not in store]
-    stats = None
+    repaired = repair(store, log)
+    keys = sorted(text_key(cfg, c) for c in captions)
+    missing = [c for c in captions if text_key(cfg, c) not in store]
+    stats = EncodeStats()
     if missing:
-        model = base_model_path(cfg)
-        torch_device = resolve_device(device)
-        log(f"encoding {len(missing)} of {len(captions)} caption(s) with {model} on {torch_device}")
-        tokenizer = load_tokenizer(model, t.revision)
-        encoder = load_text_encoder(model, t.revision, DTYPES[t.text_encoder_dtype]).to(torch_device)
-        stats = encode_captions(
-            store, missing, tokenizer, encoder, t.tokenizer_max_length,
-            cfg.text_embeds.write_batch_size, torch_device,
-        )
+        procs = cfg.training.num_processes
+        log(f"encoding {len(missing)} of {len(captions)} caption(s) with {base_model_path(cfg)} "
+            f"on {device} ({procs} process(es))")
+        if procs > 1:
+            stats = launch_parallel(cfg, "text", None, missing, device, procs, {c: sources[c] for c in missing})
+        else:
+            stats = encode_text_items(cfg, missing, sources, device, log)
         if stats.failed:
             raise RuntimeError(f"text encoding failed for {len(stats.failed)} caption(s): {stats.failed[:5]}")
-    log(f"text cache: {len(missing)} encoded, {len(captions) - len(missing)} reused")
+    store.refresh()
+    log(f"text cache: {stats.encoded} encoded, {len(captions) - len(missing)} reused")
     return StageResult(
         path=store.root,
         data_version=store.data_version(keys),
         metadata={
             "items": len(keys),
-            "encoded": len(missing),
+            "encoded": stats.encoded,
             "reused": len(captions) - len(missing),
-            "encode_seconds": round(stats.seconds, 3) if stats else 0.0,
+            "repaired_items": len(repaired),
+            "encode_seconds": round(stats.seconds, 3),
             "seconds": round(time.perf_counter() - start, 3),
             "store_bytes": store.stats().get("bytes", 0),
         },
@@ -114,6 +178,7 @@ def vae_items(cfg: PipelineConfig, ds: ImageDataset) -> tuple[pa.Table, list[Vae
     table = read_parquet(path)
     kept = table.filter(pc.equal(table.column("status"), "ok"))
     root = cfg.dataset_dir(ds)
+    encoder = vae_encoder_id(cfg)
     items = [
         VaeItem(
             key=vae_item_key(
@@ -121,6 +186,7 @@ def vae_items(cfg: PipelineConfig, ds: ImageDataset) -> tuple[pa.Table, list[Vae
                 (r["intermediary_width"], r["intermediary_height"]),
                 (r["crop_left"], r["crop_top"]),
                 (r["target_width"], r["target_height"]),
+                encoder,
             ),
             path=root / r["path"],
             intermediary=(r["intermediary_width"], r["intermediary_height"]),
@@ -134,33 +200,47 @@ def vae_items(cfg: PipelineConfig, ds: ImageDataset) -> tuple[pa.Table, list[Vae
 
 def run_vae_cache(cfg: PipelineConfig, ds: ImageDataset, device: str, log: Log = _quiet) -> StageResult:
     start = time.perf_counter()
-    t = cfg.training
     _, items = vae_items(cfg, ds)
+    if cfg.training.vae_cache_disable:
+        # Online mode (SimpleTuner's vae_cache_disable): nothing is stored; the trainer encodes each
+        # batch from the same metadata rows (cache/online.py). The data version still follows the items.
+        keys = sorted({item.key for item in items})
+        return StageResult(
+            path=vae_store_root(cfg, ds),
+            data_version=fp.stable_hash(["disabled", keys]),
+            metadata={"disabled": True, "items": len(keys), "encoded": 0, "reused": 0, "failed": 0,
+                      "seconds": round(time.perf_counter() - start, 3)},
+            config=fp.vae_fields(cfg),
+        )
     store = ShardStore(vae_store_root(cfg, ds))
+    repaired = repair(store, log)
     missing = [item for item in items if item.key not in store]
-    failed: list[tuple[str, str]] = []
-    stats = None
+    stats = EncodeStats()
     if missing:
-        model = base_model_path(cfg)
-        torch_device = resolve_device(device)
-        log(f"encoding {len(missing)} of {len(items)} image(s) with the VAE of {model} on {torch_device}")
-        vae = load_vae(model, t.revision, DTYPES[t.resolved_vae_dtype]).to(torch_device)
-        stats = encode_images(store, missing, vae, t.vae_batch_size, torch_device)
-        failed = stats.failed
-        for path, reason in failed:
+        procs = cfg.training.num_processes
+        log(f"encoding {len(missing)} of {len(items)} image(s) with the VAE of {base_model_path(cfg)} "
+            f"on {device} ({procs} process(es))")
+        if procs > 1:
+            stats = launch_parallel(cfg, "vae", ds.id, sorted({i.key for i in missing}), device, procs)
+        else:
+            stats = encode_vae_items(cfg, ds, missing, device, log)
+        for path, reason in stats.failed:
             log(f"not cached: {path}: {reason}")
+    store.refresh()
+    failed = stats.failed
     keys = sorted(item.key for item in items if item.key in store)
-    log(f"vae cache: {stats.encoded if stats else 0} encoded, {len(items) - len(missing)} reused, {len(failed)} failed")
+    log(f"vae cache: {stats.encoded} encoded, {len(items) - len(missing)} reused, {len(failed)} failed")
     return StageResult(
         path=store.root,
         data_version=store.data_version(keys),
         metadata={
             "items": len(keys),
-            "encoded": stats.encoded if stats else 0,
+            "encoded": stats.encoded,
             "reused": len(items) - len(missing),
+            "repaired_items": len(repaired),
             "failed": len(failed),
             "failed_files": [f"{p}: {r}" for p, r in failed][:20],
-            "encode_seconds": round(stats.seconds, 3) if stats else 0.0,
+            "encode_seconds": round(stats.seconds, 3),
             "seconds": round(time.perf_counter() - start, 3),
             "store_bytes": store.stats().get("bytes", 0),
         },

@@ -15,6 +15,7 @@ is harmless (the first shard in name order wins; both copies are equal). No pick
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import uuid
 from collections import defaultdict
@@ -28,10 +29,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 
-from pixart_pipeline.fileio import atomic_write_bytes
+from pixart_pipeline.fileio import atomic_write_bytes, atomic_write_text
 
 SHARDS = "shards"
 INDEX = "index"
+VERIFIED = "verified.json"  # size/mtime/sha256 of shards that passed a check (quick re-verify)
 _INDEX_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -42,6 +44,14 @@ _INDEX_SCHEMA = pa.schema(
         ("shard_sha256", pa.string()),
     ]
 )
+
+
+def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 @dataclass
@@ -137,6 +147,9 @@ class ShardStore:
                 value = fields[name]
                 if not isinstance(value, torch.Tensor):
                     raise TypeError(f"cache item {key!r} field {name!r} is {type(value).__name__}, not a Tensor")
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    # Last guard: the encoders drop such items (naming the source file) before this.
+                    raise ValueError(f"cache item {key!r} field {name!r} has NaN/Inf values; not written")
                 # clone: safetensors refuses tensors that share storage (e.g. rows of one batch).
                 tensors[f"{key}.{name}"] = value.detach().to("cpu").contiguous().clone()
             rows["key"].append(key)
@@ -225,38 +238,88 @@ class ShardStore:
             h.update(b"\n" + key.encode())
         return h.hexdigest()[:16]
 
-    def verify(self) -> list[tuple[str, str]]:
-        """Check each referenced shard against the sha256 in its index; returns ``(shard, problem)``."""
-        problems = []
+    def shard_digests(self) -> dict[str, str]:
+        """``{shard file name: sha256 recorded in its index part}`` for every referenced shard."""
         expected: dict[str, str] = {}
         for part in self._index_parts():
             table = pq.read_table(part, columns=["shard", "shard_sha256"]).to_pydict()
             expected.update(zip(table["shard"], table["shard_sha256"]))
-        for shard, digest in sorted(expected.items()):
+        return expected
+
+    def verify(self, quick: bool = False) -> list[tuple[str, str]]:
+        """Check each referenced shard against the sha256 in its index; returns ``(shard, problem)``.
+
+        ``quick=True`` (what the cache stages do on every run) re-hashes only shards whose size or
+        mtime changed since they last passed, remembered in ``verified.json``; a full check
+        (``pixart-pipeline cache verify``) re-hashes everything, so it also finds silent bit rot.
+        """
+        stamp_path = self.root / VERIFIED
+        try:
+            stamps = json.loads(stamp_path.read_text()) if quick and stamp_path.exists() else {}
+        except (OSError, ValueError):
+            stamps = {}  # a damaged stamp file only costs a full re-hash
+        problems, passed = [], {}
+        for shard, digest in sorted(self.shard_digests().items()):
             path = self.root / SHARDS / shard
             if not path.exists():
                 problems.append((shard, "missing"))
-            elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                continue
+            st = path.stat()
+            stamp = [st.st_size, st.st_mtime_ns, digest]
+            if stamps.get(shard) == stamp:
+                passed[shard] = stamp
+            elif _file_sha256(path) != digest:
                 problems.append((shard, "sha256 mismatch"))
+            else:
+                passed[shard] = stamp
+        if quick and passed != stamps:
+            try:
+                atomic_write_text(stamp_path, json.dumps(passed, sort_keys=True))
+            except OSError:
+                pass  # a read-only store still verifies; it just re-hashes next time
         return problems
 
-    def prune(self, min_age_s: float = 3600.0) -> int:
-        """Delete shards no index part references, and stale temp files. Returns files removed.
+    def drop_shard(self, shard: str) -> list[str]:
+        """Forget a (corrupt) shard: delete its index part (its items vanish), then the shard file.
 
-        ``min_age_s`` protects a writer in flight (its shard exists briefly before its index part).
+        Returns the item keys it held; they are encoded again by the next cache run. Index first, so a
+        crash in between leaves an orphan shard (``prune`` removes it), never a dangling index row.
         """
+        part = self.root / INDEX / (Path(shard).stem + ".parquet")
+        keys = pq.read_table(part, columns=["key"]).column("key").to_pylist() if part.exists() else []
+        part.unlink(missing_ok=True)
+        (self.root / SHARDS / shard).unlink(missing_ok=True)
+        self._index = None
+        return keys
+
+    def orphans(self, min_age_s: float = 3600.0) -> list[Path]:
+        """Shards no index part references, and temp files, older than ``min_age_s``."""
         referenced = {p.stem for p in self._index_parts()}
         now = time.time()
-        removed = 0
+        found = []
         for folder in (self.root / SHARDS, self.root / INDEX):
             if not folder.is_dir():
                 continue
             for path in folder.iterdir():
                 orphan = folder.name == SHARDS and path.suffix == ".safetensors" and path.stem not in referenced
-                if (orphan or path.name.startswith(".")) and now - path.stat().st_mtime >= min_age_s:
-                    path.unlink(missing_ok=True)
-                    removed += 1
-        return removed
+                try:
+                    old = now - path.stat().st_mtime >= min_age_s
+                except FileNotFoundError:
+                    continue  # a writer renamed its temp file meanwhile
+                if (orphan or path.name.startswith(".")) and old:
+                    found.append(path)
+        return found
+
+    def prune(self, min_age_s: float = 3600.0) -> int:
+        """Delete shards no index part references, and stale temp files. Returns files removed.
+
+        ``min_age_s`` protects a writer in flight (its shard exists briefly before its index part).
+        Items no metadata references are ``maintenance.prune_store``'s job.
+        """
+        found = self.orphans(min_age_s)
+        for path in found:
+            path.unlink(missing_ok=True)
+        return len(found)
 
 
 class ShardWriter:

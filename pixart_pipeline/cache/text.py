@@ -33,6 +33,8 @@ def encode_captions(
     device: torch.device | str,
     *,
     items_per_shard: int = 512,
+    encoder: str = "",
+    sources: dict[str, str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> EncodeStats:
     """Encode every caption not yet in ``store``; returns what was encoded, reused and failed.
@@ -40,13 +42,14 @@ def encode_captions(
     Captions are deduplicated, those already stored are skipped, and the rest are sorted by token
     count (longest first) so each batch pads little. Shards are flushed every ``items_per_shard``
     items, so an interrupted run keeps its progress. A batch whose output holds NaN/Inf is reported
-    in ``failed`` (caption, reason) and not written. Always adding ``""`` (caption dropout) is the
-    caller's job.
+    in ``failed`` (``source: caption``, reason) and not written. ``encoder`` is the encoder id that goes
+    into every key (``keys.text_item_key``); ``sources`` maps a caption to the file it came from, for
+    error messages. Always adding ``""`` (caption dropout) is the caller's job.
     """
     start = time.perf_counter()
     stats = EncodeStats()
     unique = list(dict.fromkeys(captions))
-    todo = [c for c in unique if text_item_key(c) not in store]
+    todo = [c for c in unique if text_item_key(c, encoder) not in store]
     stats.reused = len(unique) - len(todo)
     if not todo:
         stats.seconds = time.perf_counter() - start
@@ -75,11 +78,13 @@ def encode_captions(
             for i, caption in enumerate(batch):
                 embeds = hidden[i, : int(lengths[i])]  # [L, D]: the real tokens only
                 if not torch.isfinite(embeds).all():
+                    where = (sources or {}).get(caption, "caption")
                     stats.failed.append(
-                        (caption, "text encoder output has NaN/Inf (try text_encoder_dtype 'fp32' or 'bf16')")
+                        (f"{where}: {caption[:80]!r}",
+                         "text encoder output has NaN/Inf (try text_encoder_dtype 'fp32' or 'bf16')")
                     )
                     continue
-                if writer.add(text_item_key(caption), {"prompt_embeds": embeds.to("cpu").clone()}) and log:
+                if writer.add(text_item_key(caption, encoder), {"prompt_embeds": embeds.to("cpu").clone()}) and log:
                     log(f"text embeds: {writer.written}/{len(todo)} encoded")
     writer.close()
     stats.encoded = writer.written

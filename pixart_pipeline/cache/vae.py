@@ -8,10 +8,11 @@ sample lets training draw a fresh ``z = mean + std * eps`` every step (``reader.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -65,6 +66,22 @@ def _batches(items: list[VaeItem], batch_size: int) -> list[list[VaeItem]]:
     return batches
 
 
+def _prefetched(batches: list[list[VaeItem]], workers: int, depth: int) -> Iterator[tuple[list[VaeItem], list]]:
+    """Yield ``(batch, futures of load_pixels)`` while up to ``depth`` later batches load in a thread pool.
+
+    PIL decodes and resizes with the GIL released, so image preparation overlaps the VAE's forward
+    pass; the bound keeps at most ``depth`` batches of pixels in memory.
+    """
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vae-load") as pool:
+        queue: deque = deque()
+        for batch in batches:
+            queue.append((batch, [pool.submit(load_pixels, item) for item in batch]))
+            if len(queue) > depth:
+                yield queue.popleft()
+        while queue:
+            yield queue.popleft()
+
+
 def encode_images(
     store: ShardStore,
     items: list[VaeItem],
@@ -73,12 +90,16 @@ def encode_images(
     device: torch.device | str,
     *,
     items_per_shard: int = 256,
+    load_workers: int = 4,
+    prefetch_batches: int = 2,
     log: Callable[[str], None] | None = None,
 ) -> EncodeStats:
     """Encode every item not yet in ``store``; a bad image goes to ``failed`` and the rest go on.
 
-    Items are deduplicated by key, grouped by target size and batched. Shards are flushed every
-    ``items_per_shard`` items, so an interrupted run keeps its progress.
+    Items are deduplicated by key, grouped by target size and batched (one shape per batch); images
+    are decoded by ``load_workers`` threads up to ``prefetch_batches`` batches ahead. Shards are
+    flushed every ``items_per_shard`` items, so an interrupted run keeps its progress. A posterior
+    with NaN/Inf is reported with its image file and not written.
     """
     start = time.perf_counter()
     stats = EncodeStats()
@@ -89,11 +110,11 @@ def encode_images(
     dtype = next(vae.parameters()).dtype
     writer = ShardWriter(store, items_per_shard)
     with torch.inference_mode():
-        for batch in _batches(todo, batch_size):
+        for batch, futures in _prefetched(_batches(todo, batch_size), load_workers, prefetch_batches):
             ready, pixels = [], []
-            for item in batch:
+            for item, future in zip(batch, futures):
                 try:
-                    pixels.append(load_pixels(item))
+                    pixels.append(future.result())
                     ready.append(item)
                 except Exception as e:  # noqa: BLE001 - any unreadable image is reported, not fatal
                     stats.failed.append((str(item.path), f"{type(e).__name__}: {e}"))
@@ -102,13 +123,15 @@ def encode_images(
             x = torch.stack(pixels).to(device, dtype)  # [B, 3, H, W]
             posterior = vae.encode(x).latent_dist
             mean, std = posterior.mean, posterior.std  # [B, 4, H/8, W/8] each
+            finite = torch.isfinite(mean).flatten(1).all(1) & torch.isfinite(std).flatten(1).all(1)  # [B]
+            mean, std, finite = mean.cpu(), std.cpu(), finite.tolist()
             for i, item in enumerate(ready):
-                if not (torch.isfinite(mean[i]).all() and torch.isfinite(std[i]).all()):
+                if not finite[i]:
                     stats.failed.append(
                         (str(item.path), "VAE posterior has NaN/Inf (the SDXL VAE overflows in fp16; use fp32)")
                     )
                     continue
-                if writer.add(item.key, {"mean": mean[i].to("cpu").clone(), "std": std[i].to("cpu").clone()}) and log:
+                if writer.add(item.key, {"mean": mean[i], "std": std[i]}) and log:
                     log(f"vae: {writer.written}/{len(todo)} encoded, {len(stats.failed)} failed")
     writer.close()
     stats.encoded = writer.written

@@ -25,10 +25,11 @@ from pixart_pipeline.config.models import (
 STAGE_REVISIONS = {
     "raw_dataset": "r1",
     "captions": "r1",
-    "bucketed_metadata": "r1",
+    # r2: one target per aspect key (area), crop_aspect closest/random; r3: note column, truncated code
+    "bucketed_metadata": "r3",
     "text_embed_cache": "r1",
     "vae_cache": "r1",
-    "trained_checkpoint": "r1",
+    "trained_checkpoint": "r2",  # r2: noise keyed by global batch index (1 and N processes agree)
     "evaluation_report": "r1",
 }
 
@@ -74,7 +75,12 @@ def raw_dataset_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
 
 
 def captions_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
-    return {"caption_strategy": ds.caption_strategy, "instance_prompt": ds.instance_prompt}
+    fields = {"caption_strategy": ds.caption_strategy, "instance_prompt": ds.instance_prompt}
+    if ds.caption_strategy == "parquet":
+        from pixart_pipeline.data.parquet_source import parquet_identity  # data imports config
+
+        fields["parquet"] = parquet_identity(cfg, ds)
+    return fields
 
 
 def bucketed_metadata_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
@@ -82,6 +88,8 @@ def bucketed_metadata_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
     return {
         "crop": ds.crop,
         "crop_aspect": ds.crop_aspect,
+        "crop_aspect_buckets": [b if isinstance(b, (int, float)) else b.model_dump() for b in ds.crop_aspect_buckets or []],
+        "aspect_bucket_rounding": cfg.training.aspect_bucket_rounding or 2,
         "crop_style": ds.normalised_crop_style,
         "resolution": ds.resolution,
         "resolution_type": ds.resolution_type,
@@ -91,7 +99,16 @@ def bucketed_metadata_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
         "alignment": PIXART_ALIGNMENT,
         "eval_split_fraction": ds.eval_split_fraction,
         "metadata_backend": ds.metadata_backend,
-    }
+        "dataset_type": ds.dataset_type,  # "eval" puts every image in the eval split
+    } | _parquet_sizes_identity(cfg, ds)
+
+
+def _parquet_sizes_identity(cfg: PipelineConfig, ds: ImageDataset) -> dict:
+    if ds.metadata_backend != "parquet":
+        return {}
+    from pixart_pipeline.data.parquet_source import parquet_identity  # data imports config
+
+    return {"parquet": parquet_identity(cfg, ds)}
 
 
 def text_encoder_fields(cfg: PipelineConfig) -> dict:
@@ -105,17 +122,21 @@ def text_encoder_fields(cfg: PipelineConfig) -> dict:
 
 def vae_fields(cfg: PipelineConfig) -> dict:
     t = cfg.training
-    return {
+    fields = {
         "vae": model_identity(cfg, t.pretrained_model_name_or_path, t.revision, ("vae",)),
         "dtype": t.resolved_vae_dtype,
     }
+    if t.vae_cache_disable:  # the vae_cache artefact becomes "disabled"; item keys ignore this field
+        fields["cache_disabled"] = True
+    return fields
 
 
 def trained_checkpoint_fields(cfg: PipelineConfig) -> dict:
     t = cfg.training
     keys = (
         "seed learning_rate lr_scheduler lr_warmup_steps train_batch_size gradient_accumulation_steps "
-        "max_train_steps mixed_precision optimizer adam_beta1 adam_beta2 adam_weight_decay adam_epsilon "
+        "max_train_steps num_train_epochs lr_num_cycles lr_power lr_step_rules mixed_precision optimizer "
+        "fused_optimizer adam_beta1 adam_beta2 adam_weight_decay adam_epsilon "
         "max_grad_norm snr_gamma noise_offset caption_dropout_probability use_ema ema_decay use_bitfit "
         # num_processes multiplies the global batch, so it changes the result (DESIGN.md lists it as
         # excluded; see the README).
@@ -127,6 +148,8 @@ def trained_checkpoint_fields(cfg: PipelineConfig) -> dict:
         ),
         "hyperparameters": {k: getattr(t, k) for k in keys},
         "repeats": {ds.id: ds.repeats for ds in cfg.datasets},
+        # which items the sampler draws: buckets too small for one optimizer step dropped or repeated
+        "small_bucket_rule": t.small_bucket_rule,
     }
     if t.resume_from_checkpoint not in ("latest", "none"):
         # Starting from another run's checkpoint changes the weights ("latest" resumes this run's own).

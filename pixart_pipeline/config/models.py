@@ -27,12 +27,11 @@ LR_SCHEDULERS = (
     "cosine",
     "cosine_with_restarts",
     "polynomial",
+    "piecewise_constant",
 )
 
 # SimpleTuner keys we know but do not implement: value -> why. Setting one is an error.
 UNSUPPORTED: dict[str, str] = {
-    "vae_cache_disable": "online VAE encoding is not implemented yet; leave it false",
-    "push_to_hub": "uploading to the Hub is not implemented yet; leave it false",
     "validation_preview": "streamed validation previews need webhooks, which we do not have",
     "attention_mechanism": "only the default diffusers attention is supported",
     "lora_rank": "only model_type 'full' is supported",
@@ -42,8 +41,6 @@ UNSUPPORTED: dict[str, str] = {
 DATASET_UNSUPPORTED: dict[str, str] = {
     "probability": "every enabled dataset is sampled in proportion to its size (and repeats)",
     "is_regularisation_data": "regularisation datasets are not implemented",
-    "crop_aspect_buckets": "crop_aspect 'closest'/'random' with buckets is not implemented yet",
-    "parquet": "the parquet caption/metadata backend is not implemented yet",
     "prepend_instance_prompt": "not implemented; use caption_strategy 'instanceprompt' or edit captions",
     "only_instance_prompt": "use caption_strategy 'instanceprompt'",
     "vae_cache_clear_each_epoch": "latents are cached once per geometry and reused",
@@ -57,12 +54,8 @@ DATASET_UNSUPPORTED: dict[str, str] = {
 IGNORED: dict[str, str] = {
     "validation_steps": "evaluation runs as its own asset after training",
     "logging_dir": "metrics go to metrics.jsonl in the run folder",
-    "tracker_project_name": "no tracker is implemented yet",
-    "tracker_run_name": "no tracker is implemented yet",
     "disable_benchmark": "evaluation always runs as its own asset",
     "webhook_config": "webhooks are not implemented",
-    "hub_model_id": "push_to_hub is not implemented yet",
-    "aspect_bucket_rounding": "bucket keys are always rounded to 2 decimals",
     "validation_preview_steps": "validation previews are not implemented",
 }
 
@@ -94,8 +87,13 @@ class TrainingConfig(StrictModel):
     train_batch_size: int = Field(1, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_train_steps: int = Field(1000, ge=1)
+    num_train_epochs: int | None = Field(None, ge=1)  # with max_train_steps: whichever ends first
+    lr_num_cycles: int = Field(1, ge=1)  # cosine_with_restarts
+    lr_power: float = Field(1.0, gt=0)  # polynomial
+    lr_step_rules: str | None = None  # piecewise_constant, diffusers' "1:10,0.1:20,0.01"
     mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"
-    optimizer: Literal["adamw"] = "adamw"
+    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    fused_optimizer: Literal["auto", "on", "off"] = "auto"  # AdamW's fused kernel
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     adam_weight_decay: float = Field(1e-2, ge=0)
@@ -113,13 +111,22 @@ class TrainingConfig(StrictModel):
     checkpoints_total_limit: int | None = Field(None, ge=1)
     resume_from_checkpoint: str = "latest"
     gradient_checkpointing: bool = False
-    report_to: Literal["none"] = "none"
+    report_to: Literal["none", "wandb"] = "none"
+    tracker_project_name: str = "pixart-pipeline"
+    tracker_run_name: str | None = None
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    # -- buckets: decimals of the aspect ratios (SimpleTuner's; None = 2), in the metadata fingerprint
+    aspect_bucket_rounding: int | None = Field(None, ge=1, le=4)
+    # ours, not SimpleTuner's: what the sampler does with a bucket too small for one optimizer step
+    small_bucket_rule: Literal["drop", "repeat"] = "drop"
     # -- caches
     tokenizer_max_length: int = Field(300, ge=1)
     text_encoder_dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
     vae_dtype: Literal["default", "fp32", "bf16", "fp16"] = "default"
     vae_batch_size: int = Field(4, ge=1)
+    vae_cache_disable: bool = False  # encode latents on the fly in the trainer (cache/online.py)
     # -- evaluation
     validation_prompt: str | None = None
     validation_prompts: list[str] = []
@@ -137,6 +144,19 @@ class TrainingConfig(StrictModel):
     def _check_resolution(cls, value: str | int) -> str | int:
         parse_resolutions(value)  # raises ValueError with the offending part
         return value
+
+    @model_validator(mode="after")
+    def _check_trainer_options(self) -> "TrainingConfig":
+        if self.lr_scheduler == "piecewise_constant" and not self.lr_step_rules:
+            raise ValueError("lr_scheduler 'piecewise_constant' needs lr_step_rules, e.g. \"1:100,0.1:200,0.01\" "
+                             "(multiplier:until_step pairs, then the final multiplier)")
+        if self.lr_step_rules is not None:
+            _check_step_rules(self.lr_step_rules)
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub is true but hub_model_id is not set (e.g. \"your-name/pixart-finetune\")")
+        if self.optimizer == "adafactor" and self.fused_optimizer == "on":
+            raise ValueError("fused_optimizer 'on' needs optimizer 'adamw' (Adafactor has no fused kernel)")
+        return self
 
     @field_validator("resume_from_checkpoint")
     @classmethod
@@ -163,6 +183,20 @@ class TrainingConfig(StrictModel):
         return parse_resolutions(self.validation_resolution)
 
 
+def _check_step_rules(rules: str) -> None:
+    """diffusers' piecewise-constant rules: ``"m1:s1,m2:s2,...,m_last"`` (multipliers, increasing steps)."""
+    parts = [p.strip() for p in rules.split(",")]
+    try:
+        pairs = [tuple(p.split(":")) for p in parts[:-1]]
+        steps = [int(s) for _, s in pairs]
+        [float(m) for m, _ in pairs] + [float(parts[-1])]
+    except ValueError:
+        raise ValueError(f"lr_step_rules {rules!r} is not 'multiplier:step,...,multiplier' "
+                         "(e.g. \"1:100,0.1:200,0.01\")") from None
+    if steps != sorted(steps):
+        raise ValueError(f"lr_step_rules {rules!r}: the steps must increase")
+
+
 def parse_resolutions(value: str | int) -> list[tuple[int, int]]:
     """Parse SimpleTuner's ``validation_resolution``: ``1024``, ``"1024"`` or ``"WxH,WxH"``."""
     if isinstance(value, int):
@@ -182,12 +216,34 @@ def parse_resolutions(value: str | int) -> list[tuple[int, int]]:
     return sizes
 
 
+class AspectBucket(StrictModel):
+    """One weighted entry of ``crop_aspect_buckets`` (``{"aspect": 1.5, "weight": 0.25}``)."""
+
+    aspect: Number = Field(gt=0)
+    weight: Number = Field(ge=0)
+
+
+class ParquetConfig(StrictModel):
+    """The ``parquet`` block of a dataset (SimpleTuner's key names and defaults): a table with one
+    row per image, giving captions (``caption_strategy: "parquet"``) and/or sizes
+    (``metadata_backend: "parquet"``). ``path`` is relative to ``multidatabackend.json``; a
+    ``.jsonl`` file (one JSON object per line) works too."""
+
+    path: str
+    filename_column: str = "id"
+    caption_column: str = "description"
+    fallback_caption_column: str | None = None
+    width_column: str | None = None
+    height_column: str | None = None
+    identifier_includes_extension: bool = False
+
+
 class ImageDataset(StrictModel):
     """One image dataset of ``multidatabackend.json`` (SimpleTuner's keys, plus a few of ours)."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     type: Literal["local", "synthetic"] = "local"
-    dataset_type: Literal["image"] = "image"
+    dataset_type: Literal["image", "eval"] = "image"  # "eval": evaluation only, never trained on
     disabled: bool = False
     instance_data_dir: str
     # hub download into instance_data_dir (type "local")
@@ -199,7 +255,8 @@ class ImageDataset(StrictModel):
     synthetic_seed: int = 0
     # geometry
     crop: bool = False
-    crop_aspect: Literal["square", "preserve"] = "square"
+    crop_aspect: Literal["square", "preserve", "closest", "random"] = "square"
+    crop_aspect_buckets: list[Number] | list[AspectBucket] | None = None
     crop_style: Literal["random", "center", "centre", "corner"] = "random"
     resolution: Number = Field(1024, gt=0)
     resolution_type: Literal["area", "pixel", "pixel_area"] = "pixel_area"
@@ -208,20 +265,26 @@ class ImageDataset(StrictModel):
     target_downsample_size: Number | None = Field(None, gt=0)
     eval_split_fraction: float = Field(0.1, ge=0, lt=1)
     # captions
-    caption_strategy: Literal["filename", "textfile", "instanceprompt"] = "filename"
+    caption_strategy: Literal["filename", "textfile", "instanceprompt", "parquet"] = "filename"
     instance_prompt: str | None = None
+    parquet: ParquetConfig | None = None
     # caches and bookkeeping
     cache_dir_vae: str | None = None
     skip_file_discovery: str = ""
-    metadata_backend: Literal["discovery"] = "discovery"
+    metadata_backend: Literal["discovery", "parquet"] = "discovery"
     repeats: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "ImageDataset":
         if self.caption_strategy == "instanceprompt" and not self.instance_prompt:
             raise ValueError("caption_strategy 'instanceprompt' needs 'instance_prompt'")
+        if (self.caption_strategy == "parquet" or self.metadata_backend == "parquet") and self.parquet is None:
+            raise ValueError("caption_strategy/metadata_backend 'parquet' needs a 'parquet' block with 'path'")
+        if self.metadata_backend == "parquet" and not (self.parquet.width_column and self.parquet.height_column):
+            raise ValueError("metadata_backend 'parquet' needs parquet.width_column and parquet.height_column")
         if self.hub_repo_id and self.type != "local":
             raise ValueError("hub_repo_id works only with type 'local'")
+        _check_geometry(self)
         if self.resolution_type == "area" and self.resolution > 16:
             raise ValueError(
                 f"resolution {self.resolution} with resolution_type 'area' means "
@@ -232,6 +295,21 @@ class ImageDataset(StrictModel):
     @property
     def normalised_crop_style(self) -> str:
         return "center" if self.crop_style == "centre" else self.crop_style
+
+
+def _check_geometry(ds: "ImageDataset") -> None:
+    """The geometry combinations SimpleTuner refuses (or would divide by zero on), as clear errors."""
+    if ds.resolution_type in ("pixel", "pixel_area") and int(ds.resolution) != ds.resolution:
+        raise ValueError(f"resolution_type {ds.resolution_type!r} needs a whole number of pixels, got {ds.resolution}")
+    buckets = ds.crop_aspect_buckets
+    if ds.crop and ds.crop_aspect in ("closest", "random") and not buckets:
+        raise ValueError(f"crop_aspect {ds.crop_aspect!r} needs crop_aspect_buckets, e.g. [0.75, 1.0, 1.5]")
+    if buckets and isinstance(buckets[0], AspectBucket):
+        total = sum(b.weight for b in buckets)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"crop_aspect_buckets weights must add up to 1, they add up to {total}")
+    if buckets and any(not 1 / 8 <= (b.aspect if isinstance(b, AspectBucket) else b) <= 8 for b in buckets):
+        raise ValueError("crop_aspect_buckets aspects must be within [0.125, 8] (width / height)")
 
 
 class TextEmbedsDataset(StrictModel):

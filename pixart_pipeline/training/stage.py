@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pixart_pipeline.cache.keys import text_item_key
-from pixart_pipeline.cache.stage import EMPTY_PROMPT, base_model_path, text_store_root, vae_items, vae_store_root
+from pixart_pipeline.cache.stage import (
+    EMPTY_PROMPT, base_model_path, text_key, text_store_root, vae_items, vae_store_root,
+)
 from pixart_pipeline.cache.store import ShardStore
 from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
@@ -24,7 +25,7 @@ from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
 from pixart_pipeline.stage_result import InsufficientDataError, MissingInputError, StageResult
 from pixart_pipeline.training.metrics import read_metrics
 from pixart_pipeline.training.plot import loss_curve_png
-from pixart_pipeline.training.spec import HYPERPARAMETER_KEYS, RunSpec
+from pixart_pipeline.training.spec import SPEC_CONFIG_KEYS, RunSpec
 
 RESULT_FILE = "result.json"
 
@@ -58,7 +59,7 @@ def split_items(cfg: PipelineConfig, split: str) -> pa.Table:
                 {
                     "vae_store": str(store.root),
                     "vae_key": item.key,
-                    "text_key": text_item_key(row["caption"]),
+                    "text_key": text_key(cfg, row["caption"]),
                     "target_width": row["target_width"],
                     "target_height": row["target_height"],
                     "dataset_id": ds.id,
@@ -105,8 +106,8 @@ def prepare_training_run(cfg: PipelineConfig, device: str) -> PreparedRun:
         revision=t.revision,
         items=str(items_path),
         text_store=str(text_store_root(cfg)),
-        empty_text_key=text_item_key(EMPTY_PROMPT),
-        hyperparameters={k: getattr(t, k) for k in HYPERPARAMETER_KEYS},
+        empty_text_key=text_key(cfg, EMPTY_PROMPT),
+        hyperparameters={k: getattr(t, k) for k in SPEC_CONFIG_KEYS},
         checkpointing_steps=t.checkpointing_steps,
         checkpoints_total_limit=t.checkpoints_total_limit,
         resume_from_checkpoint=(
