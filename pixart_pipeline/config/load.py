@@ -125,12 +125,13 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
         kind = entry.get("dataset_type", "image")
         if kind == "text_embeds":
             text_embeds.append(_validate(TextEmbedsDataset, entry, backend_path, where))
-        elif kind == "image":
+        elif kind in ("image", "eval"):
             datasets.append(_validate(ImageDataset, entry, backend_path, where))
         else:
             raise ConfigError(
                 f"{backend_path}: {where}.dataset_type = {kind!r} is not supported; "
-                f"allowed: 'image' (default), 'text_embeds'{_did_you_mean(str(kind), ['image', 'text_embeds'])}"
+                f"allowed: 'image' (default), 'eval', 'text_embeds'"
+                f"{_did_you_mean(str(kind), ['image', 'eval', 'text_embeds'])}"
             )
     for ds in datasets:
         if ds.skip_file_discovery.strip():

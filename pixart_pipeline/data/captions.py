@@ -11,6 +11,7 @@ Rules (learned from SimpleTuner's ``helpers/prompts.py`` ``PromptHandler``):
   (64 KiB): a caption is a prompt of a few hundred bytes, and reading an arbitrarily large file in
   full could exhaust memory. A larger file gets ``caption_too_large``.
 - ``instanceprompt``: every image gets ``instance_prompt``.
+- ``parquet``: the ``parquet`` block's caption column (see ``parquet_source.py`` for the lookup rules).
 
 A missing or empty caption is a reason code in ``caption_status``, never an exception.
 """
@@ -25,6 +26,7 @@ import pyarrow as pa
 
 from pixart_pipeline.config.models import ImageDataset
 from pixart_pipeline.data.manifest import is_image_path
+from pixart_pipeline.data.parquet_source import parquet_captions
 
 CAPTIONS_SCHEMA = pa.schema(
     [("path", pa.string()), ("sha256", pa.string()), ("caption", pa.string()), ("caption_status", pa.string())]
@@ -102,17 +104,30 @@ def caption_for(path: str, root: Path, ds: ImageDataset, listed: set[str]) -> tu
     return (caption, "ok") if caption.strip() else (None, EMPTY_CAPTION)
 
 
-def build_captions_table(manifest: pa.Table, root: Path, ds: ImageDataset) -> pa.Table:
-    """One row per image file of ``manifest`` (sidecars excluded): path, sha256, caption, caption_status."""
+def build_captions_table(
+    manifest: pa.Table, root: Path, ds: ImageDataset, parquet_path: Path | None = None
+) -> pa.Table:
+    """One row per image file of ``manifest`` (sidecars excluded): path, sha256, caption, caption_status.
+
+    ``parquet_path`` (the resolved ``parquet.path``) is required by ``caption_strategy: "parquet"``.
+    """
     root = Path(root)
     paths = manifest.column("path").to_pylist()
     digests = manifest.column("sha256").to_pylist()
     listed = set(paths)
+    from_parquet = None
+    if ds.caption_strategy == "parquet":
+        if parquet_path is None:
+            raise ValueError(f"dataset {ds.id!r}: caption_strategy 'parquet' needs the parquet file's path")
+        from_parquet = parquet_captions(parquet_path, ds.parquet, [p for p in paths if is_image_path(p)])
     rows = {"path": [], "sha256": [], "caption": [], "caption_status": []}
     for path, digest in sorted(zip(paths, digests)):
         if not is_image_path(path):
             continue
-        caption, status = caption_for(path, root, ds, listed)
+        if from_parquet is not None:
+            caption, status = from_parquet[path]
+        else:
+            caption, status = caption_for(path, root, ds, listed)
         rows["path"].append(path)
         rows["sha256"].append(digest)
         rows["caption"].append(caption)

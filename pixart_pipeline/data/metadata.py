@@ -1,13 +1,17 @@
 """The bucketed metadata table: one row per image with size, caption, status, geometry and split.
 
 Checks run in this order and the first failure is the row's ``status`` (a reason code):
-probe (``missing``/``empty_file``/``unreadable``/``decompression_bomb``) -> caption
-(``no_caption_file``/``empty_caption``/...) -> geometry (``extreme_aspect``/``too_small``/``invalid_size``).
-Rejected rows stay in the table with null geometry, so the UI can show why each image was dropped.
+probe (``missing``/``empty_file``/``unreadable``/``truncated``/``decompression_bomb``), or with
+``metadata_backend: "parquet"`` the parquet's sizes (``not_in_parquet``/``parquet_size_invalid``)
+-> caption (``no_caption_file``/``empty_caption``/...) -> geometry
+(``extreme_aspect``/``too_small``/``invalid_size``). Rejected rows stay in the table with null
+geometry, so the UI can show why each image was dropped. ``note`` says what the VAE stage will do
+that is not obvious (first frame of an animation, alpha composited on white, EXIF rotation).
 
 The train/eval split is a pure function of the image's sha256 (eval iff
 ``int(sha256[:8], 16) / 2**32 < eval_split_fraction``): adding images never moves an existing image
-between splits, and renaming a file keeps its split.
+between splits, and renaming a file keeps its split. Every image of a ``dataset_type: "eval"``
+dataset is in the eval split (evaluation only; never trained on).
 """
 
 from __future__ import annotations
@@ -21,7 +25,11 @@ import pyarrow as pa
 
 from pixart_pipeline.config.models import ImageDataset
 from pixart_pipeline.data.buckets import Geometry, compute_geometry
-from pixart_pipeline.data.probe import probe_many
+from pixart_pipeline.data.probe import Probe, probe_many
+
+# Reason codes of metadata_backend "parquet" (sizes read from the parquet, images never opened).
+NOT_IN_PARQUET = "not_in_parquet"
+PARQUET_SIZE_INVALID = "parquet_size_invalid"
 
 METADATA_SCHEMA = pa.schema(
     [
@@ -39,6 +47,7 @@ METADATA_SCHEMA = pa.schema(
         ("crop_top", pa.int64()),
         ("bucket", pa.string()),
         ("split", pa.string()),
+        ("note", pa.string()),
     ]
 )
 GEOMETRY_COLUMNS = (
@@ -57,14 +66,35 @@ def split_for(sha256: str, eval_fraction: float) -> str:
     return "eval" if int(sha256[:8], 16) / 2**32 < eval_fraction else "train"
 
 
+def sizes_from_parquet(paths: list[str], sizes: dict[str, tuple]) -> dict[str, Probe]:
+    """Probes for ``metadata_backend: "parquet"``: ``sizes`` maps a path to (width, height) as the
+    parquet gives them (see ``parquet_source.parquet_sizes``); no image is opened."""
+    out = {}
+    for path in paths:
+        if path not in sizes:
+            out[path] = Probe(None, None, NOT_IN_PARQUET)
+            continue
+        w, h = sizes[path]
+        ok = isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0
+        out[path] = Probe(w, h, "ok") if ok else Probe(None, None, PARQUET_SIZE_INVALID)
+    return out
+
+
 def build_metadata_table(
-    manifest: pa.Table, captions: pa.Table, root: Path, ds: ImageDataset, workers: int = 2
+    manifest: pa.Table,
+    captions: pa.Table,
+    root: Path,
+    ds: ImageDataset,
+    workers: int | None = None,
+    probes: dict[str, Probe] | None = None,
+    rounding: int = 2,
 ) -> pa.Table:
     """One row per image of ``captions`` (which lists the manifest's image files), sorted by path.
 
     ``manifest`` supplies the sha256 of every file (the captions table carries it too; the
-    manifest wins if they ever disagree). Images are probed from headers (plus PIL's structural
-    ``verify``) in a thread pool of ``workers``.
+    manifest wins if they ever disagree). ``probes`` (``{path: Probe}`` for every captions row) come
+    from the caller's probe cache or the parquet; without them images are probed here
+    (``probe_many`` with ``workers``).
     """
     root = Path(root)
     digests = dict(zip(manifest.column("path").to_pylist(), manifest.column("sha256").to_pylist()))
@@ -73,17 +103,20 @@ def build_metadata_table(
     texts = cap.column("caption").to_pylist()
     caption_status = cap.column("caption_status").to_pylist()
     shas = [digests.get(p, s) for p, s in zip(paths, cap.column("sha256").to_pylist())]
-    probes = probe_many([root / p for p in paths], workers=workers, verify=True)
+    if probes is None:
+        probes = dict(zip(paths, probe_many([root / p for p in paths], workers=workers)))
+    is_eval = ds.dataset_type == "eval"
 
     rows: dict[str, list] = {name: [] for name in METADATA_SCHEMA.names}
-    for path, sha, text, cstatus, probe in zip(paths, shas, texts, caption_status, probes):
+    for path, sha, text, cstatus in zip(paths, shas, texts, caption_status):
+        probe = probes[path]
         geometry: Geometry | None = None
         if not probe.ok:
             status = probe.status
         elif cstatus != "ok":
             status = cstatus
         else:
-            result = compute_geometry(probe.width, probe.height, ds, sha)
+            result = compute_geometry(probe.width, probe.height, ds, sha, rounding)
             status = result if isinstance(result, str) else "ok"
             geometry = result if isinstance(result, Geometry) else None
         rows["path"].append(path)
@@ -94,7 +127,8 @@ def build_metadata_table(
         rows["status"].append(status)
         for name in GEOMETRY_COLUMNS:
             rows[name].append(getattr(geometry, name) if geometry else None)
-        rows["split"].append(split_for(sha, ds.eval_split_fraction))
+        rows["split"].append("eval" if is_eval else split_for(sha, ds.eval_split_fraction))
+        rows["note"].append(probe.note or None)
     return pa.table(rows, schema=METADATA_SCHEMA)
 
 

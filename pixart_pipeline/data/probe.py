@@ -1,57 +1,90 @@
-"""Image size probing from headers, with EXIF orientation applied, that never raises on a bad file.
+"""Image probing: displayed (post-EXIF) size, a reason code, and a note; never raises on a bad file.
 
-``PIL.Image.open`` is lazy: it parses the header (size, mode, EXIF for JPEG/WebP/TIFF) without
-decoding pixels. Reading the EXIF orientation of a PNG is not: when the PNG has no ``eXIf`` chunk
-before its image data (most PNGs), Pillow's ``PngImageFile.getexif`` loads (decodes) the whole
-image to look for one after it. A decoding error there is swallowed (orientation 1), so a truncated
-PNG still probes "ok" unless ``verify=True``.
+Cost per image: ``PIL.Image.open`` parses the header only (size, mode, JPEG/WebP/TIFF EXIF), plus
+a cheap end-of-file check (``images.looks_truncated``: the JPEG end marker in the last bytes, the
+PNG chunk chain up to ``IEND`` walked by seeking, the GIF trailer, the WebP RIFF size). Only a file
+that fails that check is decoded in full, to decide between ``truncated`` and "data after the end"
+(kept). A PNG's EXIF orientation comes from its ``eXIf`` chunk found by the same chunk walk, never
+by decoding pixels (Pillow's ``PngImageFile.getexif`` decodes the whole image to look for it).
 
-EXIF orientations 5-8 rotate the image by 90 degrees, so the displayed size swaps width and
-height; that displayed size is what bucketing must use, because the encoder applies
-``exif_transpose`` before resizing (as SimpleTuner's ``TrainingSample.correct_image`` does).
+EXIF orientations 5-8 rotate by 90 degrees, so the displayed size swaps width and height; that is
+what bucketing must use, because the VAE stage applies ``exif_transpose`` before resizing (as
+SimpleTuner's ``TrainingSample.correct_image`` does).
+
+Decompression bombs: ``Image.open`` raises ``DecompressionBombError`` for images over twice
+``Image.MAX_IMAGE_PIXELS`` (89.5 MP by default) before any pixel is decoded, so a 100,000 x 100,000
+PNG costs a header read, not 30 GB of memory. Between 1x and 2x the limit Pillow only warns, and
+the image is kept (the VAE stage opens it with the same Pillow and the same limit).
+
+``probe_many`` runs probes in a bounded pool: threads for small lists, worker processes for large
+ones (header parsing is pure Python and holds the GIL). Results are small tuples, so memory is the
+result list itself.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import struct
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
+from pixart_pipeline.data.images import (
+    conversion_note,
+    exif_orientation_from_bytes,
+    frames_note,
+    looks_truncated,
+    png_walk,
+)
 
 EXIF_ORIENTATION = 0x0112
 # Reason codes (``Probe.status`` when not "ok").
 MISSING = "missing"
 EMPTY_FILE = "empty_file"
 UNREADABLE = "unreadable"
+TRUNCATED = "truncated"
 DECOMPRESSION_BOMB = "decompression_bomb"
+# Lists at least this long are probed in worker processes; shorter ones in threads (a process
+# pool costs ~0.3 s to start; below a few thousand images threads finish before that pays off).
+PROCESS_POOL_MIN = 2000
+# What Pillow's plugins raise on malformed headers (struct.error: a short read while unpacking).
+_PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
+               struct.error, ZeroDivisionError, KeyError)
 
 
 @dataclass(frozen=True)
 class Probe:
-    """Displayed (post-EXIF) size of an image, or ``None`` sizes and a reason code."""
+    """Displayed (post-EXIF) size of an image, or ``None`` sizes and a reason code; ``note`` says
+    what the VAE stage will do that is not obvious (first frame only, alpha on white, ...)."""
 
     width: int | None
     height: int | None
     status: str  # "ok" or a reason code
+    note: str = ""
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
 
-def probe_image(path: Path, verify: bool = False) -> Probe:
-    """Read an image's displayed size from its header; never raises for a bad file.
+def _decodes(path: Path) -> bool:
+    """Full decode of the first frame, as the VAE stage will do it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+        return True
+    except Exception:  # any decoding failure means the VAE stage would fail too
+        return False
 
-    JPEG, WebP, TIFF, BMP and GIF decode no pixels here; a PNG without an early ``eXIf`` chunk is
-    decoded in full by the EXIF lookup (see the module docstring).
 
-    ``verify=True`` also runs PIL's ``Image.verify``, which decodes no pixels. Only Pillow's PNG
-    plugin implements it (chunk CRCs, truncation), so it rejects truncated/corrupt PNGs; for every
-    other format it is a no-op: a truncated JPEG still probes "ok" and fails only when the VAE
-    encoder decodes it.
-    """
+def probe_image(path: Path) -> Probe:
+    """Read an image's displayed size from its header; never raises for a bad file."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -65,35 +98,64 @@ def probe_image(path: Path, verify: bool = False) -> Probe:
         with warnings.catch_warnings():
             # A DecompressionBombWarning (between 1x and 2x the pixel limit) is not an error here.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with open(path, "rb") as f, Image.open(f) as image:
                 width, height = image.size
-                orientation = _orientation(image)
-            if verify:
-                with Image.open(path) as image:
-                    image.verify()
+                fmt = image.format
+                notes = [n for n in (frames_note(image), conversion_note(image)) if n]
+                if fmt == "PNG":
+                    _, exif = png_walk(f)
+                    orientation = exif_orientation_from_bytes(exif)
+                else:
+                    orientation = _orientation(image)
+                suspicious = looks_truncated(fmt, f)
+    except FileNotFoundError:
+        return Probe(None, None, MISSING)  # removed between stat and open
     except Image.DecompressionBombError:
         return Probe(None, None, DECOMPRESSION_BOMB)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError):
+    except _PIL_ERRORS:
         return Probe(None, None, UNREADABLE)
     if width <= 0 or height <= 0:
         return Probe(None, None, UNREADABLE)
+    if suspicious:
+        if not _decodes(path):
+            return Probe(None, None, TRUNCATED)
+        notes.append("data after the end marker ignored")
     if orientation in (5, 6, 7, 8):  # transpose / rotate 270 / transverse / rotate 90
         width, height = height, width
-    return Probe(int(width), int(height), "ok")
+    if orientation != 1 and 1 <= orientation <= 8:
+        notes.append(f"EXIF orientation {orientation}")
+    return Probe(int(width), int(height), "ok", "; ".join(notes))
 
 
 def _orientation(image: Image.Image) -> int:
-    """EXIF orientation tag (1 when absent or unreadable)."""
+    """EXIF orientation tag (1 when absent or unreadable); header-only for JPEG/WebP/TIFF."""
     try:
-        value = image.getexif().get(EXIF_ORIENTATION, 1)
-        return int(value)
+        return int(image.getexif().get(EXIF_ORIENTATION, 1))
     except Exception:  # malformed EXIF must not reject an otherwise fine image
         return 1
 
 
-def probe_many(paths: list[Path], workers: int = 4, verify: bool = False) -> list[Probe]:
-    """``probe_image`` over ``paths`` with a bounded thread pool; results in input order."""
+def _probe_tuple(path: str) -> tuple:
+    p = probe_image(Path(path))
+    return (p.width, p.height, p.status, p.note)
+
+
+def probe_many(paths: list[Path], workers: int | None = None, processes: bool | None = None) -> list[Probe]:
+    """``probe_image`` over ``paths`` in a bounded pool; results in input order.
+
+    ``workers`` defaults to the CPU count (at most 8). ``processes`` defaults to True for lists of
+    ``PROCESS_POOL_MIN`` paths or more. Worker processes are started with ``spawn`` (safe beside
+    threads, e.g. in a Dagster run worker) and given chunks of paths.
+    """
     if not paths:
         return []
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(paths)))) as pool:
-        return list(pool.map(lambda p: probe_image(p, verify=verify), paths))
+    workers = max(1, min(workers or min(os.cpu_count() or 1, 8), len(paths)))
+    strings = [str(p) for p in paths]
+    if processes is None:
+        processes = len(paths) >= PROCESS_POOL_MIN and workers > 1
+    if processes:
+        chunk = max(1, min(512, len(strings) // (workers * 8)))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return [Probe(*t) for t in pool.map(_probe_tuple, strings, chunksize=chunk)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [Probe(*t) for t in pool.map(_probe_tuple, strings)]

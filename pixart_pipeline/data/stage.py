@@ -23,7 +23,15 @@ from pixart_pipeline.data.metadata import (
     bucket_histogram,
     build_metadata_table,
     metadata_data_version,
+    sizes_from_parquet,
     status_counts,
+)
+from pixart_pipeline.data.parquet_source import parquet_file, parquet_sizes
+from pixart_pipeline.data.probe_cache import (
+    load_probe_cache,
+    probe_cache_path,
+    probe_with_cache,
+    save_probe_cache,
 )
 from pixart_pipeline.data.synthetic import generate_synthetic_dataset
 from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
@@ -131,7 +139,8 @@ def folder_changes_key(cfg: PipelineConfig, ds: ImageDataset, changes: FolderCha
 def run_captions(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> StageResult:
     start = time.perf_counter()
     manifest = _read_input(manifest_path(cfg, ds), f"raw_dataset/{ds.id}")
-    table = build_captions_table(manifest, cfg.dataset_dir(ds), ds)
+    parquet = parquet_file(cfg, ds) if ds.caption_strategy == "parquet" else None
+    table = build_captions_table(manifest, cfg.dataset_dir(ds), ds, parquet)
     path = captions_path(cfg, ds)
     atomic_write_parquet(path, table)
     statuses = _counts(table.column("caption_status").to_pylist())
@@ -151,11 +160,32 @@ def run_captions(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> St
     )
 
 
-def run_bucketed_metadata(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> StageResult:
+def run_bucketed_metadata(
+    cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet, workers: int | None = None
+) -> StageResult:
+    """Probe (or read sizes from the parquet), caption-join and bucket every image.
+
+    ``workers`` bounds the probe pool (default: the CPU count, at most 8).
+    """
     start = time.perf_counter()
     manifest = _read_input(manifest_path(cfg, ds), f"raw_dataset/{ds.id}")
     captions = _read_input(captions_path(cfg, ds), f"captions/{ds.id}")
-    table = build_metadata_table(manifest, captions, cfg.dataset_dir(ds), ds)
+    root = cfg.dataset_dir(ds)
+    paths = captions.column("path").to_pylist()
+    probed = 0
+    if ds.metadata_backend == "parquet":
+        probes = sizes_from_parquet(paths, parquet_sizes(parquet_file(cfg, ds), ds.parquet, paths))
+    else:
+        # Only images whose content (sha256) was never probed are opened; see probe_cache.py.
+        cache_file = probe_cache_path(metadata_dir(cfg, ds))
+        cache = load_probe_cache(cache_file)
+        digests = dict(zip(manifest.column("path").to_pylist(), manifest.column("sha256").to_pylist()))
+        shas = [digests.get(p, s) for p, s in zip(paths, captions.column("sha256").to_pylist())]
+        probes, probed = probe_with_cache(root, paths, shas, cache, workers=workers)
+        save_probe_cache(cache_file, cache, keep=set(shas))
+    table = build_metadata_table(
+        manifest, captions, root, ds, probes=probes, rounding=cfg.training.aspect_bucket_rounding or 2
+    )
     path = metadata_path(cfg, ds)
     atomic_write_parquet(path, table)
     statuses = status_counts(table)
@@ -168,6 +198,7 @@ def run_bucketed_metadata(cfg: PipelineConfig, ds: ImageDataset, log: Log = _qui
         metadata={
             "rows": table.num_rows,
             "kept": statuses.get("ok", 0),
+            "probed": probed,
             "rejected": table.num_rows - statuses.get("ok", 0),
             "train": splits.get("train", 0),
             "eval": splits.get("eval", 0),

@@ -1,0 +1,135 @@
+"""Captions and sizes from a dataset's ``parquet`` block (SimpleTuner's parquet metadata backend).
+
+How an image finds its row (SimpleTuner's ``prepare_instance_prompt_from_parquet``): the image's
+path relative to ``instance_data_dir``, with its extension removed unless
+``identifier_includes_extension`` is true, is looked up in ``filename_column`` (values are compared
+as strings, so an integer ``id`` column works). If no row matches the relative path, the bare file
+name (same extension rule) is tried, so a flat table still matches images kept in sub-folders.
+
+Caption value: a string is stripped; bytes are decoded as UTF-8; a list (SimpleTuner samples one
+per step) gives its first non-empty entry, the same "one caption per image" rule as ``textfile``.
+An empty or null caption falls back to ``fallback_caption_column`` (SimpleTuner's rule), then is
+``empty_caption``. An image with no row is ``not_in_parquet``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from pixart_pipeline.config import ImageDataset, PipelineConfig
+from pixart_pipeline.config.models import ParquetConfig
+from pixart_pipeline.stage_result import MissingInputError
+
+# Caption status of an image without a row in the parquet (metadata.py has the size counterpart).
+NOT_IN_PARQUET = "not_in_parquet"
+EMPTY_CAPTION = "empty_caption"
+
+
+class ParquetSourceError(MissingInputError):
+    """The parquet file is missing, unreadable, or lacks a configured column (names file and column)."""
+
+
+def parquet_file(cfg: PipelineConfig, ds: ImageDataset) -> Path:
+    """``ds.parquet.path`` resolved against the folder of ``multidatabackend.json``."""
+    path = Path(os.path.expanduser(ds.parquet.path))
+    return path if path.is_absolute() else (cfg.backend_path.parent / path).resolve()
+
+
+def parquet_identity(cfg: PipelineConfig, ds: ImageDataset) -> dict:
+    """The parquet block plus the file's (size, mtime_ns): in the captions/metadata fingerprints, so
+    editing the table makes those stages unsynced although no image changed."""
+    path = parquet_file(cfg, ds)
+    try:
+        st = path.stat()
+        state = [st.st_size, st.st_mtime_ns]
+    except OSError:
+        state = None
+    return {**ds.parquet.model_dump(), "file": str(path), "state": state}
+
+
+def _read(path: Path, columns: list[str]) -> pa.Table:
+    if not path.is_file():
+        raise ParquetSourceError(f"parquet file {path} does not exist (the dataset's parquet.path)")
+    try:
+        if path.suffix.lower() == ".jsonl":
+            table = pa_json.read_json(path)
+        else:
+            table = pq.read_table(path, columns=[c for c in columns if c in pq.read_schema(path).names])
+    except pa.ArrowException as e:
+        raise ParquetSourceError(f"{path}: cannot read it as {path.suffix[1:] or 'parquet'}: {e}") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise ParquetSourceError(f"{path}: no column(s) {missing}; columns are {table.column_names}")
+    return table.select(columns)
+
+
+def identifier(path: str, with_extension: bool) -> str:
+    """The key an image is looked up by: its relative path, extension stripped unless told not to."""
+    return path if with_extension else os.path.splitext(path)[0]
+
+
+def _rows_for(paths: list[str], keys: list, with_extension: bool) -> dict[str, int]:
+    """``{image path: row index}`` by relative path, else by bare file name (first row wins)."""
+    index: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key is not None:
+            index.setdefault(str(key), i)
+    out = {}
+    for path in paths:
+        row = index.get(identifier(path, with_extension))
+        if row is None:
+            row = index.get(identifier(path.rsplit("/", 1)[-1], with_extension))
+        if row is not None:
+            out[path] = row
+    return out
+
+
+def _first_text(value) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, (list, tuple)):
+        texts = [_first_text(v) for v in value]
+        return next((t for t in texts if t), None)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def parquet_captions(path: Path, pcfg: ParquetConfig, paths: list[str]) -> dict[str, tuple[str | None, str]]:
+    """``{image path: (caption, caption_status)}`` for every one of ``paths``."""
+    columns = [pcfg.filename_column, pcfg.caption_column]
+    if pcfg.fallback_caption_column:
+        columns.append(pcfg.fallback_caption_column)
+    table = _read(path, columns)
+    rows = _rows_for(paths, table.column(pcfg.filename_column).to_pylist(), pcfg.identifier_includes_extension)
+    captions = table.column(pcfg.caption_column).to_pylist()
+    fallback = table.column(pcfg.fallback_caption_column).to_pylist() if pcfg.fallback_caption_column else None
+    out = {}
+    for p in paths:
+        row = rows.get(p)
+        if row is None:
+            out[p] = (None, NOT_IN_PARQUET)
+            continue
+        text = _first_text(captions[row]) or (_first_text(fallback[row]) if fallback else None)
+        out[p] = (text, "ok") if text else (None, EMPTY_CAPTION)
+    return out
+
+
+def parquet_sizes(path: Path, pcfg: ParquetConfig, paths: list[str]) -> dict[str, tuple]:
+    """``{image path: (width, height)}`` for the images that have a row (values as stored; the
+    caller rejects non-positive or non-integer sizes). Sizes are taken as displayed sizes."""
+    table = _read(path, [pcfg.filename_column, pcfg.width_column, pcfg.height_column])
+    rows = _rows_for(paths, table.column(pcfg.filename_column).to_pylist(), pcfg.identifier_includes_extension)
+    widths = table.column(pcfg.width_column).to_pylist()
+    heights = table.column(pcfg.height_column).to_pylist()
+
+    def as_int(v):
+        return int(v) if isinstance(v, float) and v.is_integer() else v
+
+    return {p: (as_int(widths[r]), as_int(heights[r])) for p, r in rows.items()}

@@ -1,0 +1,123 @@
+"""The hostile-input zoo: every kind of odd or broken file lands as a row with a status, through
+the real stage functions (manifest -> captions -> bucketed metadata)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image
+
+from pixart_pipeline.config import load_config
+from pixart_pipeline.data.probe_cache import load_probe_cache, probe_cache_path
+from pixart_pipeline.data.stage import metadata_dir, run_bucketed_metadata, run_captions, run_raw_dataset
+from pixart_pipeline.fileio import read_parquet
+from tests.data.test_data_probe import _png_with_size
+from tests.demo_copy import copy_demo
+
+
+def _jpeg(image: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=90, **kw)
+    return buf.getvalue()
+
+
+def build_zoo(root: Path) -> dict[str, tuple]:
+    """Write the zoo into ``root``; return ``{path: (status, width, height, note substring)}``."""
+    root.mkdir(parents=True, exist_ok=True)
+    noise = Image.effect_noise((96, 64), 50).convert("RGB")
+    expect: dict[str, tuple] = {}
+
+    (root / "empty.png").write_bytes(b"")
+    expect["empty.png"] = ("empty_file", None, None, None)
+    full = _jpeg(noise)
+    (root / "truncated.jpg").write_bytes(full[: len(full) * 2 // 3])
+    expect["truncated.jpg"] = ("truncated", None, None, None)
+    (root / "actually_text.png").write_text("hello, I am not a PNG\n" * 20)
+    expect["actually_text.png"] = ("unreadable", None, None, None)
+    (root / "bomb.png").write_bytes(_png_with_size(30_000, 30_000))
+    expect["bomb.png"] = ("decompression_bomb", None, None, None)
+    (root / "cmyk.jpg").write_bytes(_jpeg(noise.convert("CMYK")))
+    expect["cmyk.jpg"] = ("ok", 96, 64, "mode CMYK: converted to RGB")
+    Image.new("I;16", (96, 64), 40000).save(root / "sixteen_bit.png")
+    expect["sixteen_bit.png"] = ("ok", 96, 64, "scaled to 8-bit")
+    noise.convert("P").save(root / "palette.png")
+    expect["palette.png"] = ("ok", 96, 64, "mode P: converted to RGB")
+    rgba = noise.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(root / "rgba.png")
+    expect["rgba.png"] = ("ok", 96, 64, "alpha composited on white")
+    frames = [Image.new("RGB", (96, 64), c) for c in ("red", "blue", "green")]
+    frames[0].save(root / "animated.gif", save_all=True, append_images=frames[1:], duration=100)
+    expect["animated.gif"] = ("ok", 96, 64, "animated GIF: first frame used")
+    frames[0].save(root / "pages.tiff", save_all=True, append_images=frames[1:])
+    expect["pages.tiff"] = ("ok", 96, 64, "multi-page TIFF: first page used")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (root / "rotated.jpg").write_bytes(_jpeg(noise, exif=exif))
+    expect["rotated.jpg"] = ("ok", 64, 96, "EXIF orientation 6")
+    noise.save(root / "photo.webp", format="WEBP")
+    expect["photo.webp"] = ("ok", 96, 64, None)
+    (root / "sub dir").mkdir()
+    noise.save(root / "sub dir" / "café crème ünïcode.png")
+    expect["sub dir/café crème ünïcode.png"] = ("ok", 96, 64, None)
+    Image.new("L", (96, 64), 90).save(root / "grey.png")
+    expect["grey.png"] = ("ok", 96, 64, "mode L: converted to RGB")
+    noise.save(root / "vanishes.png")
+    expect["vanishes.png"] = ("missing", None, None, None)
+    # Not part of the dataset: hidden files and folders.
+    (root / ".ipynb_checkpoints").mkdir()
+    noise.save(root / ".ipynb_checkpoints" / "copy.png")
+    noise.save(root / ".hidden.png")
+    return expect
+
+
+def test_zoo_every_row(tmp_path):
+    config = copy_demo(tmp_path, dataset={"type": "local", "instance_data_dir": "zoo", "crop": False})
+    cfg = load_config(config)
+    ds = cfg.datasets[0]
+    expect = build_zoo(cfg.dataset_dir(ds))
+    run_raw_dataset(cfg, ds)
+    run_captions(cfg, ds)
+    (cfg.dataset_dir(ds) / "vanishes.png").unlink()  # listed by the manifest, gone when probed
+    result = run_bucketed_metadata(cfg, ds, workers=2)
+    rows = {r["path"]: r for r in read_parquet(result.path).to_pylist()}
+    assert set(rows) == set(expect)
+    for path, (status, width, height, note) in expect.items():
+        row = rows[path]
+        assert (row["status"], row["width"], row["height"]) == (status, width, height), path
+        if note is None:
+            assert row["note"] is None or status != "ok", (path, row["note"])
+        else:
+            assert note in row["note"], (path, row["note"])
+        assert (row["bucket"] is not None) == (status == "ok"), path
+    assert result.metadata["probed"] == len(expect)
+    # The probe cache holds every content answer except "missing" (a fact about the folder, not the bytes).
+    cache = load_probe_cache(probe_cache_path(metadata_dir(cfg, ds)))
+    assert len(cache) == len(expect) - 1 and "missing" not in {p.status for p in cache.values()}
+
+
+def test_rerun_probes_only_new_and_edited_files(tmp_path):
+    config = copy_demo(tmp_path, dataset={"type": "local", "instance_data_dir": "imgs", "crop": False})
+    cfg = load_config(config)
+    ds = cfg.datasets[0]
+    root = cfg.dataset_dir(ds)
+    root.mkdir(parents=True)
+    for i in range(12):
+        Image.new("RGB", (64 + 8 * i, 64), (i * 20, 0, 0)).save(root / f"image_{i:02d}.png")
+
+    def run():
+        run_raw_dataset(cfg, ds)
+        run_captions(cfg, ds)
+        return run_bucketed_metadata(cfg, ds)
+
+    assert run().metadata["probed"] == 12
+    assert run().metadata["probed"] == 0
+    Image.new("RGB", (200, 100)).save(root / "image_new.png")
+    Image.new("RGB", (100, 200)).save(root / "image_03.png")  # edited: new content
+    result = run()
+    assert result.metadata["probed"] == 2
+    rows = {r["path"]: r for r in read_parquet(result.path).to_pylist()}
+    assert (rows["image_03.png"]["width"], rows["image_03.png"]["height"]) == (100, 200)
+    assert (rows["image_new.png"]["width"], rows["image_new.png"]["height"]) == (200, 100)
+    assert (rows["image_05.png"]["width"], rows["image_05.png"]["height"]) == (104, 64)
