@@ -4,6 +4,7 @@
     pixart-pipeline plan     [--config PATH]   which assets are unsynced and why
     pixart-pipeline sync     [--config PATH]   materialize exactly those, in order
     pixart-pipeline report   [--config PATH]   where the latest evaluation report is
+    pixart-pipeline cache verify|prune|stats [--config PATH]   check, prune, count the cache stores
 
 plan/sync use the Dagster instance in $DAGSTER_HOME (default: ./.dagster_home), the same one the
 UI (`make ui`) shows, so every run they make is visible there.
@@ -101,9 +102,24 @@ def cmd_report(cfg: PipelineConfig, quiet: bool = False) -> int:
     return 0
 
 
+def cmd_cache(cfg: PipelineConfig, action: str | None, min_age_s: float) -> int:
+    """`cache verify|prune|stats` (pixart_pipeline/cache/commands.py)."""
+    from pixart_pipeline.cache import commands
+
+    if action is None:
+        print("usage: pixart-pipeline cache {verify,prune,stats} [--config PATH]", file=sys.stderr)
+        return 2
+    if action == "prune":
+        return commands.cache_prune(cfg, min_age_s)
+    return {"verify": commands.cache_verify, "stats": commands.cache_stats}[action](cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pixart-pipeline", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["validate", "plan", "sync", "report"])
+    parser.add_argument("command", choices=["validate", "plan", "sync", "report", "cache"])
+    parser.add_argument("action", nargs="?", choices=["verify", "prune", "stats"], help="for `cache`")
+    parser.add_argument("--min-age", type=float, default=3600.0,
+                        help="cache prune: keep unreferenced shard files younger than this many seconds")
     parser.add_argument("--config", help="config.json (default: $PIXART_CONFIG, config/config.json, demo)")
     args = parser.parse_args(argv)
     try:
@@ -113,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    if args.command == "cache":
+        return cmd_cache(cfg, args.action, args.min_age)
     handlers = {"validate": cmd_validate, "plan": cmd_plan, "sync": cmd_sync, "report": cmd_report}
     return handlers[args.command](cfg)
 
