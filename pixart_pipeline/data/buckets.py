@@ -10,7 +10,8 @@ Rules learned from SimpleTuner (``helpers/multiaspect/image.py`` ``MultiaspectIm
    the same way when they are > 10 (values <= 10 are taken as megapixels already).
 2. Edge lengths snap to the alignment with Python's ``round`` (half to even) and never below it:
    ``round_to_multiple(v) = max(round(v / 64) * 64, 64)``.
-3. The aspect ratio is ``round(w / h, 2)``; the bucket key is its ``str`` (``"1.0"``, ``"1.5"``).
+3. The aspect ratio is ``round(w / h, r)`` with ``r = aspect_bucket_rounding`` (default 2); the bucket
+   key is its ``str`` (``"1.0"``, ``"1.5"``).
 4. ``area``: square edge ``E = round_to_multiple(int(sqrt(area)))``; target
    ``(round_to_multiple(E*sqrt(ar)), round_to_multiple(E/sqrt(ar)))``; the intermediary keeps the
    aspect ratio with its shorter side equal to the target's (``int`` truncation), grown by the
@@ -21,7 +22,9 @@ Rules learned from SimpleTuner (``helpers/multiaspect/image.py`` ``MultiaspectIm
 5. A target whose aspect key is 1.0 becomes ``(P, P)`` with ``P`` the "pixel resolution"
    (area: ``round_to_multiple(sqrt(area))``, with 0.25/0.5/1/2/4 MP remapped to 512/768/1024/1536/2048
    squared when within 0.05); an intermediary narrower than ``P`` becomes ``(P, P)``.
-6. ``crop`` + ``crop_aspect: square``: target ``(P, P)``, bucket ``"1.0"``.
+6. ``crop`` + ``crop_aspect: square``: target ``(P, P)``, bucket ``"1.0"``. ``crop`` +
+   ``closest``/``random``: the target is computed (rules 4-5) from an aspect picked from
+   ``crop_aspect_buckets`` (see :mod:`pixart_pipeline.data.aspect_choice`) instead of the image's.
 7. ``minimum_image_size``: ``pixel`` -> both edges >= it; ``area`` -> ``w*h >= min`` pixels and, for
    square crops, both edges >= ``floor(sqrt(min))``.
 8. ``crop`` + ``maximum_image_size`` + ``target_downsample_size``: an image larger than the maximum
@@ -32,8 +35,20 @@ Rules learned from SimpleTuner (``helpers/multiaspect/image.py`` ``MultiaspectIm
 
 Our deviations (each keeps every crop full-sized and reproducible):
 
-- ``random`` crops are seeded by the image's sha256 (SimpleTuner uses the global RNG), so the crop,
-  and therefore the VAE cache, never changes with the training seed or the run.
+- ``random`` crops and ``crop_aspect: random`` draws are seeded by the image's sha256 (SimpleTuner
+  uses the global RNG), so the crop, and therefore the VAE cache, never changes with the training
+  seed or the run.
+- One target per aspect key, without order: SimpleTuner's ``area`` sizing memoises the first target
+  it computes for each rounded aspect (``StateTracker`` aspect-resolution map, kept on disk across
+  runs) and gives it to every later image of that key, so when two image ratios round to the same key
+  but to different sizes (only near 1:7 at 2 decimals, e.g. 1 MP: 384x2752 and 384x2816 are both
+  "0.14") the result depends on which image came first. We give every key the target of the image
+  ratio (on the ``10**-r`` grid) closest to the key itself, ties to the smaller ratio
+  (:func:`canonical_area_target`): a pure function of the config, the same as SimpleTuner whenever
+  its first image of that key had that ratio.
+- ``closest``/``random`` crops: SimpleTuner resizes the image to an intermediary of the picked
+  aspect (stretching it when that differs from the image's own); we scale the image, aspect kept,
+  to the smallest size that covers the target and crop the rest (:func:`cover_exact`).
 - SimpleTuner can leave an intermediary smaller than the target (then the crop is undersized and the
   sample fails later). We scale such an intermediary up, keeping its aspect ratio, to cover the target.
 - SimpleTuner keeps the ORIGINAL size as intermediary for a near-square (key 1.0) non-square image
@@ -46,18 +61,18 @@ Our deviations (each keeps every crop full-sized and reproducible):
   ``maximum_image_size``; we downsample only images larger than it, as documented.
 - Images with ``w / h`` outside ``[1/8, 8]`` are rejected (``extreme_aspect``, see ``MAX_ASPECT``):
   SimpleTuner divides by zero on thin strips and builds huge intermediaries for wide ones.
-- No cross-image memo of targets per bucket (SimpleTuner's ``StateTracker`` resolution map): the
-  target is a pure function of the image size and the config.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass
 
 from pixart_pipeline.config.fingerprints import PIXART_ALIGNMENT
 from pixart_pipeline.config.models import ImageDataset
+from pixart_pipeline.data.aspect_choice import chosen_aspect
 
 TOO_SMALL = "too_small"
 INVALID_SIZE = "invalid_size"
@@ -107,24 +122,24 @@ def round_to_multiple(value: float, multiple: int = PIXART_ALIGNMENT) -> int:
     return max(int(round(value / multiple)) * multiple, multiple)
 
 
-def aspect_ratio(width: int, height: int) -> float:
-    """``round(w / h, 2)``: SimpleTuner's aspect ratio and bucket value."""
-    return round(width / height, 2)
+def aspect_ratio(width: int, height: int, rounding: int = 2) -> float:
+    """``round(w / h, rounding)``: SimpleTuner's aspect ratio and bucket value."""
+    return round(width / height, rounding)
 
 
-def is_extreme_aspect(width: int, height: int) -> bool:
+def is_extreme_aspect(width: int, height: int, rounding: int = 2) -> bool:
     """True when ``w / h`` is outside ``[1 / MAX_ASPECT, MAX_ASPECT]`` or its rounded ratio is 0.
 
     Integer comparisons, so the bounds themselves (8:1, 1:8) are exact and accepted.
     """
     if width > MAX_ASPECT * height or height > MAX_ASPECT * width:
         return True
-    return aspect_ratio(width, height) == 0.0
+    return aspect_ratio(width, height, rounding) == 0.0
 
 
-def bucket_key(width: int, height: int) -> str:
+def bucket_key(width: int, height: int, rounding: int = 2) -> str:
     """Bucket name as SimpleTuner writes it: ``str`` of the rounded aspect (``"1.0"``, ``"0.67"``)."""
-    return str(aspect_ratio(width, height))
+    return str(aspect_ratio(width, height, rounding))
 
 
 def normalise_resolution(ds: ImageDataset) -> Resolution:
@@ -187,6 +202,42 @@ def size_by_area(ar: float, area: float, original: Size) -> tuple[Size, Size]:
     return (tw, th), (iw, ih)
 
 
+@functools.lru_cache(maxsize=16)
+def _area_targets_by_key(area: float, rounding: int) -> dict[float, tuple[float, Size]]:
+    """``{key: (ratio, target)}`` over every rounded image ratio in ``[1/8, 8]`` (step ``10**-r``).
+
+    For each key, the target of the ratio closest to the key (ties: the smaller ratio). A pure
+    function of ``(area, rounding)``, cached because ``compute_geometry`` asks once per image
+    (at ``rounding`` 4 it is 80,000 size computations, about a quarter of a second).
+    """
+    scale = 10**rounding
+    best: dict[float, tuple[float, float, Size]] = {}
+    for i in range(round(round(1 / MAX_ASPECT, rounding) * scale), MAX_ASPECT * scale + 1):
+        ratio = round(i / scale, rounding)
+        if ratio == 1.0:  # squares are (P, P) whatever the memo says
+            continue
+        target, _ = size_by_area(ratio, area, (1, 1))
+        key = aspect_ratio(*target, rounding)
+        rank = (abs(ratio - key), ratio)
+        if key not in best or rank < best[key][:2]:
+            best[key] = (*rank, target)
+    return {key: (v[1], v[2]) for key, v in best.items()}
+
+
+def canonical_area_target(target: Size, area: float, rounding: int = 2) -> Size:
+    """The one target every image of ``target``'s aspect key gets under ``area`` sizing.
+
+    Stands in for SimpleTuner's order-dependent memo (see the module docstring): the target of the
+    grid ratio closest to the key. A key no grid ratio reaches (a ``crop_aspect_buckets`` value
+    between grid points) keeps its own target.
+    """
+    key = aspect_ratio(*target, rounding)
+    if key == 1.0:
+        return target
+    found = _area_targets_by_key(float(area), rounding).get(key)
+    return found[1] if found else target
+
+
 def size_by_pixel_edge(ar: float, edge: float, original: Size) -> tuple[Size, Size]:
     """(target, intermediary) with the shorter side at ``edge`` px (``calculate_new_size_by_pixel_edge``)."""
     w, h = original
@@ -233,6 +284,15 @@ def cover(intermediary: Size, target: Size) -> Size:
     return max(tw, math.ceil(iw * scale)), max(th, math.ceil(ih * scale))
 
 
+def cover_exact(original: Size, target: Size) -> Size:
+    """``original`` scaled (aspect kept, integer maths) to the smallest size covering ``target``."""
+    w, h = original
+    tw, th = target
+    if tw * h >= th * w:  # the width binds: width = tw, height = ceil(h * tw / w)
+        return tw, max(th, -(-h * tw // w))
+    return max(tw, -(-w * th // h)), th
+
+
 def crop_box(intermediary: Size, target: Size, style: str, sha256: str) -> tuple[int, int]:
     """(left, top) of the target-sized crop on the intermediary (rule 9; random seeded by sha256)."""
     max_left = max(0, intermediary[0] - target[0])
@@ -247,15 +307,19 @@ def crop_box(intermediary: Size, target: Size, style: str, sha256: str) -> tuple
     return rng.randint(0, max_left), rng.randint(0, max_top)
 
 
-def compute_geometry(width: int, height: int, ds: ImageDataset, sha256: str) -> Geometry | str:
+def compute_geometry(
+    width: int, height: int, ds: ImageDataset, sha256: str, rounding: int = 2
+) -> Geometry | str:
     """Geometry of a ``width`` x ``height`` (displayed) image under ``ds``, or a reason code.
+
+    ``rounding`` is ``aspect_bucket_rounding`` (decimals of aspect ratios and bucket keys).
 
     Reason codes: ``"invalid_size"`` (an edge <= 0), ``"extreme_aspect"`` (``w / h`` outside
     ``[1/8, 8]``, see :data:`MAX_ASPECT`), ``"too_small"`` (below ``minimum_image_size``).
     """
     if width <= 0 or height <= 0:
         return INVALID_SIZE
-    if is_extreme_aspect(width, height):
+    if is_extreme_aspect(width, height, rounding):
         return EXTREME_ASPECT
     res = normalise_resolution(ds)
     square_crop = ds.crop and ds.crop_aspect == "square"
@@ -263,17 +327,22 @@ def compute_geometry(width: int, height: int, ds: ImageDataset, sha256: str) -> 
         return TOO_SMALL
     calc = size_by_pixel_edge if res.kind == "pixel" else size_by_area
     original = (width, height)
-    ar = aspect_ratio(width, height)
+    ar = aspect_ratio(width, height, rounding)
     p = pixel_resolution(res)
     if square_crop:
         target = (p, p)
         _, intermediary = calc(ar, res.value, original)
     else:
-        target, intermediary = calc(ar, res.value, original)
-        if aspect_ratio(*target) == 1.0:
+        chosen = chosen_aspect(ar, ds, sha256)  # the image's own unless crop_aspect closest/random
+        target, intermediary = calc(chosen, res.value, original)
+        if res.kind == "area":
+            target = canonical_area_target(target, res.value, rounding)
+        if aspect_ratio(*target, rounding) == 1.0:
             target = (p, p)
             if intermediary[0] < p:
                 intermediary = (p, p)
+        if chosen != ar:  # the intermediary keeps the image's shape, not the picked aspect's
+            intermediary = cover_exact(original, target)
     if ds.crop and res.downsample is not None and is_too_large(width, height, res):
         _, intermediary = calc(ar, res.downsample, original)
     intermediary = cover(intermediary, target)
@@ -285,5 +354,5 @@ def compute_geometry(width: int, height: int, ds: ImageDataset, sha256: str) -> 
         target_height=target[1],
         crop_left=left,
         crop_top=top,
-        bucket=bucket_key(*target),
+        bucket=bucket_key(*target, rounding),
     )

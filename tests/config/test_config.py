@@ -108,7 +108,7 @@ def test_bad_training_values_name_file_key_and_value(tmp_path, key, value, expec
         ("crop_aspec", "square", ["[0].crop_aspec", "unknown key", "did you mean 'crop_aspect'"]),
         ("caption_strategy", "instanceprompt", ["instance_prompt"]),
         ("probability", 0.5, ["[0].probability", "not supported yet"]),
-        ("crop_aspect_buckets", [1.0, 1.5], ["[0].crop_aspect_buckets", "not supported yet"]),
+        ("crop_aspect_buckets", [{"aspect": 1.5, "weight": 0.5}], ["[0]", "weights must add up to 1"]),
     ],
 )
 def test_bad_dataset_values_name_entry_and_key(tmp_path, key, value, expected):
