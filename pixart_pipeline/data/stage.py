@@ -83,6 +83,10 @@ def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) ->
     path = manifest_path(cfg, ds)
     previous = read_parquet(path) if path.exists() else None
     table, stats = scan_dataset(root, previous)
+    if "hub_commit" in extra:
+        # The resolved commit travels with the manifest (parquet key-value metadata), so every later
+        # stage can say which revision of the Hub dataset it was built from.
+        table = table.replace_schema_metadata({"hub_repo_id": ds.hub_repo_id, "hub_commit": extra["hub_commit"]})
     atomic_write_parquet(path, table)
     log(f"manifest of {stats.total} file(s): {stats.hashed} hashed, {stats.reused} reused")
     if stats.skipped_names:
@@ -102,6 +106,12 @@ def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) ->
         },
         config=fp.raw_dataset_fields(cfg, ds),
     )
+
+
+def hub_commit_of(manifest: pa.Table) -> dict[str, str]:
+    """``{"hub_commit": sha}`` when the manifest came from a Hub download, else ``{}``."""
+    meta = manifest.schema.metadata or {}
+    return {"hub_commit": meta[b"hub_commit"].decode()} if b"hub_commit" in meta else {}
 
 
 def dataset_folder_changes(cfg: PipelineConfig, ds: ImageDataset) -> FolderChanges | None:
@@ -199,6 +209,7 @@ def run_bucketed_metadata(
             "rows": table.num_rows,
             "kept": statuses.get("ok", 0),
             "probed": probed,
+            **hub_commit_of(manifest),
             "rejected": table.num_rows - statuses.get("ok", 0),
             "train": splits.get("train", 0),
             "eval": splits.get("eval", 0),
@@ -222,11 +233,19 @@ def _counts(values: list) -> dict[str, int]:
 
 @dataclass
 class BatchReadiness:
-    """Whether a dataset can fill batches; what SimpleTuner checks as "dataset too small"."""
+    """Whether a dataset can fill optimizer steps; what SimpleTuner checks as "dataset too small".
+
+    A bucket is *small* when its draws per epoch (images x (1 + repeats)) are fewer than one
+    optimizer step (``needed``): every batch comes from one bucket, and SimpleTuner trims each bucket
+    to whole steps, so it drops such a bucket. ``rule`` is ``small_bucket_rule``: ``drop`` (the same)
+    or ``repeat`` (the sampler cycles the bucket's items up to one step; ours, not SimpleTuner's).
+    """
 
     usable: int
     needed: int
     small_buckets: dict[str, int]
+    rule: str = "drop"
+    batch_size: int = 1
 
     @property
     def enough(self) -> bool:
@@ -245,26 +264,48 @@ class BatchReadiness:
     @property
     def bucket_message(self) -> str:
         if not self.small_buckets:
-            return "Every bucket can fill at least one batch."
-        listed = ", ".join(f"{b} ({n} image(s))" for b, n in self.small_buckets.items())
+            return f"Every bucket holds at least one optimizer step ({self.needed} draws per epoch)."
+        listed = ", ".join(f"{b}: {n}" for b, n in self.small_buckets.items())
+        fate = (
+            "the sampler never draws from them (SimpleTuner drops them too), so their images are not trained on"
+            if self.rule == "drop"
+            else "small_bucket_rule 'repeat' cycles their images up to one step each epoch, so those images "
+            "are seen more often than the others"
+        )
+        fixes = (
+            "lower train_batch_size or gradient_accumulation_steps, add images of those shapes or repeats, "
+            "or use crop_aspect 'square' (one bucket) or 'closest' with fewer crop_aspect_buckets"
+        )
+        if self.rule == "drop":
+            fixes += ", or set small_bucket_rule 'repeat' to train on them by repetition"
         return (
-            f"These buckets hold fewer train images than train_batch_size and are dropped: {listed}. "
-            "Lower train_batch_size, add images of those aspect ratios, or use crop_aspect 'square'."
+            f"{len(self.small_buckets)} bucket(s) have fewer draws per epoch than one optimizer step needs "
+            f"({self.needed} = train_batch_size x gradient_accumulation_steps x num_processes): {listed}. "
+            f"With small_bucket_rule '{self.rule}' {fate}. To change it: {fixes}."
         )
 
 
 def readiness(draws_per_bucket: dict[str, int], cfg: PipelineConfig) -> BatchReadiness:
     """Decide from per-bucket draws per epoch (images x (1 + repeats)), as the sampler counts them."""
     t = cfg.training
-    small = {b: n for b, n in draws_per_bucket.items() if n < t.train_batch_size}
-    usable = sum(n for b, n in draws_per_bucket.items() if b not in small)
     needed = t.train_batch_size * t.gradient_accumulation_steps * t.num_processes
-    return BatchReadiness(usable=usable, needed=needed, small_buckets=small)
+    small = {b: n for b, n in draws_per_bucket.items() if n < needed}
+    if t.small_bucket_rule == "repeat":  # small buckets are padded to one step
+        usable = sum(max(n, needed) for n in draws_per_bucket.values())
+    else:
+        usable = sum(n for b, n in draws_per_bucket.items() if b not in small)
+    return BatchReadiness(usable=usable, needed=needed, small_buckets=small, rule=t.small_bucket_rule,
+                          batch_size=t.train_batch_size)
 
 
 def batch_readiness(cfg: PipelineConfig, ds: ImageDataset) -> BatchReadiness:
-    """One dataset on its own (the asset check); the trainer checks all datasets pooled."""
+    """One dataset on its own (the asset check); the trainer checks all datasets pooled.
+
+    Buckets are named by aspect key and target size, e.g. ``"1.43 (640x448)"``.
+    """
     table = _read_input(metadata_path(cfg, ds), f"bucketed_metadata/{ds.id}")
     ok = pc.and_(pc.equal(table.column("status"), "ok"), pc.equal(table.column("split"), "train"))
-    per_bucket = _counts(table.filter(ok).column("bucket").to_pylist())
-    return readiness({b: n * (1 + ds.repeats) for b, n in per_bucket.items()}, cfg)
+    kept = table.filter(ok)
+    names = [f"{b} ({w}x{h})" for b, w, h in zip(*(kept.column(c).to_pylist()
+                                                   for c in ("bucket", "target_width", "target_height")))]
+    return readiness({b: n * (1 + ds.repeats) for b, n in _counts(names).items()}, cfg)
