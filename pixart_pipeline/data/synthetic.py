@@ -14,18 +14,25 @@ mixed. Two deliberately bad files are added on top of ``num_images``: ``broken_i
 bytes, unreadable) and a 40x40 image (rejected by a ``minimum_image_size`` of 64).
 
 Every file's bytes depend only on (seed, index), drawn from its own seeded RNG, so regenerating
-gives identical bytes and only missing files are written.
+gives identical bytes and only missing files are written. The folder belongs to the generator: a
+hidden marker ``.synthetic.json`` records (num_images, seed); when they change, every planned file
+is regenerated (same name can mean different pixels under another seed), and image files that are
+no longer planned (a smaller ``num_images``) are deleted, with their emptied ``extra_N/`` folders.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from pixart_pipeline.fileio import atomic_write_bytes
+from pixart_pipeline.data.manifest import list_dataset_files
+from pixart_pipeline.fileio import atomic_write_bytes, atomic_write_json
+
+MARKER = ".synthetic.json"
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -126,11 +133,30 @@ def generate_synthetic_dataset(folder: Path, num_images: int, seed: int) -> list
         raise ValueError(f"synthetic dataset: num_images must be >= 1, got {num_images}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    params = {"num_images": num_images, "seed": seed}
+    try:
+        same = json.loads((folder / MARKER).read_text()) == params
+    except (OSError, ValueError):
+        same = False
     triples = caption_triples(seed)
+    plan = planned_files(num_images, seed)
     paths = []
-    for rel, index in planned_files(num_images, seed):
+    for rel, index in plan:
         path = folder / rel
         if not path.exists():
             atomic_write_bytes(path, _file_bytes(rel, index, seed, triples))
+        elif not same:
+            data = _file_bytes(rel, index, seed, triples)
+            if path.read_bytes() != data:
+                atomic_write_bytes(path, data)
         paths.append(path)
+    planned = {rel for rel, _ in plan}
+    for rel in list_dataset_files(folder):
+        if rel not in planned:
+            (folder / rel).unlink()
+    for extra in folder.glob("extra_*"):
+        if extra.is_dir() and not any(extra.iterdir()):
+            extra.rmdir()
+    if not same:
+        atomic_write_json(folder / MARKER, params)
     return paths

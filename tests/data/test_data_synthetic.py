@@ -38,3 +38,16 @@ def test_names_are_unique_captions_with_bad_files(tmp_path):
     caption = caption_from_filename(rel[0])
     assert caption.startswith("a ") and caption.endswith(" background") and "_" not in caption
     assert {p.suffix for p in paths} == {".png", ".jpg"}
+
+
+def test_shrinking_or_reseeding_leaves_exactly_the_planned_files(tmp_path):
+    generate_synthetic_dataset(tmp_path, 230, seed=0)  # spills into extra_1/
+    paths = generate_synthetic_dataset(tmp_path, 10, seed=0)
+    on_disk = sorted(p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert on_disk == sorted(paths) and not (tmp_path / "extra_1").exists()
+    reseeded = generate_synthetic_dataset(tmp_path, 10, seed=3)
+    fresh = generate_synthetic_dataset(tmp_path / "fresh", 10, seed=3)
+    assert _bytes(reseeded) == _bytes(fresh)
+    on_disk = sorted(p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".")
+                     and "fresh" not in p.parts)
+    assert on_disk == sorted(reseeded)
