@@ -1,7 +1,8 @@
 """``python -m pixart_pipeline.training <run_spec.json>``: train one run (see ``training/spec.py``).
 
 Exit status 0 when the run finished (or was already finished), 2 for a bad spec or input (the message
-names the file and key), 1 for anything else. Under Dagster Pipes the error also goes back to Dagster.
+names the file and key) or a failed Hub upload (after the run was saved), 130 when SIGTERM/SIGINT
+stopped it (after a checkpoint), 1 for anything else. Under Dagster Pipes the error also goes back to Dagster.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
             # imported after the spec is read, so a bad spec is reported without waiting for torch
             from pixart_pipeline.training.loop import train
 
-            train(spec, stop_at_step=args.stop_at_step, reporter=reporter)
+            result = train(spec, stop_at_step=args.stop_at_step, reporter=reporter)
+            if result.stopped_by == "signal":  # terminated: a checkpoint is saved; say so in the exit status
+                print(f"stopped by a signal at step {result.steps}; resumable from {result.checkpoint}",
+                      file=sys.stderr)
+                return 130
         except ValueError as exc:  # bad spec or input: a clear message (naming file and key), no traceback
             if reporter.under_pipes:
                 reporter.context.log.error(str(exc))

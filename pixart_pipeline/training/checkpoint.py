@@ -36,6 +36,7 @@ from pixart_pipeline.fileio import atomic_save_tensors, atomic_write_json, atomi
 
 MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_OLD_DIR = re.compile(r"^(step-\d+)\.old-[0-9a-f]+$")
 
 
 @dataclass
@@ -136,6 +137,8 @@ def save_checkpoint(
     atomic_write_json(tmp / MARKER, marker)  # last: from here on the folder is complete
 
     if final.exists():  # re-saving the same step (e.g. a run restarted from scratch)
+        # Two renames, not one: a folder cannot atomically replace a non-empty one. A kill between
+        # them leaves only step-N.old-*, which remove_incomplete renames back (never lost).
         old = root / f"step-{global_step}.old-{uuid.uuid4().hex[:8]}"
         os.rename(final, old)
         os.rename(tmp, final)
@@ -185,10 +188,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def remove_incomplete(run_dir: Path) -> list[Path]:
-    """Delete ``*.tmp`` / ``*.old-*`` folders and marker-less ``step-N`` folders left by a killed run."""
+    """Clean up after a killed run: a ``step-N.old-*`` folder (a re-save killed between its two
+    renames, see ``save_checkpoint``) goes back to ``step-N`` when that is missing; then every
+    ``*.tmp`` / ``*.old-*`` / ``*.deleting-*`` folder and marker-less ``step-N`` folder is deleted."""
     root = checkpoints_dir(run_dir)
     removed = []
     if root.is_dir():
+        for child in sorted(root.iterdir()):
+            match = _OLD_DIR.match(child.name)
+            if match and (child / MARKER).is_file() and not (root / match.group(1)).exists():
+                os.rename(child, root / match.group(1))
         for child in root.iterdir():
             if child.is_dir() and not is_complete(child):
                 shutil.rmtree(child, ignore_errors=True)
@@ -196,22 +205,31 @@ def remove_incomplete(run_dir: Path) -> list[Path]:
     return removed
 
 
-def prune_checkpoints(run_dir: Path, limit: int | None, protect: Path | None = None) -> list[Path]:
-    """Keep the newest ``limit`` complete checkpoints; never delete ``protect`` (the one this run
-    resumed from, which may still be needed if this run dies). Returns the deleted folders."""
+def prune_checkpoints(run_dir: Path, limit: int | None, protect: Path | list[Path] | None = None) -> list[Path]:
+    """Delete the oldest complete checkpoints until ``limit`` remain, never one in ``protect`` (the
+    one just written, the one this run resumed from). More than ``limit`` remain only when the
+    protected ones alone exceed it. Returns the deleted folders."""
     if limit is None:
         return []
     found = list_checkpoints(run_dir)
-    protected = Path(protect).resolve() if protect else None
+    if protect is None:
+        protect = []
+    elif isinstance(protect, (str, Path)):
+        protect = [protect]
+    protected = {Path(p).resolve() for p in protect}
+    excess = len(found) - limit
     deleted = []
-    for _, path in found[: max(0, len(found) - limit)]:
-        if protected is not None and path.resolve() == protected:
+    for _, path in found:
+        if excess <= 0:
+            break
+        if path.resolve() in protected:
             continue
-        # rename first so a half-deleted folder never looks complete
-        doomed = path.with_name(f"{path.name}.old-{uuid.uuid4().hex[:8]}")
+        # rename first so a half-deleted folder never looks complete (and is never restored)
+        doomed = path.with_name(f"{path.name}.deleting-{uuid.uuid4().hex[:8]}")
         os.rename(path, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
         deleted.append(path)
+        excess -= 1
     return deleted
 
 

@@ -85,32 +85,60 @@ def export_pipeline(transformer: torch.nn.Module, base_model: str, revision: str
     return out_dir
 
 
-def write_model_card(path: Path, info: dict[str, Any]) -> None:
-    """A short README.md: what was trained, on what, how, and how to load it."""
+def model_card(info: dict[str, Any]) -> str:
+    """README.md for the exported folder: YAML front matter the Hub reads (``base_model``, ``license``,
+    ``tags``, ``datasets``, ``widget`` sample images, ``model-index`` metrics when evaluation has run,
+    and our ``training_config``), then what was trained, on what, how, and how to load it.
+
+    ``info``: ``base_model``, ``revision``, ``steps``, ``epochs``, ``final_loss``, ``seconds``,
+    ``weights_sha256``, ``datasets``, ``num_items``, ``hyperparameters``; optional ``metrics``
+    (name -> float) and ``samples`` (list of ``{"prompt", "path"}`` relative to the card)."""
+    import yaml
+
     hp = info.get("hyperparameters", {})
+    base = str(info.get("base_model"))
+    front: dict[str, Any] = {
+        "base_model": base,
+        "license": "openrail++",  # PixArt Sigma's license, which a fine-tune inherits
+        "library_name": "diffusers",
+        "pipeline_tag": "text-to-image",
+        "tags": ["pixart-sigma", "text-to-image", "diffusers", "full-fine-tune", "pixart_pipeline"],
+        "datasets": list(info.get("datasets", [])),
+        "training_config": {k: hp[k] for k in sorted(hp)},
+    }
+    samples = info.get("samples") or []
+    if samples:
+        front["widget"] = [{"text": s["prompt"], "output": {"url": s["path"]}} for s in samples]
+    metrics = info.get("metrics") or {}
+    if metrics:
+        front["model-index"] = [{"name": "PixArt Sigma fine-tune", "results": [{
+            "task": {"type": "text-to-image"},
+            "metrics": [{"type": k, "name": k, "value": float(v)} for k, v in sorted(metrics.items())],
+        }]}]
     rows = "\n".join(f"| `{k}` | `{hp[k]}` |" for k in sorted(hp))
     ema_note = " The exported weights are the EMA of the trained ones." if hp.get("use_ema") else ""
     datasets = ", ".join(f"`{d}`" for d in info.get("datasets", [])) or "(unknown)"
-    text = f"""---
-library_name: diffusers
-base_model: {info.get('base_model')}
-tags: [pixart-sigma, text-to-image, full-fine-tune]
----
+    metric_rows = "\n".join(f"| {k} | {float(v):.4f} |" for k, v in sorted(metrics.items()))
+    metric_text = f"\n## Evaluation\n\n| metric | value |\n|---|---|\n{metric_rows}\n" if metrics else ""
+    sample_text = "".join(f"\n![{s['prompt']}]({s['path']})\n" for s in samples)
+    return f"""---
+{yaml.safe_dump(front, sort_keys=False, allow_unicode=True)}---
 
 # PixArt Sigma fine-tune
 
-Full fine-tune of the transformer of `{info.get('base_model')}` (revision `{info.get('revision') or 'main'}`)
+Full fine-tune of the transformer of `{base}` (revision `{info.get('revision') or 'main'}`)
 on {info.get('num_items')} training items from dataset(s) {datasets}, for {info.get('steps')} optimizer
-steps ({info.get('seconds', 0):.1f} s). Final training loss: {info.get('final_loss')}.{ema_note}
+steps ({info.get('epochs', 0):.2f} epochs, {info.get('seconds', 0):.1f} s of training). Final training loss:
+{info.get('final_loss')}.{ema_note}
 
 Transformer weights sha256 (over tensor names, dtypes, shapes and bytes): `{info.get('weights_sha256')}`
-
+{sample_text}{metric_text}
 ## Use
 
 ```python
 from diffusers import PixArtSigmaPipeline
 
-pipe = PixArtSigmaPipeline.from_pretrained("{info.get('pipeline_path')}")
+pipe = PixArtSigmaPipeline.from_pretrained("<this folder or repo id>")
 image = pipe("a photo of ...").images[0]
 ```
 
@@ -120,6 +148,11 @@ image = pipe("a photo of ...").images[0]
 |---|---|
 {rows}
 
-Per-step metrics are in `metrics.jsonl` beside this card.
+Trained with pixart_pipeline (SimpleTuner's option names); per-step metrics are in
+`metrics.jsonl` in the run folder.
 """
-    atomic_write_text(Path(path), text)
+
+
+def write_model_card(path: Path, info: dict[str, Any]) -> None:
+    """Write ``model_card(info)`` to ``path`` (atomically)."""
+    atomic_write_text(Path(path), model_card(info))

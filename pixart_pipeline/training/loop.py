@@ -4,14 +4,20 @@ One optimizer step = ``gradient_accumulation_steps`` micro-batches of ``train_ba
 process. For each micro-batch (SimpleTuner's / diffusers' PixArt recipe): sample latents from the
 cached posterior, draw noise (+ optional noise offset) and uniform timesteps, ``add_noise``, predict
 with the transformer, keep the epsilon half of the learned-sigma output, MSE (optionally min-SNR
-weighted). AdamW, clipped gradients, a diffusers LR schedule, optional EMA.
+weighted). AdamW or Adafactor, clipped gradients, a diffusers LR schedule, optional EMA.
 
-Exact resume: every random draw of micro-batch ``m`` comes from a CPU generator seeded by
-``(seed, m, rank)``, and the sampler's order is a function of ``(seed, epoch)``. With the weights,
-AdamW moments, LR-schedule state and sampler position from the checkpoint, a resumed run computes
-exactly what the uninterrupted run would have: bit for bit on the CPU (tested). On CUDA the data,
-noise and state are the same, but some attention and convolution backward kernels are not
-deterministic, so the weights agree only to float tolerance.
+Batches are numbered globally: micro-step ``m`` of process ``r`` (of ``W``) takes batch
+``d = m * W + r`` of the sampler's stream, and every random draw of that batch comes from a CPU
+generator seeded by ``(seed, d)``. So W processes with accumulation ``g`` draw exactly the batches
+and noise of one process with accumulation ``g * W``: same data, same loss to float rounding
+(DDP averages the gradients in another order). The sampler's order is a function of
+``(seed, epoch)``, so with the weights, optimizer moments, LR-schedule state and sampler position
+from a checkpoint, a resumed run computes exactly what the uninterrupted run would have: bit for
+bit on the CPU (tested). On CUDA the data, noise and state are the same, but some attention and
+convolution backward kernels are not deterministic, so the weights agree only to float tolerance.
+
+SIGTERM / SIGINT (Dagster terminating the run sends SIGINT; torchrun passes SIGTERM to every rank)
+finish the current step, write a checkpoint, and stop: the run resumes from there.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ import copy
 import hashlib
 import os
 import random
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,25 +37,28 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from pixart_pipeline.fileio import atomic_write_json, tensors_sha256
+from pixart_pipeline.fileio import atomic_write_json, atomic_write_text, tensors_sha256
 from pixart_pipeline.models import load_noise_scheduler, load_transformer
 from pixart_pipeline.training import checkpoint as ckpt
 from pixart_pipeline.training.batches import BatchBuilder, load_items, vae_scaling_factor
 from pixart_pipeline.training.ema import EMA
-from pixart_pipeline.training.export import export_pipeline, write_model_card
+from pixart_pipeline.training.export import export_pipeline, model_card
+from pixart_pipeline.training.hub import push_pipeline
 from pixart_pipeline.training.loss import pixart_epsilon_loss
 from pixart_pipeline.training.metrics import MetricsLog, read_metrics
 from pixart_pipeline.training.optim import (
+    apply_hyperparameters,
     build_lr_scheduler,
     build_optimizer,
     optimizer_state_from_flat,
-    optimizer_state_to_flat,
     scheduler_state_from_json,
-    scheduler_state_to_json,
+    training_steps,
 )
 from pixart_pipeline.training.report import Reporter
+from pixart_pipeline.training.resume import check_resumable, load_resume, save
 from pixart_pipeline.training.sampler import BucketBatchSampler
 from pixart_pipeline.training.spec import HYPERPARAMETER_KEYS, RunSpec
+from pixart_pipeline.training.tracking import open_tracker
 
 
 @dataclass(frozen=True)
@@ -56,13 +68,18 @@ class TrainResult:
     run_dir: str
     steps: int  # global optimizer step reached
     final_loss: float | None
-    seconds: float  # wall time of this call
+    seconds: float  # training wall time over every session of the run (resumes included)
     samples_per_s: float
     weights_sha256: str | None
     pipeline_path: str | None
     checkpoint: str | None  # the last checkpoint written or resumed from
     resumed_from: str | None
     completed: bool
+    total_steps: int = 0  # the run's length: max_train_steps or fewer when num_train_epochs ends first
+    epochs: float = 0.0  # epochs of data drawn (fractional)
+    stopped_by: str | None = None  # "max_train_steps" | "num_train_epochs" | "signal" | "stop_at_step"
+    tracker_url: str | None = None
+    hub_url: str | None = None
 
 
 def make_accelerator(hp, device: str) -> Accelerator:
@@ -98,43 +115,41 @@ def make_accelerator(hp, device: str) -> Accelerator:
     return accelerator
 
 
-def micro_batch_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
-    """CPU generator for one micro-batch: a pure function of (seed, micro-step, rank)."""
-    digest = hashlib.sha256(f"pixart-train:{seed}:{micro_step}:{rank}".encode()).digest()
+def micro_batch_generator(seed: int, draw: int) -> torch.Generator:
+    """CPU generator for the ``draw``-th batch of the run (global over processes): a pure function of
+    ``(seed, draw)``, so any split of the same batches over processes draws the same noise."""
+    digest = hashlib.sha256(f"pixart-train:{seed}:{draw}".encode()).digest()
     return torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
-def resolve_resume(spec: RunSpec) -> Path | None:
-    """The checkpoint to resume from: ``latest`` (or none yet), ``none``, or an explicit folder."""
-    choice = spec.resume_from_checkpoint
-    if choice == "none":
-        return None
-    if choice == "latest":
-        return ckpt.latest_checkpoint(Path(spec.run_dir))
-    path = Path(choice)
-    if not ckpt.is_complete(path):
-        raise ValueError(
-            f"resume_from_checkpoint {choice!r} is not a complete checkpoint folder (step-N with COMPLETE)"
-        )
-    return path
+class StopRequest:
+    """Set by SIGTERM/SIGINT; checked once per optimizer step (and agreed on by every process)."""
 
+    def __init__(self) -> None:
+        self.signum: int | None = None
 
-def load_resume(spec: RunSpec, reporter: Reporter) -> tuple[Path | None, ckpt.CheckpointState | None]:
-    """The checkpoint to resume from, loaded and verified.
+    def __call__(self, signum, frame) -> None:
+        self.signum = signum
 
-    With ``latest``, a checkpoint that fails verification (bit rot, a partial copy, a lost write) is
-    skipped with a warning and the one before it is used: losing some steps beats refusing to resume.
-    An explicitly named checkpoint must verify.
-    """
-    if spec.resume_from_checkpoint != "latest":
-        path = resolve_resume(spec)
-        return path, (ckpt.load_checkpoint(path) if path else None)
-    for _, path in reversed(ckpt.list_checkpoints(Path(spec.run_dir))):
+    @contextmanager
+    def installed(self):
+        """Handle SIGTERM and SIGINT while training (main thread only), then restore the old handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        old = {sig: signal.signal(sig, self) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            return path, ckpt.load_checkpoint(path)
-        except ValueError as err:
-            reporter.warning(f"skipping damaged checkpoint {path.name}: {err}")
-    return None, None
+            yield self
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        """True on every process when any process got a signal (one tiny all-reduce when distributed)."""
+        flag = torch.tensor([0 if self.signum is None else 1], device=accelerator.device)
+        if accelerator.num_processes > 1:
+            flag = accelerator.reduce(flag, reduction="sum")
+        return bool(flag.item())
 
 
 def train(spec: RunSpec, stop_at_step: int | None = None, reporter: Reporter | None = None) -> TrainResult:
@@ -149,8 +164,16 @@ def train(spec: RunSpec, stop_at_step: int | None = None, reporter: Reporter | N
         return _train(spec, opened, stop_at_step)
 
 
+
+
 def _train(spec: RunSpec, reporter: Reporter, stop_at_step: int | None) -> TrainResult:
-    started = time.perf_counter()
+    stop_request = StopRequest()
+    with stop_request.installed():
+        return _run(spec, reporter, stop_at_step, stop_request)
+
+
+def _run(spec: RunSpec, reporter: Reporter, stop_at_step: int | None, stop_request: StopRequest) -> TrainResult:
+    session_start = time.perf_counter()
     hp = spec.training_config()
     run_dir = Path(spec.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -164,10 +187,16 @@ def _train(spec: RunSpec, reporter: Reporter, stop_at_step: int | None) -> Train
     items = load_items(spec.items)
     builder = BatchBuilder(items, spec.text_store, spec.empty_text_key)
     builder.check_complete(need_empty=hp.caption_dropout_probability > 0)
-    sampler = BucketBatchSampler(items.target, hp.train_batch_size, hp.seed, items.repeats)
+    sampler = BucketBatchSampler(
+        items.target, hp.train_batch_size, hp.seed, items.repeats,
+        # one optimizer step of one bucket; smaller buckets are dropped or repeated (README: Buckets)
+        min_bucket_draws=hp.train_batch_size * hp.gradient_accumulation_steps * hp.num_processes,
+        small_bucket_rule=hp.small_bucket_rule,
+    )
     if sampler.dropped_per_epoch():
         reporter.info(f"{sampler.dropped_per_epoch()} item draw(s) per epoch do not fill a batch of their "
                       f"bucket and are skipped that epoch (a different random remainder each epoch)")
+    total_steps = training_steps(hp, sampler.batches_per_epoch, world)
 
     # -- model, schedule, optimizer
     transformer = load_transformer(spec.base_model, spec.revision, dtype=torch.float32)
@@ -185,14 +214,15 @@ def _train(spec: RunSpec, reporter: Reporter, stop_at_step: int | None) -> Train
         transformer.enable_gradient_checkpointing()
     transformer.train()
     trainable = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
-    optimizer = build_optimizer(trainable.values(), hp)
-    lr_scheduler = build_lr_scheduler(optimizer, hp)
+    optimizer = build_optimizer(trainable.values(), hp, accelerator.device, log=reporter.info)
+    lr_scheduler = build_lr_scheduler(optimizer, hp, total_steps)
     ema = EMA(trainable, hp.ema_decay) if hp.use_ema else None
 
     # -- resume
     resume_path, state = load_resume(spec, reporter)
-    global_step = 0
+    global_step, seconds_before = 0, 0.0
     if state is not None:
+        check_resumable(state, hp, world)
         transformer.load_state_dict(state.transformer)
         sampler.load_state_dict(state.sampler)
         lr_scheduler.load_state_dict(scheduler_state_from_json(state.lr_scheduler))
@@ -201,6 +231,7 @@ def _train(spec: RunSpec, reporter: Reporter, stop_at_step: int | None) -> Train
                 raise ValueError(f"{resume_path}: use_ema is on but the checkpoint has no EMA state")
             ema.load_state_tensors(state.ema, state.ema_updates)
         global_step = state.global_step
+        seconds_before = float(state.extra.get("train_seconds", 0.0))
         reporter.info(f"resuming from {resume_path} at step {global_step}")
     if accelerator.is_main_process:
         ckpt.remove_incomplete(run_dir)
@@ -212,29 +243,42 @@ def _train(spec: RunSpec, reporter: Reporter, stop_at_step: int | None) -> Train
         ema.to(accelerator.device)
     if state is not None:  # after prepare: the wrapped optimizer moves the moments to the device
         optimizer.load_state_dict(optimizer_state_from_flat(state.optimizer["tensors"], state.optimizer["rest"]))
+        apply_hyperparameters(getattr(optimizer, "optimizer", optimizer), lr_scheduler, hp)
         scaler_state = state.extra.get("grad_scaler")
         if accelerator.scaler is not None and scaler_state:
             accelerator.scaler.load_state_dict(scaler_state)
         ckpt.restore_rng_state(*state.rng)
     del state
+    tracker = open_tracker(hp.report_to, run_dir, hp.tracker_project_name, hp.tracker_run_name,
+                           {k: getattr(hp, k) for k in HYPERPARAMETER_KEYS}, accelerator.is_main_process)
 
     # -- loop
     gas, batch = hp.gradient_accumulation_steps, hp.train_batch_size
-    stop = hp.max_train_steps if stop_at_step is None else min(stop_at_step, hp.max_train_steps)
+    stop = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
     num_train_timesteps = noise_scheduler.config.num_train_timesteps
     max_norm = hp.max_grad_norm if hp.max_grad_norm > 0 else float("inf")  # inf: measure, do not clip
-    micro_step = global_step * gas
+    micro_step = global_step * gas  # this process's micro-batches so far
     first_step, loop_start = global_step, time.perf_counter()
     last_loss, last_checkpoint, samples_per_s = None, (str(resume_path) if resume_path else None), 0.0
-    reporter.info(f"training {len(items)} items, {sampler.batches_per_epoch} batches/epoch, "
-                  f"steps {global_step} -> {stop} on {accelerator.device} (mixed precision: {hp.mixed_precision})")
+    seen: list[list[int]] = []  # [step, draw, *item indices] per micro-batch (record_items)
+    signalled = False
+
+    def train_seconds() -> float:
+        return seconds_before + time.perf_counter() - session_start
+
+    reporter.info(f"training {len(items)} items, {sampler.batches_per_epoch} batches/epoch, {world} process(es), "
+                  f"steps {global_step} -> {stop} of {total_steps} on {accelerator.device} "
+                  f"(mixed precision: {hp.mixed_precision}, optimizer: {hp.optimizer})")
     while global_step < stop:
         step_start = time.perf_counter()
         losses, grad_norm = [], None
         lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
         for _ in range(gas):
             indices = [sampler.next_batch() for _ in range(world)][rank]  # every rank advances the sampler alike
-            gen = micro_batch_generator(hp.seed, micro_step, rank)
+            draw = micro_step * world + rank
+            if spec.record_items:
+                seen.append([global_step + 1, draw, *indices])
+            gen = micro_batch_generator(hp.seed, draw)
             latents, prompt_embeds, attention_mask = builder.build(
                 indices, gen, scaling_factor, hp.caption_dropout_probability
             )
@@ -265,24 +309,33 @@ def _train(spec: RunSpec, reporter: Reporter, stop_at_step: int | None) -> Train
         last_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
         step_seconds = time.perf_counter() - step_start
         samples_per_s = batch * gas * world / step_seconds
+        row = {"step": global_step, "loss": last_loss, "lr": lr,
+               "grad_norm": None if grad_norm is None else float(grad_norm),
+               "samples_per_s": samples_per_s, "epoch": sampler.epoch, "seconds": train_seconds()}
         if metrics is not None:
-            metrics.append({
-                "step": global_step, "loss": last_loss, "lr": lr,
-                "grad_norm": None if grad_norm is None else float(grad_norm),
-                "samples_per_s": samples_per_s, "epoch": sampler.epoch,
-                "seconds": time.perf_counter() - started,
-            })
+            metrics.append(row)
+        tracker.log(row, global_step)
         if global_step % spec.log_every_steps == 0 or global_step in (first_step + 1, stop):
             per_step = (time.perf_counter() - loop_start) / (global_step - first_step)
-            reporter.progress(global_step, hp.max_train_steps, last_loss, lr, samples_per_s,
-                              per_step * (hp.max_train_steps - global_step))
-        if global_step % spec.checkpointing_steps == 0 or global_step == stop:
-            last_checkpoint = _save(accelerator, run_dir, global_step, transformer, optimizer, lr_scheduler,
-                                    sampler, ema, spec, resume_path, reporter)
+            reporter.progress(global_step, total_steps, last_loss, lr, samples_per_s,
+                              per_step * (total_steps - global_step))
+        signalled = stop_request.agreed(accelerator)
+        if global_step % spec.checkpointing_steps == 0 or global_step == stop or signalled:
+            last_checkpoint = save(accelerator, run_dir, global_step, transformer, optimizer, lr_scheduler,
+                                   sampler, ema, spec, hp, resume_path, train_seconds(), reporter)
+        if signalled:
+            reporter.warning(f"stopping on signal {stop_request.signum or 'from another process'} after step "
+                             f"{global_step}; resume from {last_checkpoint}")
+            break
 
-    if global_step < hp.max_train_steps:  # stopped early on request
-        return TrainResult(str(run_dir), global_step, last_loss, time.perf_counter() - started, samples_per_s,
-                           None, None, last_checkpoint, str(resume_path) if resume_path else None, False)
+    epochs = global_step * gas * world / sampler.batches_per_epoch
+    if spec.record_items:
+        _record_rank(run_dir, rank, accelerator.unwrap_model(transformer), seen)
+    if global_step < total_steps:  # stopped early on request
+        tracker.finish()
+        return TrainResult(str(run_dir), global_step, last_loss, train_seconds(), samples_per_s, None, None,
+                           last_checkpoint, str(resume_path) if resume_path else None, False, total_steps, epochs,
+                           "signal" if signalled else "stop_at_step", tracker.url)
 
     # -- export (main process only)
     accelerator.wait_for_everyone()
@@ -293,51 +346,50 @@ def _train(spec: RunSpec, reporter: Reporter, stop_at_step: int | None) -> Train
     if ema is not None:
         final = copy.deepcopy(final)
         ema.copy_to(final)
-    weights_sha256 = tensors_sha256(final.state_dict())
-    pipeline_path = run_dir / "pipeline"
-    seconds = time.perf_counter() - started
+    result = TrainResult(
+        str(run_dir), global_step, last_loss, train_seconds(), samples_per_s, tensors_sha256(final.state_dict()),
+        str(run_dir / "pipeline"), last_checkpoint, str(resume_path) if resume_path else None, True, total_steps,
+        epochs, "max_train_steps" if total_steps == hp.max_train_steps else "num_train_epochs", tracker.url,
+    )
+    tracker.finish()
     if accelerator.is_main_process:
-        export_pipeline(final, spec.base_model, spec.revision, pipeline_path)
-        info = {
-            "base_model": spec.base_model, "revision": spec.revision, "steps": global_step,
-            "final_loss": last_loss, "seconds": seconds, "weights_sha256": weights_sha256,
-            "pipeline_path": str(pipeline_path), "datasets": sorted(set(items.dataset_id)),
-            "num_items": len(items), "hyperparameters": {k: getattr(hp, k) for k in HYPERPARAMETER_KEYS},
-        }
-        write_model_card(run_dir / "README.md", info)
-        result = TrainResult(str(run_dir), global_step, last_loss, seconds, samples_per_s, weights_sha256,
-                             str(pipeline_path), last_checkpoint, str(resume_path) if resume_path else None, True)
-        atomic_write_json(run_dir / "result.json", asdict(result))  # last: the run is done
-        reporter.materialization(
-            {"path": str(pipeline_path), "final_loss": float(last_loss) if last_loss is not None else float("nan"),
-             "steps": global_step, "seconds": seconds, "samples_per_s": samples_per_s,
-             "weights_sha256": weights_sha256, "checkpoint_path": last_checkpoint or "",
-             "metrics_path": str(run_dir / "metrics.jsonl")},
-            data_version=weights_sha256,
-        )
-    return TrainResult(str(run_dir), global_step, last_loss, seconds, samples_per_s, weights_sha256,
-                       str(pipeline_path), last_checkpoint, str(resume_path) if resume_path else None, True)
+        result = _export(spec, hp, items, final, result, reporter)
+    return result
 
 
-def _save(accelerator, run_dir, global_step, transformer, optimizer, lr_scheduler, sampler, ema, spec,
-          resume_path, reporter) -> str:
-    accelerator.wait_for_everyone()
-    path = None
-    if accelerator.is_main_process:
-        model = accelerator.unwrap_model(transformer)
-        extra = {"grad_scaler": accelerator.scaler.state_dict()} if accelerator.scaler is not None else {}
-        path = ckpt.save_checkpoint(
-            run_dir, global_step,
-            transformer_state=model.state_dict(),
-            optimizer_flat=optimizer_state_to_flat(getattr(optimizer, "optimizer", optimizer)),  # unwrap accelerate
-            lr_scheduler_json=scheduler_state_to_json(lr_scheduler),
-            sampler_state=sampler.state_dict(),
-            ema_state=ema.state_tensors() if ema is not None else None,
-            ema_updates=ema.num_updates if ema is not None else 0,
-            extra=extra,
-        )
-        reporter.info(f"saved checkpoint {path}")
-        for gone in ckpt.prune_checkpoints(run_dir, spec.checkpoints_total_limit, protect=resume_path):
-            reporter.info(f"removed old checkpoint {gone}")
-    accelerator.wait_for_everyone()
-    return str(path) if path else str(ckpt.checkpoints_dir(run_dir) / f"step-{global_step}")
+def _export(spec: RunSpec, hp, items, final: torch.nn.Module, result: TrainResult, reporter: Reporter) -> TrainResult:
+    """Pipeline folder + model card, ``result.json`` (the run is done), the Hub upload, the report."""
+    run_dir, pipeline_path = Path(spec.run_dir), Path(result.pipeline_path)
+    export_pipeline(final, spec.base_model, spec.revision, pipeline_path)
+    card = model_card({
+        "base_model": spec.base_model, "revision": spec.revision, "steps": result.steps, "epochs": result.epochs,
+        "final_loss": result.final_loss, "seconds": result.seconds, "weights_sha256": result.weights_sha256,
+        "datasets": sorted(set(items.dataset_id)), "num_items": len(items),
+        "hyperparameters": {k: getattr(hp, k) for k in HYPERPARAMETER_KEYS},
+    })
+    atomic_write_text(pipeline_path / "README.md", card)  # the Hub renders the uploaded folder's card
+    atomic_write_text(run_dir / "README.md", card)
+    atomic_write_json(run_dir / "result.json", asdict(result))  # from here on the run is done and saved
+    if hp.push_to_hub:
+        url = push_pipeline(pipeline_path, hp.hub_model_id, run_dir)  # HubUploadError: training is kept
+        result = TrainResult(**(asdict(result) | {"hub_url": url}))
+        atomic_write_json(run_dir / "result.json", asdict(result))
+        reporter.info(f"uploaded {pipeline_path} to {url}")
+    loss = float(result.final_loss) if result.final_loss is not None else float("nan")
+    metadata = {"path": str(pipeline_path), "final_loss": loss, "steps": result.steps,
+                "total_steps": result.total_steps, "epochs": float(result.epochs), "seconds": float(result.seconds),
+                "samples_per_s": float(result.samples_per_s), "weights_sha256": result.weights_sha256,
+                "checkpoint_path": result.checkpoint or "", "metrics_path": str(run_dir / "metrics.jsonl"),
+                "stopped_by": result.stopped_by}
+    if result.tracker_url:
+        metadata["tracker_url"] = result.tracker_url
+    if result.hub_url:
+        metadata["hub_url"] = result.hub_url
+    reporter.materialization(metadata, data_version=result.weights_sha256)
+    return result
+
+
+def _record_rank(run_dir: Path, rank: int, model: torch.nn.Module, seen: list[list[int]]) -> None:
+    """``ranks/rank-<r>.json``: this process's final weights hash and the batches it trained on."""
+    atomic_write_json(run_dir / "ranks" / f"rank-{rank}.json",
+                      {"rank": rank, "weights_sha256": tensors_sha256(model.state_dict()), "batches": seen})

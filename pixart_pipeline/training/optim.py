@@ -1,4 +1,4 @@
-"""AdamW + diffusers' learning-rate schedules, and their state as safetensors + JSON (no pickle).
+"""AdamW / Adafactor + diffusers' learning-rate schedules, and their state as safetensors + JSON (no pickle).
 
 ``torch.save(optimizer.state_dict())`` would need ``torch.load`` (pickle) to read back; instead the
 per-parameter tensors (``exp_avg``, ``exp_avg_sq``, ``step``) go into a safetensors file under names
@@ -14,26 +14,97 @@ import torch
 from diffusers.optimization import get_scheduler
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], hp) -> torch.optim.AdamW:
-    """AdamW with the ``adam_*`` hyperparameters (SimpleTuner's ``optimizer: adamw``)."""
-    return torch.optim.AdamW(
-        list(params),
-        lr=hp.learning_rate,
-        betas=(hp.adam_beta1, hp.adam_beta2),
-        weight_decay=hp.adam_weight_decay,
-        eps=hp.adam_epsilon,
-    )
+def build_optimizer(params: Iterable[torch.nn.Parameter], hp, device: torch.device,
+                    log=print) -> torch.optim.Optimizer:
+    """SimpleTuner's ``optimizer``: ``adamw`` (``adam_*`` hyperparameters) or ``adafactor``.
+
+    ``adafactor`` is ``torch.optim.Adafactor`` (Shazeer & Stern 2018, arXiv:1804.04235): factored second
+    moments (a row and a column vector per matrix instead of a full tensor, no first moment), so its
+    state is a small fraction of AdamW's. It uses ``learning_rate`` and ``adam_weight_decay``; its
+    betas/epsilon are its own defaults (``beta2_decay=-0.8``, ``eps=(None, 1e-3)``).
+
+    ``fused_optimizer``: ``on`` uses AdamW's fused kernel and is an error where this torch build has
+    none for ``device``; ``auto`` uses it where available and otherwise falls back, saying so, to the
+    ``foreach`` implementation; ``off`` never fuses. Fused and unfused AdamW agree to float rounding,
+    not bit for bit, so the choice is part of the run's identity.
+    """
+    params = list(params)
+    if hp.optimizer == "adafactor":
+        return torch.optim.Adafactor(params, lr=hp.learning_rate, weight_decay=hp.adam_weight_decay)
+    kwargs = dict(lr=hp.learning_rate, betas=(hp.adam_beta1, hp.adam_beta2), weight_decay=hp.adam_weight_decay,
+                  eps=hp.adam_epsilon)
+    if hp.fused_optimizer != "off":
+        supported, why = fused_adamw_supported(params, device)
+        if supported:
+            return torch.optim.AdamW(params, fused=True, **kwargs)
+        if hp.fused_optimizer == "on":
+            raise ValueError(f"fused_optimizer is 'on' but fused AdamW is not available here: {why}; "
+                             "set fused_optimizer to 'auto' (falls back to the unfused kernel) or 'off'")
+        log(f"fused AdamW is not available ({why}); using the unfused (foreach) AdamW")
+    return torch.optim.AdamW(params, fused=False, **kwargs)
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, hp) -> torch.optim.lr_scheduler.LambdaLR:
-    """``diffusers.optimization.get_scheduler``; stepped once per optimizer step (not per process,
-    not per micro-batch), so ``lr_warmup_steps`` and ``max_train_steps`` count optimizer steps."""
+def fused_adamw_supported(params: list[torch.nn.Parameter], device: torch.device) -> tuple[bool, str]:
+    """Whether ``AdamW(fused=True)`` works for these parameters on ``device`` (tried on a 1-element probe,
+    since torch's own check depends on the device type and dtype of the build)."""
+    dtypes = {p.dtype for p in params}
+    try:
+        probe = [torch.nn.Parameter(torch.zeros(1, dtype=d, device=device)) for d in dtypes]
+        for p in probe:
+            p.grad = torch.zeros_like(p)
+        torch.optim.AdamW(probe, fused=True).step()
+    except (RuntimeError, ValueError, NotImplementedError) as exc:
+        return False, f"{device.type} with {sorted(map(str, dtypes))}: {str(exc).splitlines()[0]}"
+    return True, ""
+
+
+def training_steps(hp, batches_per_epoch: int, world: int) -> int:
+    """Optimizer steps of the run: ``max_train_steps``, or fewer when ``num_train_epochs`` ends first.
+
+    One optimizer step draws ``gradient_accumulation_steps * world`` batches; an epoch is
+    ``batches_per_epoch`` batches, so ``num_train_epochs`` allows ``floor(epochs * batches_per_epoch /
+    (gas * world))`` whole steps (SimpleTuner counts epochs the same way, in optimizer steps)."""
+    if hp.num_train_epochs is None:
+        return hp.max_train_steps
+    per_step = hp.gradient_accumulation_steps * world
+    by_epochs = hp.num_train_epochs * batches_per_epoch // per_step
+    if by_epochs < 1:
+        raise ValueError(f"num_train_epochs {hp.num_train_epochs} is less than one optimizer step: an epoch has "
+                         f"{batches_per_epoch} batch(es) and a step takes {per_step}")
+    return min(hp.max_train_steps, by_epochs)
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, hp, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """``diffusers.optimization.get_scheduler`` (every schedule it offers); stepped once per optimizer
+    step (not per process, not per micro-batch), so ``lr_warmup_steps`` and ``total_steps`` count
+    optimizer steps. ``lr_num_cycles``/``lr_power``/``lr_step_rules`` go to the schedules that use them."""
     return get_scheduler(
         hp.lr_scheduler,
         optimizer=optimizer,
+        step_rules=hp.lr_step_rules,
         num_warmup_steps=hp.lr_warmup_steps,
-        num_training_steps=hp.max_train_steps,
+        num_training_steps=total_steps,
+        num_cycles=hp.lr_num_cycles,
+        power=hp.lr_power,
     )
+
+
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, hp) -> None:
+    """After loading a checkpoint's optimizer/scheduler state, put this run's learning rate, betas,
+    weight decay and epsilon back: ``load_state_dict`` restores the checkpoint's param groups, so
+    resuming another run's checkpoint would silently keep *its* learning rate. The schedule's position
+    (``last_epoch``) is kept. For a run resuming its own checkpoint this changes nothing."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = hp.learning_rate
+        group["weight_decay"] = hp.adam_weight_decay
+        if "betas" in group:
+            group["betas"] = (hp.adam_beta1, hp.adam_beta2)
+            group["eps"] = hp.adam_epsilon
+    scheduler.base_lrs = [hp.learning_rate for _ in optimizer.param_groups]
+    # the current rate of each group: base rate times the schedule's factor at its position
+    for group, fn in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = hp.learning_rate * fn(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 # -- JSON that keeps tuples (AdamW's ``betas``) -------------------------------------------------------

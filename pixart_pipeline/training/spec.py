@@ -29,8 +29,13 @@ HYPERPARAMETER_KEYS: tuple[str, ...] = (
     "train_batch_size",
     "gradient_accumulation_steps",
     "max_train_steps",
+    "num_train_epochs",
+    "lr_num_cycles",
+    "lr_power",
+    "lr_step_rules",
     "mixed_precision",
     "optimizer",
+    "fused_optimizer",
     "adam_beta1",
     "adam_beta2",
     "adam_weight_decay",
@@ -43,7 +48,12 @@ HYPERPARAMETER_KEYS: tuple[str, ...] = (
     "ema_decay",
     "use_bitfit",
     "num_processes",
+    "small_bucket_rule",
 )
+# TrainingConfig fields a run spec may also set that never change the weights: where results go.
+REPORTING_KEYS: tuple[str, ...] = ("report_to", "tracker_project_name", "tracker_run_name", "push_to_hub",
+                                   "hub_model_id")
+SPEC_CONFIG_KEYS = HYPERPARAMETER_KEYS + REPORTING_KEYS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -71,6 +81,9 @@ class RunSpec:
     log_every_steps: int = 10  # progress lines; metrics.jsonl always gets every step
     # Recompute activations in the backward pass: less memory, same gradients (not a hyperparameter).
     gradient_checkpointing: bool = False
+    # Write runs/<id>/ranks/rank-<r>.json (final weights hash, every batch's item indices) per process:
+    # an audit of data-parallel training (the tests use it); off by default.
+    record_items: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -95,6 +108,8 @@ class RunSpec:
         limit = self.checkpoints_total_limit
         if limit is not None and (not _is_int(limit) or limit < 1):
             raise RunSpecError(f"{source}: 'checkpoints_total_limit' must be null or an integer >= 1, got {limit!r}")
+        if not isinstance(self.record_items, bool):
+            raise RunSpecError(f"{source}: 'record_items' must be true or false, got {self.record_items!r}")
         if not _is_int(self.log_every_steps) or self.log_every_steps < 1:
             raise RunSpecError(f"{source}: 'log_every_steps' must be an integer >= 1, got {self.log_every_steps!r}")
         resume = self.resume_from_checkpoint
@@ -115,11 +130,11 @@ class RunSpec:
     def training_config(self, source: str = "run spec") -> TrainingConfig:
         """The hyperparameters as a validated ``TrainingConfig`` (unset ones take its defaults)."""
         for key in self.hyperparameters:
-            if key not in HYPERPARAMETER_KEYS:
-                close = difflib.get_close_matches(key, HYPERPARAMETER_KEYS, n=1)
+            if key not in SPEC_CONFIG_KEYS:
+                close = difflib.get_close_matches(key, SPEC_CONFIG_KEYS, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise RunSpecError(
-                    f"{source}: unknown hyperparameter '{key}'{hint}; allowed: {', '.join(HYPERPARAMETER_KEYS)}"
+                    f"{source}: unknown hyperparameter '{key}'{hint}; allowed: {', '.join(SPEC_CONFIG_KEYS)}"
                 )
         try:
             return TrainingConfig.model_validate(dict(self.hyperparameters))

@@ -128,6 +128,21 @@ def prepare_training_run(cfg: PipelineConfig, device: str) -> PreparedRun:
     return PreparedRun(run_dir=run_dir, spec_path=spec_path, command=command, env={"PYTHONUNBUFFERED": "1"})
 
 
+def push_if_needed(cfg: PipelineConfig, run_dir: Path, log=print) -> None:
+    """A finished run whose upload failed (or that predates ``push_to_hub``) is uploaded now: the
+    weights are already saved, so a retry never retrains."""
+    t = cfg.training
+    result = read_training_result(run_dir)
+    if not t.push_to_hub or result.get("hub_url"):
+        return
+    from pixart_pipeline.fileio import atomic_write_json
+    from pixart_pipeline.training.hub import push_pipeline
+
+    result["hub_url"] = push_pipeline(Path(run_dir) / "pipeline", t.hub_model_id, Path(run_dir))
+    atomic_write_json(Path(run_dir) / RESULT_FILE, result)
+    log(f"uploaded {run_dir / 'pipeline'} to {result['hub_url']}")
+
+
 def read_training_result(run_dir: str | Path) -> dict:
     path = Path(run_dir) / RESULT_FILE
     if not path.exists():
@@ -173,8 +188,14 @@ def finish_training_run(cfg: PipelineConfig, prepared: PreparedRun) -> StageResu
         "steps": int(result.get("steps", len(curve))),
         "final_loss": float(result.get("final_loss", float("nan"))),
         "train_items": read_parquet(prepared.run_dir / "items.parquet").num_rows,
-        "seconds": float(result.get("seconds", 0.0)),
+        "seconds": float(result.get("seconds", 0.0)),  # training time over every session (resumes included)
+        "total_steps": int(result.get("total_steps", 0)),
+        "epochs": float(result.get("epochs", 0.0)),
+        "stopped_by": str(result.get("stopped_by")),
     }
+    for key in ("tracker_url", "hub_url"):  # W&B run URL or offline folder; the Hub repo
+        if result.get(key):
+            metadata[key] = str(result[key])
     if curve:
         metadata["loss_first_10pct"] = sum(v for _, v in head) / len(head)
         metadata["loss_last_10pct"] = sum(v for _, v in tail) / len(tail)

@@ -87,7 +87,7 @@ def test_keys_with_leading_dashes_are_accepted(tmp_path):
         ("validation_resolution", "1024by1024", ["validation_resolution", "1024by1024"]),
         # 1000 is a multiple of 8 but not of 16: it would crash evaluation after training finished.
         ("validation_resolution", "1000x1000", ["validation_resolution", "multiples of 16"]),
-        ("push_to_hub", True, ["push_to_hub", "not supported"]),
+        ("push_to_hub", True, ["push_to_hub", "hub_model_id is not set"]),
     ],
 )
 def test_bad_training_values_name_file_key_and_value(tmp_path, key, value, expected):

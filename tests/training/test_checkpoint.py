@@ -69,11 +69,24 @@ def test_prune_keeps_the_limit_and_never_the_resume_source(tmp_path):
     for step in (10, 20, 30, 40):
         _save(tmp_path, step)
     root = tmp_path / "checkpoints"
-    deleted = ckpt.prune_checkpoints(tmp_path, limit=2, protect=root / "step-10")
-    assert [p.name for p in deleted] == ["step-20"]
-    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [10, 30, 40]
+    # step-40 was just written, step-10 is the resume source: exactly 2 remain, both protected ones
+    deleted = ckpt.prune_checkpoints(tmp_path, limit=2, protect=[root / "step-40", root / "step-10"])
+    assert [p.name for p in deleted] == ["step-20", "step-30"]
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [10, 40]
     ckpt.prune_checkpoints(tmp_path, limit=1)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [40]
+
+
+def test_a_resave_killed_between_its_renames_is_restored(tmp_path):
+    """Re-saving step-N renames the old folder aside before moving the new one in; a kill between the
+    two renames leaves only step-N.old-*. Cleanup must put it back, not delete the only copy."""
+    path = _save(tmp_path, 10)
+    aside = path.with_name("step-10.old-deadbeef")
+    path.rename(aside)  # the state a kill between the two renames leaves
+    assert ckpt.latest_checkpoint(tmp_path) is None
+    ckpt.remove_incomplete(tmp_path)
+    assert ckpt.latest_checkpoint(tmp_path) == path
+    assert ckpt.load_checkpoint(path).global_step == 10
 
 
 def test_load_restores_optimizer_and_schedule_exactly(tmp_path):

@@ -16,7 +16,7 @@ from pixart_pipeline.defs.assets.common import (
     vae_key,
 )
 from pixart_pipeline.defs.resources import DeviceResource
-from pixart_pipeline.training.stage import finish_training_run, prepare_training_run
+from pixart_pipeline.training.stage import finish_training_run, prepare_training_run, push_if_needed
 
 
 def build_trained_checkpoint_asset(cfg: PipelineConfig) -> dg.AssetsDefinition:
@@ -50,6 +50,8 @@ def build_trained_checkpoint_asset(cfg: PipelineConfig) -> dg.AssetsDefinition:
             prepared = prepare_training_run(cfg, device.device)
         if prepared.complete:
             context.log.info(f"Run {prepared.run_dir} already finished with these exact inputs; reusing it.")
+            with user_errors():  # an upload that failed last time is retried; training is not redone
+                push_if_needed(cfg, prepared.run_dir, context.log.info)
         else:
             context.log.info(f"Training into {prepared.run_dir}: {' '.join(prepared.command)}")
             pipes_subprocess_client.run(

@@ -1,0 +1,112 @@
+"""Choosing, checking and writing the checkpoints of a run (the loop's side of ``checkpoint.py``).
+
+Rules a resume follows (README, "Resuming"):
+
+- ``latest`` takes the newest complete checkpoint of this run folder that verifies; a damaged one is
+  skipped with a warning. An explicit folder must verify.
+- The checkpoint must come from a run with the same ``train_batch_size``, number of processes and
+  items table: the sampler position would otherwise name different batches. Such a resume is
+  refused with a message that says what changed (start a new run instead).
+- The checkpoint's optimizer must be the configured one (AdamW moments cannot seed Adafactor).
+- This run's learning rate, betas, weight decay and epsilon apply after loading (``apply_hyperparameters``):
+  resuming another run's checkpoint with a new ``learning_rate`` uses the new one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pixart_pipeline.training import checkpoint as ckpt
+from pixart_pipeline.training.optim import optimizer_state_to_flat, scheduler_state_to_json
+from pixart_pipeline.training.report import Reporter
+from pixart_pipeline.training.spec import RunSpec
+
+
+def resolve_resume(spec: RunSpec) -> Path | None:
+    """The checkpoint to resume from: ``latest`` (or none yet), ``none``, or an explicit folder."""
+    choice = spec.resume_from_checkpoint
+    if choice == "none":
+        return None
+    if choice == "latest":
+        return ckpt.latest_checkpoint(Path(spec.run_dir))
+    path = Path(choice)
+    if not ckpt.is_complete(path):
+        raise ValueError(
+            f"resume_from_checkpoint {choice!r} is not a complete checkpoint folder (step-N with COMPLETE)"
+        )
+    return path
+
+
+def load_resume(spec: RunSpec, reporter: Reporter) -> tuple[Path | None, ckpt.CheckpointState | None]:
+    """The checkpoint to resume from, loaded and verified.
+
+    With ``latest``, a checkpoint that fails verification (bit rot, a partial copy, a lost write) is
+    skipped with a warning and the one before it is used: losing some steps beats refusing to resume.
+    An explicitly named checkpoint must verify.
+    """
+    if spec.resume_from_checkpoint != "latest":
+        path = resolve_resume(spec)
+        return path, (ckpt.load_checkpoint(path) if path else None)
+    for _, path in reversed(ckpt.list_checkpoints(Path(spec.run_dir))):
+        try:
+            return path, ckpt.load_checkpoint(path)
+        except ValueError as err:
+            reporter.warning(f"skipping damaged checkpoint {path.name}: {err}")
+    return None, None
+
+
+def check_resumable(state: ckpt.CheckpointState, hp, world: int) -> None:
+    """Refuse a checkpoint whose sampler position or optimizer state cannot mean the same thing here."""
+    saved_world = state.extra.get("world_size", 1)
+    if saved_world != world:
+        raise ValueError(
+            f"cannot resume {state.path}: it was written by a run with {saved_world} process(es) but this run "
+            f"has {world}; the number of processes sets which batches each step draws, so a resume would not "
+            "continue the same run. Keep num_processes, or start a new run (resume_from_checkpoint 'none')"
+        )
+    saved_batch = state.sampler.get("batch_size")
+    if saved_batch is not None and int(saved_batch) != hp.train_batch_size:
+        raise ValueError(
+            f"cannot resume {state.path}: it was written with train_batch_size {saved_batch} but this run has "
+            f"{hp.train_batch_size}; the sampler position would name different batches. Keep train_batch_size, "
+            "or start a new run (resume_from_checkpoint 'none')"
+        )
+    saved_optimizer = state.extra.get("optimizer", "adamw")
+    if saved_optimizer != hp.optimizer:
+        raise ValueError(
+            f"cannot resume {state.path}: it holds {saved_optimizer} optimizer state but optimizer is "
+            f"{hp.optimizer!r}; keep the optimizer or start a new run (resume_from_checkpoint 'none')"
+        )
+
+
+def save(accelerator, run_dir: Path, global_step: int, transformer, optimizer, lr_scheduler, sampler, ema,
+         spec: RunSpec, hp, resume_path: Path | None, train_seconds: float, reporter: Reporter) -> str:
+    """Write ``step-<global_step>`` (main process; every process waits for it) and prune old ones.
+
+    Pruning keeps ``checkpoints_total_limit`` folders: the one just written, the one this run resumed
+    from (never deleted by this run), and the newest others. With a limit of 1 a resumed run therefore
+    keeps two folders (the resume source and the newest) until it finishes."""
+    accelerator.wait_for_everyone()
+    path = ckpt.checkpoints_dir(run_dir) / f"step-{global_step}"
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(transformer)
+        extra = {"world_size": accelerator.num_processes, "optimizer": hp.optimizer,
+                 "train_seconds": train_seconds}
+        if accelerator.scaler is not None:
+            extra["grad_scaler"] = accelerator.scaler.state_dict()
+        path = ckpt.save_checkpoint(
+            run_dir, global_step,
+            transformer_state=model.state_dict(),
+            optimizer_flat=optimizer_state_to_flat(getattr(optimizer, "optimizer", optimizer)),  # unwrap accelerate
+            lr_scheduler_json=scheduler_state_to_json(lr_scheduler),
+            sampler_state=sampler.state_dict(),
+            ema_state=ema.state_tensors() if ema is not None else None,
+            ema_updates=ema.num_updates if ema is not None else 0,
+            extra=extra,
+        )
+        reporter.info(f"saved checkpoint {path}")
+        keep = [path] + ([resume_path] if resume_path is not None else [])
+        for gone in ckpt.prune_checkpoints(run_dir, spec.checkpoints_total_limit, protect=keep):
+            reporter.info(f"removed old checkpoint {gone}")
+    accelerator.wait_for_everyone()
+    return str(path)
