@@ -260,7 +260,7 @@ def _run(spec: RunSpec, reporter: Reporter, stop_at_step: int | None, stop_reque
     micro_step = global_step * gas  # this process's micro-batches so far
     first_step, loop_start = global_step, time.perf_counter()
     last_loss, last_checkpoint, samples_per_s = None, (str(resume_path) if resume_path else None), 0.0
-    seen: list[list[int]] = []  # [step, draw, *item indices] per micro-batch (record_items)
+    seen: list[list[int]] = []  # [step, epoch, *item indices] per micro-batch (record_items)
     signalled = False
 
     def train_seconds() -> float:
@@ -277,7 +277,7 @@ def _run(spec: RunSpec, reporter: Reporter, stop_at_step: int | None, stop_reque
             indices = [sampler.next_batch() for _ in range(world)][rank]  # every rank advances the sampler alike
             draw = micro_step * world + rank
             if spec.record_items:
-                seen.append([global_step + 1, draw, *indices])
+                seen.append([global_step + 1, draw // sampler.batches_per_epoch, *indices])
             gen = micro_batch_generator(hp.seed, draw)
             latents, prompt_embeds, attention_mask = builder.build(
                 indices, gen, scaling_factor, hp.caption_dropout_probability
