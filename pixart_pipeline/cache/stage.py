@@ -17,6 +17,7 @@ import torch
 
 from pixart_pipeline.cache.keys import text_item_key, vae_item_key
 from pixart_pipeline.cache.maintenance import repair
+from pixart_pipeline.cache.online import ONLINE_DIR, ONLINE_SPEC, OnlineVaeStore, write_online_spec
 from pixart_pipeline.cache.parallel import launch_parallel
 from pixart_pipeline.cache.store import EncodeStats, ShardStore
 from pixart_pipeline.cache.text import encode_captions
@@ -198,6 +199,17 @@ def vae_items(cfg: PipelineConfig, ds: ImageDataset) -> tuple[pa.Table, list[Vae
     return kept, items
 
 
+def vae_source(cfg: PipelineConfig, ds: ImageDataset) -> ShardStore | OnlineVaeStore:
+    """Where training reads a dataset's posteriors: its ShardStore, or the online encoder when
+    ``vae_cache_disable`` is set (the vae_cache stage must have written its spec)."""
+    if not cfg.training.vae_cache_disable:
+        return ShardStore(vae_store_root(cfg, ds))
+    folder = vae_store_root(cfg, ds) / ONLINE_DIR
+    if not (folder / ONLINE_SPEC).is_file():
+        raise MissingInputError(f"{folder / ONLINE_SPEC} does not exist: materialize vae_cache/{ds.id} first")
+    return OnlineVaeStore(folder)
+
+
 def run_vae_cache(cfg: PipelineConfig, ds: ImageDataset, device: str, log: Log = _quiet) -> StageResult:
     start = time.perf_counter()
     _, items = vae_items(cfg, ds)
@@ -205,8 +217,11 @@ def run_vae_cache(cfg: PipelineConfig, ds: ImageDataset, device: str, log: Log =
         # Online mode (SimpleTuner's vae_cache_disable): nothing is stored; the trainer encodes each
         # batch from the same metadata rows (cache/online.py). The data version still follows the items.
         keys = sorted({item.key for item in items})
+        folder = write_online_spec(vae_store_root(cfg, ds) / ONLINE_DIR, base_model_path(cfg),
+                                   cfg.training.revision, cfg.training.resolved_vae_dtype, device, items)
+        log(f"vae cache disabled: {len(keys)} item(s) will be encoded on the fly by the trainer ({folder})")
         return StageResult(
-            path=vae_store_root(cfg, ds),
+            path=folder,
             data_version=fp.stable_hash(["disabled", keys]),
             metadata={"disabled": True, "items": len(keys), "encoded": 0, "reused": 0, "failed": 0,
                       "seconds": round(time.perf_counter() - start, 3)},

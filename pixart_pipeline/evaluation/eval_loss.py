@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pixart_pipeline.cache import ShardStore, pad_prompt_embeds
+from pixart_pipeline.cache.online import open_vae_store
 from pixart_pipeline.training.loss import pixart_epsilon_loss
 
 ITEM_COLUMNS = ("vae_store", "vae_key", "text_key", "target_width", "target_height", "dataset_id")
@@ -154,7 +155,7 @@ def eval_loss_per_timestep(
     was_training = transformer.training
     transformer.eval()
 
-    vae_stores = {root: ShardStore(Path(root)) for root in sorted({it.vae_store for it in items})}
+    vae_stores = {root: open_vae_store(root) for root in sorted({it.vae_store for it in items})}
     # A missing store root is a wiring mistake, not one bad item: say so instead of skipping everything.
     for store, what in [(text_store, "text_store")] + [(s, "vae_store") for s in vae_stores.values()]:
         if items and not store.root.is_dir():

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pixart_pipeline.cache import ShardStore, pad_prompt_embeds, sample_latents
+from pixart_pipeline.cache.online import open_vae_store
 
 ITEM_COLUMNS = ("vae_store", "vae_key", "text_key", "target_width", "target_height", "dataset_id", "repeats")
 
@@ -89,7 +90,8 @@ class BatchBuilder:
 
     def __init__(self, items: Items, text_store: str | Path, empty_text_key: str | None) -> None:
         self.items = items
-        self.vae_stores = {root: ShardStore(Path(root)) for root in sorted(set(items.vae_store))}
+        # open_vae_store: a ShardStore, or the on-the-fly encoder when vae_cache_disable is set
+        self.vae_stores = {root: open_vae_store(root) for root in sorted(set(items.vae_store))}
         self.text_store = ShardStore(Path(text_store))
         self.text_store_root = str(text_store)
         self.empty_text_key = empty_text_key

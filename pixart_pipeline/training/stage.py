@@ -15,9 +15,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from pixart_pipeline.cache.stage import (
-    EMPTY_PROMPT, base_model_path, text_key, text_store_root, vae_items, vae_store_root,
+    EMPTY_PROMPT, base_model_path, text_key, text_store_root, vae_items, vae_source,
 )
-from pixart_pipeline.cache.store import ShardStore
 from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
 from pixart_pipeline.data.stage import readiness
@@ -50,7 +49,7 @@ def split_items(cfg: PipelineConfig, split: str) -> pa.Table:
     rows = []
     for ds in cfg.datasets:
         kept, items = vae_items(cfg, ds)
-        store = ShardStore(vae_store_root(cfg, ds))
+        store = vae_source(cfg, ds)  # a ShardStore, or the online encoder (vae_cache_disable)
         present = store.keys()
         for row, item in zip(kept.to_pylist(), items):
             if row["split"] != split or item.key not in present:

@@ -1,0 +1,117 @@
+"""``vae_cache_disable``: encode latents on the fly, from the same metadata rows and under the same keys.
+
+SimpleTuner's ``--vae_cache_disable`` skips the latent cache and runs the VAE inside the training
+loop. Here the ``vae_cache`` stage, when disabled, writes no latents but an *online spec*
+(``<vae store root>/online/online.json``: base model, VAE dtype, device, and each item's image path
+and geometry by key). Training and evaluation open their ``vae_store`` with ``open_vae_store``: a
+folder holding ``online.json`` gives an ``OnlineVaeStore``, which reads like a ``ShardStore``
+(``keys``, ``in``, ``get``, ``get_many``) but encodes each request with the VAE: same pixels
+(``vae.load_pixels``), same posterior (mean, std), so the trainer's sampling is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from pixart_pipeline.cache.store import ShardStore
+from pixart_pipeline.cache.vae import VaeItem, load_pixels
+from pixart_pipeline.fileio import atomic_write_json
+
+ONLINE_DIR = "online"
+ONLINE_SPEC = "online.json"
+
+
+def write_online_spec(folder: Path, base_model: str, revision: str | None, dtype: str, device: str,
+                      items: list[VaeItem]) -> Path:
+    """Write the spec an ``OnlineVaeStore`` encodes from; returns its folder (the items' ``vae_store``)."""
+    spec = {
+        "base_model": base_model,
+        "revision": revision,
+        "dtype": dtype,
+        "device": device,
+        "items": {
+            it.key: {"path": str(it.path), "intermediary": list(it.intermediary), "crop": list(it.crop),
+                     "target": list(it.target)}
+            for it in sorted(items, key=lambda it: it.key)
+        },
+    }
+    atomic_write_json(folder / ONLINE_SPEC, spec)
+    return folder
+
+
+class OnlineVaeStore:
+    """A read-only, ShardStore-like view whose items are VAE posteriors computed on request."""
+
+    def __init__(self, root: Path | str, load_workers: int = 4) -> None:
+        self.root = Path(root)
+        spec = json.loads((self.root / ONLINE_SPEC).read_text())
+        self.base_model, self.revision = spec["base_model"], spec["revision"]
+        self.dtype, self.device = spec["dtype"], spec["device"]
+        self.items = {
+            key: VaeItem(key, Path(v["path"]), tuple(v["intermediary"]), tuple(v["crop"]), tuple(v["target"]))
+            for key, v in spec["items"].items()
+        }
+        self.load_workers = load_workers
+        self._vae = None
+        self._device: torch.device | None = None
+
+    def __repr__(self) -> str:
+        return f"OnlineVaeStore({str(self.root)!r})"
+
+    def keys(self) -> set[str]:
+        return set(self.items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _model(self):
+        if self._vae is None:  # loaded on first use: a trainer process that never reads pays nothing
+            from pixart_pipeline.cache.stage import DTYPES, _encoding_device
+            from pixart_pipeline.models import load_vae
+
+            self._device = _encoding_device(self.device)
+            self._vae = load_vae(self.base_model, self.revision, DTYPES[self.dtype]).to(self._device).eval()
+        return self._vae
+
+    def get(self, key: str) -> dict[str, torch.Tensor]:
+        return self.get_many([key])[0]
+
+    def get_many(self, keys: list[str]) -> list[dict[str, torch.Tensor]]:
+        """Encode the items of ``keys`` (one VAE pass per target size); CPU ``{"mean", "std"}`` each."""
+        missing = [k for k in keys if k not in self.items]
+        if missing:
+            raise KeyError(f"item {missing[0]!r} is not in the online VAE spec {self.root / ONLINE_SPEC}")
+        vae = self._model()
+        by_size: dict[tuple, list[int]] = defaultdict(list)
+        for pos, key in enumerate(keys):
+            by_size[self.items[key].target].append(pos)
+        out: list[dict[str, torch.Tensor] | None] = [None] * len(keys)
+        with ThreadPoolExecutor(self.load_workers) as pool, torch.inference_mode():
+            for positions in by_size.values():
+                try:
+                    pixels = list(pool.map(load_pixels, [self.items[keys[p]] for p in positions]))
+                except Exception as e:  # noqa: BLE001 - name the image and the reason
+                    raise ValueError(f"online VAE encoding failed for {[str(self.items[keys[p]].path) for p in positions]}: "
+                                     f"{type(e).__name__}: {e}") from e
+                x = torch.stack(pixels).to(self._device, next(vae.parameters()).dtype)  # [B, 3, H, W]
+                posterior = vae.encode(x).latent_dist
+                mean, std = posterior.mean.float().cpu(), posterior.std.float().cpu()  # [B, 4, H/8, W/8]
+                for i, p in enumerate(positions):
+                    if not (torch.isfinite(mean[i]).all() and torch.isfinite(std[i]).all()):
+                        raise ValueError(f"{self.items[keys[p]].path}: VAE posterior has NaN/Inf (use vae_dtype fp32)")
+                    out[p] = {"mean": mean[i].clone(), "std": std[i].clone()}
+        return out  # type: ignore[return-value]
+
+
+def open_vae_store(root: Path | str) -> ShardStore | OnlineVaeStore:
+    """The VAE store an items table names: an online spec folder, else a ShardStore."""
+    root = Path(root)
+    return OnlineVaeStore(root) if (root / ONLINE_SPEC).is_file() else ShardStore(root)
