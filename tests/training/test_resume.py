@@ -1,0 +1,143 @@
+"""Exact resume with real processes (the trainer's CLI): SIGKILL between checkpoints, a checkpoint
+half-written by a kill, ``checkpoints_total_limit`` across a resume, and refused resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pixart_pipeline.training import checkpoint as ckpt
+from pixart_pipeline.training.loop import train
+from pixart_pipeline.training.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env.pop("DAGSTER_PIPES_CONTEXT", None)
+    return env
+
+
+def _cmd(spec_path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pixart_pipeline.training", str(spec_path), *args]
+
+
+def _weights(run_dir: str) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(run_dir) / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors"))
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.kill()  # SIGKILL: no handler, no cleanup
+    proc.wait()
+
+
+HP = dict(max_train_steps=24, gradient_accumulation_steps=2, use_ema=True, caption_dropout_probability=0.2,
+          lr_scheduler="cosine", lr_warmup_steps=4, snr_gamma=5.0, noise_offset=0.05)
+
+
+@pytest.mark.slow
+def test_sigkill_between_checkpoints_then_restart_is_bit_identical(make_spec, tmp_path):
+    straight = train(make_spec("straight", checkpointing_steps=5, **HP))
+
+    spec = make_spec("killed", checkpointing_steps=5, **HP)
+    path = spec.save(tmp_path / "run_spec.json")
+    metrics = Path(spec.run_dir) / "metrics.jsonl"
+    proc = subprocess.Popen(_cmd(path), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(proc, lambda: len(read_metrics(metrics)) >= 7)  # step 7: between checkpoints 5 and 10
+    killed_at = read_metrics(metrics)[-1]["step"]
+    resume_from = ckpt.latest_checkpoint(Path(spec.run_dir))
+    assert resume_from is not None and 5 <= int(resume_from.name[5:]) < killed_at < 24
+    assert not (Path(spec.run_dir) / "result.json").exists()
+
+    done = subprocess.run(_cmd(path), env=_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming from {resume_from}" in done.stdout
+
+    result = json.loads((Path(spec.run_dir) / "result.json").read_text())
+    assert result["weights_sha256"] == straight.weights_sha256
+    a, b = _weights(straight.run_dir), _weights(spec.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # every step's loss, those redone after the resume included, is the uninterrupted run's
+    want = [(r["step"], r["loss"], r["lr"]) for r in read_metrics(Path(straight.run_dir) / "metrics.jsonl")]
+    got = [(r["step"], r["loss"], r["lr"]) for r in read_metrics(metrics)]
+    assert got == want
+    # training time adds up over both sessions (not only the resumed one)
+    assert result["seconds"] >= read_metrics(metrics)[-1]["seconds"] > 0
+
+
+@pytest.mark.slow
+def test_a_checkpoint_half_written_by_a_kill_is_never_latest(make_spec, tmp_path):
+    """Checkpoint every step and SIGKILL while one is being written: its ``.tmp`` folder is never
+    taken as the latest, and the restart still ends bit-identical."""
+    hp = dict(max_train_steps=12)
+    straight = train(make_spec("straight", checkpointing_steps=1, **hp))
+    spec = make_spec("half", checkpointing_steps=1, **hp)
+    path = spec.save(tmp_path / "run_spec.json")
+    root = Path(spec.run_dir) / "checkpoints"
+    caught: list[str] = []
+
+    def writing() -> bool:
+        tmp = [p.name for p in root.glob("step-*.tmp")] if root.is_dir() else []
+        caught.extend(tmp)
+        return bool(tmp) and len(ckpt.list_checkpoints(Path(spec.run_dir))) >= 2
+
+    proc = subprocess.Popen(_cmd(path), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(proc, writing)
+    half = sorted(root.glob("step-*.tmp"))
+    if half:  # the kill landed mid-save (almost always: a save is most of a step here)
+        half_step = int(half[0].name[5:-4])
+        assert ckpt.latest_checkpoint(Path(spec.run_dir)) != root / f"step-{half_step}"
+        assert all(s < half_step for s, _ in ckpt.list_checkpoints(Path(spec.run_dir)))
+    assert caught, "never saw a checkpoint being written"
+
+    done = subprocess.run(_cmd(path), env=_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not list(root.glob("*.tmp"))  # cleaned up
+    assert json.loads((Path(spec.run_dir) / "result.json").read_text())["weights_sha256"] == straight.weights_sha256
+
+
+@pytest.mark.slow
+def test_total_limit_keeps_exactly_that_many_and_never_the_resume_source(make_spec, tmp_path):
+    spec = make_spec("limit", checkpointing_steps=2, max_train_steps=12)
+    spec = type(spec).from_dict(spec.to_dict() | {"checkpoints_total_limit": 2})
+    path = spec.save(tmp_path / "run_spec.json")
+    first = subprocess.run(_cmd(path, "--stop-at-step", "6"), env=_env(), capture_output=True, text=True,
+                           timeout=240)
+    assert first.returncode == 0, first.stderr[-3000:]
+    steps = lambda: [s for s, _ in ckpt.list_checkpoints(Path(spec.run_dir))]  # noqa: E731
+    assert steps() == [4, 6]
+
+    done = subprocess.run(_cmd(path), env=_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from" in done.stdout and "step-6" in done.stdout
+    # saves at 8, 10, 12 with limit 2: the resume source (6) stays, the others go oldest first
+    assert steps() == [6, 12]
+    assert "removed old checkpoint" in done.stdout and not (Path(spec.run_dir) / "checkpoints" / "step-8").exists()
+
+
+@pytest.mark.slow
+def test_changing_train_batch_size_then_resuming_is_refused(make_spec, tmp_path):
+    spec = make_spec("batch", checkpointing_steps=2, max_train_steps=6)
+    path = spec.save(tmp_path / "run_spec.json")
+    first = subprocess.run(_cmd(path, "--stop-at-step", "2"), env=_env(), capture_output=True, text=True,
+                           timeout=240)
+    assert first.returncode == 0, first.stderr[-3000:]
+    changed = spec.to_dict() | {"hyperparameters": spec.hyperparameters | {"train_batch_size": 1}}
+    path.write_text(json.dumps(changed))
+    refused = subprocess.run(_cmd(path), env=_env(), capture_output=True, text=True, timeout=240)
+    assert refused.returncode == 2
+    assert "written with train_batch_size 2 but this run has 1" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert [s for s, _ in ckpt.list_checkpoints(Path(spec.run_dir))] == [2]  # nothing was overwritten
