@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+from typing import Callable, Iterable, Iterator, TypeVar
+
 import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def pad_prompt_embeds(embeds: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,3 +47,47 @@ def sample_latents(
     device = generator.device if generator is not None else mean.device
     eps = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype).to(mean.device)
     return (mean + std * eps) * scaling_factor
+
+
+def prefetch(load: Callable[[T], R], requests: Iterable[T], depth: int = 2) -> Iterator[R]:
+    """Yield ``load(r)`` for each request in order, computed by one background thread up to ``depth``
+    results ahead (a bounded queue: memory stays at ``depth`` batches). An exception in ``load`` is
+    raised here, at the request that caused it.
+
+    Reads from memory-mapped shards release the GIL while the kernel pages data in, so the next
+    batch is read while the current one trains, like a DataLoader with one worker and
+    ``prefetch_factor=depth`` but without pickling tensors between processes.
+    """
+    if depth < 1:
+        raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+    done = object()
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for request in requests:
+                if stop.is_set():
+                    return
+                results.put((True, load(request)))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            results.put((False, e))
+        results.put((True, done))
+
+    thread = threading.Thread(target=work, name="cache-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, value = results.get()
+            if not ok:
+                raise value
+            if value is done:
+                return
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a worker waiting on a full queue
+            try:
+                results.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.01)

@@ -8,7 +8,7 @@ Layout under a store root (``<cache_dir>/<encoder fingerprint>/``)::
 A write puts the shard in place first, then its index part, each written to a temp name in the same
 folder and ``os.replace``d. An item exists iff an index row names it, so a crash between the two leaves
 an invisible shard (``prune`` removes it), never a half item. Readers take no locks and memory-map
-shards with ``safetensors.safe_open``; two writers never collide (uuid names) and an item written twice
+shards (``mapped.py``); two writers never collide (uuid names) and an item written twice
 is harmless (the first shard in name order wins; both copies are equal). No pickle anywhere.
 """
 
@@ -26,9 +26,9 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 
+from pixart_pipeline.cache.mapped import ShardMaps
 from pixart_pipeline.fileio import atomic_write_bytes, atomic_write_text
 
 SHARDS = "shards"
@@ -82,6 +82,7 @@ class ShardStore:
     def __init__(self, root: Path | str):
         self.root = Path(root)
         self._index: dict[str, _Entry] | None = None
+        self._maps = ShardMaps()
 
     def __repr__(self) -> str:
         return f"ShardStore({str(self.root)!r})"
@@ -110,6 +111,7 @@ class ShardStore:
                     key, _Entry(shard, tuple(fields), tuple(tuple(s) for s in shapes), tuple(dtypes))
                 )
         self._index = index
+        self._maps.forget()  # shards may have been dropped or pruned since
 
     @property
     def _entries(self) -> dict[str, _Entry]:
@@ -197,7 +199,9 @@ class ShardStore:
         return self.get_many([key])[0]
 
     def get_many(self, keys: list[str]) -> list[dict[str, torch.Tensor]]:
-        """The tensors of many items, in the order of ``keys``; each shard is opened once."""
+        """The tensors of many items, in the order of ``keys``: views into memory-mapped shards (each
+        shard mapped once per store object, copy-on-write). Writing into one never changes the file,
+        but later reads of that item through the same store object see the write: ``clone`` first."""
         entries = [self._entry(k) for k in keys]
         by_shard: dict[str, list[int]] = defaultdict(list)
         for i, entry in enumerate(entries):
@@ -206,10 +210,10 @@ class ShardStore:
         for shard, positions in by_shard.items():
             path = self.root / SHARDS / shard
             try:
-                with safe_open(str(path), framework="pt", device="cpu") as f:
-                    for i in positions:
-                        out[i] = {name: f.get_tensor(f"{keys[i]}.{name}") for name in entries[i].fields}
-            except Exception as e:  # OSError, or safetensors' own SafetensorError (corrupt/missing tensor)
+                f = self._maps.get(path)  # mapped once; tensors are views, no per-read parse or copy
+                for i in positions:
+                    out[i] = {name: f.tensor(f"{keys[i]}.{name}") for name in entries[i].fields}
+            except (OSError, ValueError, KeyError) as e:  # missing file, bad header, missing tensor
                 raise ValueError(
                     f"{path}: cannot read cache shard for item(s) {[keys[i] for i in positions][:3]}: {e}. "
                     "Delete the store folder (or re-materialize the cache) to rebuild it."

@@ -145,3 +145,38 @@ def test_shard_writer_flushes_every_n_items_and_the_rest_on_close(tmp_path):
     reopened = ShardStore(store.root)
     assert reopened.stats()["shards"] == 3 and reopened.keys() == {f"k{i}" for i in range(5)}
     assert torch.equal(reopened.get("k4")["x"], torch.full((3,), 4.0))
+
+
+def test_prefetch_yields_in_order_bounded_and_reraises(tmp_path):
+    import threading
+
+    from pixart_pipeline.cache.reader import prefetch
+
+    store = ShardStore(tmp_path / "s")
+    store.write({f"k{i}": {"mean": torch.full((2,), float(i))} for i in range(6)})
+    batches = [["k0", "k1"], ["k5"], ["k2", "k3", "k4"]]
+    got = [[x["mean"][0].item() for x in b] for b in prefetch(store.get_many, batches, depth=1)]
+    assert got == [[0.0, 1.0], [5.0], [2.0, 3.0, 4.0]]
+
+    started = []
+
+    def slow(i):
+        started.append(i)
+        return i
+
+    it = prefetch(slow, range(100), depth=2)
+    assert next(it) == 0
+    threading.Event().wait(0.1)
+    assert len(started) <= 4  # one yielded, two queued, one blocked on the full queue
+    it.close()
+
+    def bad(i):
+        if i == 2:
+            raise KeyError("item 2 missing")
+        return i
+
+    out = []
+    with pytest.raises(KeyError, match="item 2 missing"):
+        for v in prefetch(bad, range(5)):
+            out.append(v)
+    assert out == [0, 1]
