@@ -1,0 +1,229 @@
+"""Trainer options on the tiny model: optimizers, epochs, LR schedules, resuming another run's
+checkpoint, W&B offline, push_to_hub offline, the model card, progress lines."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from pixart_pipeline.config.models import LR_SCHEDULERS, TrainingConfig
+from pixart_pipeline.training.checkpoint import load_checkpoint
+from pixart_pipeline.training.export import model_card
+from pixart_pipeline.training.hub import stage_for_upload
+from pixart_pipeline.training.loop import train
+from pixart_pipeline.training.metrics import read_metrics
+from pixart_pipeline.training.optim import build_lr_scheduler, build_optimizer, fused_adamw_supported
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _lrs(run_dir: str) -> list[float]:
+    return [r["lr"] for r in read_metrics(Path(run_dir) / "metrics.jsonl")]
+
+
+def test_adafactor_trains_resumes_exactly_and_keeps_less_state(make_spec):
+    hp = dict(optimizer="adafactor", learning_rate=1e-2, max_train_steps=8)
+    straight = train(make_spec("ada", checkpointing_steps=4, **hp))
+    losses = [r["loss"] for r in read_metrics(Path(straight.run_dir) / "metrics.jsonl")]
+    assert all(math.isfinite(v) for v in losses) and straight.completed
+
+    spec = make_spec("ada-resumed", checkpointing_steps=4, **hp)
+    train(spec, stop_at_step=4)
+    assert train(spec).weights_sha256 == straight.weights_sha256
+
+    adamw = train(make_spec("adamw", checkpointing_steps=4, max_train_steps=4))
+    size = lambda run: (Path(run) / "checkpoints" / "step-4" / "optimizer.safetensors").stat().st_size  # noqa: E731
+    assert size(straight.run_dir) < 0.75 * size(adamw.run_dir)  # factored second moments, no first moment
+
+    # its moments cannot seed AdamW: resuming with another optimizer is refused
+    switched = make_spec("ada-resumed", checkpointing_steps=4, max_train_steps=12, learning_rate=1e-2)
+    with pytest.raises(ValueError, match="holds adafactor optimizer state but optimizer is 'adamw'"):
+        train(switched)
+
+
+def test_fused_adamw_is_used_where_supported_and_otherwise_an_error_or_a_logged_fallback():
+    params = [torch.nn.Parameter(torch.randn(3))]
+    on = TrainingConfig(fused_optimizer="on")
+    assert fused_adamw_supported(params, torch.device("cpu"))[0]  # torch >= 2.4 has a CPU kernel
+    assert build_optimizer(params, on, torch.device("cpu")).defaults["fused"] is True
+    assert build_optimizer(params, TrainingConfig(fused_optimizer="off"), torch.device("cpu")).defaults["fused"] is False
+    # a device without a fused kernel (meta tensors have no kernels at all)
+    meta = [torch.nn.Parameter(torch.randn(3, device="meta"))]
+    ok, why = fused_adamw_supported(meta, torch.device("meta"))
+    assert not ok and "meta" in why
+    with pytest.raises(ValueError, match="fused_optimizer is 'on' but fused AdamW is not available"):
+        build_optimizer(meta, on, torch.device("meta"))
+    logged: list[str] = []
+    opt = build_optimizer(meta, TrainingConfig(fused_optimizer="auto"), torch.device("meta"), log=logged.append)
+    assert not opt.defaults["fused"] and "using the unfused" in logged[0]
+    with pytest.raises(ValueError, match="Adafactor has no fused kernel"):
+        TrainingConfig(optimizer="adafactor", fused_optimizer="on")
+
+
+def test_fused_and_unfused_runs_agree_to_float_tolerance(make_spec):
+    fused = train(make_spec("fused", max_train_steps=4, fused_optimizer="on"))
+    plain = train(make_spec("plain", max_train_steps=4, fused_optimizer="off"))
+    name = "pipeline/transformer/diffusion_pytorch_model.safetensors"
+    a, b = load_file(str(Path(fused.run_dir) / name)), load_file(str(Path(plain.run_dir) / name))
+    # each step moves a weight by up to ~lr = 1e-3; Adam's m / sqrt(v) amplifies rounding where v is tiny
+    assert all(torch.allclose(a[k], b[k], atol=5e-5) for k in a)
+    assert fused.weights_sha256 != plain.weights_sha256  # hence part of the run's identity
+
+
+def test_num_train_epochs_ends_the_run_when_it_comes_first(make_spec):
+    # 8 items, batch 2: 4 batches per epoch, one per step
+    result = train(make_spec("epochs", num_train_epochs=2, max_train_steps=100))
+    assert (result.steps, result.total_steps, result.epochs, result.stopped_by) == (8, 8, 2.0, "num_train_epochs")
+    rows = read_metrics(Path(result.run_dir) / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 9)) and rows[-1]["epoch"] == 1  # epochs 0 and 1
+    saved = json.loads((Path(result.run_dir) / "result.json").read_text())
+    assert saved["epochs"] == 2.0 and saved["stopped_by"] == "num_train_epochs"
+    # with gradient accumulation 2 a step takes 2 batches; 3 epochs of 3 batches (the 2-item bucket is
+    # smaller than a step and dropped) allow floor(9 / 2) = 4 whole steps
+    acc = train(make_spec("epochs-acc", num_train_epochs=3, gradient_accumulation_steps=2, max_train_steps=100))
+    assert (acc.steps, acc.stopped_by) == (4, "num_train_epochs") and acc.epochs == pytest.approx(8 / 3)
+    # max_train_steps first
+    short = train(make_spec("steps-first", num_train_epochs=3, max_train_steps=5))
+    assert (short.steps, short.stopped_by) == (5, "max_train_steps")
+
+
+@pytest.mark.parametrize("name", LR_SCHEDULERS)
+def test_every_diffusers_schedule_is_built_and_follows_its_shape(name):
+    hp = TrainingConfig(learning_rate=1.0, lr_scheduler=name, lr_warmup_steps=2, lr_num_cycles=2, lr_power=2.0,
+                        lr_step_rules="1:4,0.5:7,0.1")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_lr_scheduler(opt, hp, total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step(), sched.step()
+    if name == "constant":
+        assert lrs == [1.0] * 10
+    elif name == "piecewise_constant":
+        assert lrs == [1.0] * 4 + [0.5] * 3 + [0.1] * 3
+    else:  # every other schedule warms up linearly over lr_warmup_steps
+        assert lrs[:3] == [0.0, 0.5, 1.0]
+    if name in ("linear", "cosine", "polynomial"):
+        assert lrs[3:] == sorted(lrs[3:], reverse=True) and lrs[-1] < 0.2
+    if name == "cosine_with_restarts":  # two cycles: the rate comes back up once
+        assert sum(b > a for a, b in zip(lrs[3:], lrs[4:])) == 1
+
+
+def test_piecewise_constant_drives_the_logged_learning_rate(make_spec):
+    run = train(make_spec("piecewise", max_train_steps=6, lr_scheduler="piecewise_constant",
+                          lr_step_rules="1:2,0.5:4,0.25"))
+    assert _lrs(run.run_dir) == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4]
+
+
+def test_resuming_another_runs_checkpoint_uses_this_runs_learning_rate(make_spec):
+    first = make_spec("source", checkpointing_steps=4, max_train_steps=8, learning_rate=1e-3)
+    train(first, stop_at_step=4)
+    source = Path(first.run_dir) / "checkpoints" / "step-4"
+    other = make_spec("continued", max_train_steps=8, learning_rate=2e-4)
+    other = type(other).from_dict(other.to_dict() | {"resume_from_checkpoint": str(source)})
+    result = train(other)
+    assert result.resumed_from == str(source)
+    assert _lrs(other.run_dir)[-4:] == [2e-4] * 4  # not the source's 1e-3
+    assert load_checkpoint(source).global_step == 4  # the source is untouched
+
+
+def test_seconds_add_up_over_a_resume(make_spec):
+    spec = make_spec("seconds", checkpointing_steps=4, max_train_steps=8)
+    stopped = train(spec, stop_at_step=4)
+    before = load_checkpoint(Path(spec.run_dir) / "checkpoints" / "step-4").extra["train_seconds"]
+    assert before >= stopped.seconds * 0.5 > 0
+    finished = train(spec)
+    assert finished.seconds > before
+    assert json.loads((Path(spec.run_dir) / "result.json").read_text())["seconds"] == finished.seconds
+
+
+def test_gradient_checkpointing_and_seed(make_spec):
+    base = train(make_spec("gc-off", max_train_steps=3))
+    checkpointed = make_spec("gc-on", max_train_steps=3)
+    checkpointed = type(checkpointed).from_dict(checkpointed.to_dict() | {"gradient_checkpointing": True})
+    name = "pipeline/transformer/diffusion_pytorch_model.safetensors"
+    a = load_file(str(Path(base.run_dir) / name))
+    b = load_file(str(Path(train(checkpointed).run_dir) / name))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # same gradients, less memory
+    assert train(make_spec("seed", max_train_steps=3, seed=8)).weights_sha256 != base.weights_sha256
+
+
+def test_wandb_offline_logs_every_step_without_network(make_spec, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_CODE", "true")
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    result = train(make_spec("wandb", max_train_steps=3, report_to="wandb", tracker_project_name="tests",
+                             tracker_run_name="tiny"))
+    assert result.tracker_url and Path(result.tracker_url).is_dir()
+    assert Path(result.tracker_url).parent == Path(result.run_dir) / "wandb"
+    log = next(Path(result.tracker_url).glob("*.wandb"))
+    data = log.read_bytes()
+    for key in (b"train/loss", b"train/lr", b"train/grad_norm", b"train/samples_per_s"):
+        assert key in data, key
+    assert json.loads((Path(result.run_dir) / "result.json").read_text())["tracker_url"] == result.tracker_url
+
+
+@pytest.mark.slow
+def test_push_to_hub_offline_fails_clearly_after_the_run_is_saved(make_spec, tmp_path):
+    spec = make_spec("hub", max_train_steps=2, push_to_hub=True, hub_model_id="someone/tiny-pixart")
+    path = spec.save(tmp_path / "run_spec.json")
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_not_a_real_token", "PYTHONPATH": str(REPO)}
+    env.pop("DAGSTER_PIPES_CONTEXT", None)
+    done = subprocess.run([sys.executable, "-m", "pixart_pipeline.training", str(path)], capture_output=True,
+                          text=True, env=env, timeout=240)
+    assert done.returncode == 2
+    assert "push_to_hub: cannot upload to 'someone/tiny-pixart': HF_HUB_OFFLINE is set" in done.stderr
+    assert f"the trained pipeline is saved at {Path(spec.run_dir) / 'pipeline'}" in done.stderr
+    saved = json.loads((Path(spec.run_dir) / "result.json").read_text())
+    assert saved["completed"] and saved["hub_url"] is None  # training kept; upload not done
+    assert (Path(spec.run_dir) / "pipeline" / "README.md").is_file()
+
+
+def test_upload_staging_replaces_links_with_files(make_spec, tmp_path):
+    run = train(make_spec("stage", max_train_steps=1))
+    pipeline = Path(run.pipeline_path)
+    assert (pipeline / "vae").is_symlink()  # the export links unchanged components
+    staged = stage_for_upload(pipeline, tmp_path / "upload")
+    assert not any(p.is_symlink() for p in staged.rglob("*"))
+    assert (staged / "vae" / "config.json").read_bytes() == (pipeline / "vae" / "config.json").read_bytes()
+    assert (staged / "README.md").is_file() and (staged / "transformer").is_dir()
+
+
+def test_model_card_front_matter_parses_and_has_the_fields(make_spec):
+    run = train(make_spec("card", max_train_steps=2, use_ema=True))
+    text = (Path(run.pipeline_path) / "README.md").read_text()
+    assert text.startswith("---\n")
+    front = yaml.safe_load(text.split("---\n", 2)[1])
+    assert front["base_model"] and front["license"] == "openrail++" and front["library_name"] == "diffusers"
+    assert "pixart-sigma" in front["tags"] and front["datasets"] == ["shapes"]
+    assert front["training_config"]["learning_rate"] == 1e-3 and front["training_config"]["use_ema"] is True
+    assert "# PixArt Sigma fine-tune" in text and "EMA" in text
+
+    with_eval = model_card({"base_model": "b", "hyperparameters": {}, "metrics": {"clip_score": 0.31},
+                            "samples": [{"prompt": "a red circle", "path": "samples/0.png"}]})
+    front = yaml.safe_load(with_eval.split("---\n", 2)[1])
+    assert front["widget"] == [{"text": "a red circle", "output": {"url": "samples/0.png"}}]
+    metric = front["model-index"][0]["results"][0]["metrics"][0]
+    assert metric["type"] == "clip_score" and metric["value"] == pytest.approx(0.31)
+    assert "![a red circle](samples/0.png)" in with_eval
+
+
+def test_progress_line_every_n_steps(make_spec, capsys):
+    from pixart_pipeline.training.report import Reporter
+
+    spec = make_spec("progress", max_train_steps=10)  # log_every_steps 5
+    train(spec, reporter=Reporter())
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["1/10", "5/10", "10/10"]
+    assert all(" loss " in line and " lr " in line and "samples/s" in line and "ETA" in line for line in lines)
