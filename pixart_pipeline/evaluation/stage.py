@@ -15,6 +15,7 @@ from pixart_pipeline.evaluation.spec import EvalSpec
 from pixart_pipeline.fileio import atomic_write_parquet
 from pixart_pipeline.models import resolve_device, resolve_pretrained
 from pixart_pipeline.stage_result import StageResult, markdown_table
+from pixart_pipeline.training.export import CARD_INFO, refresh_model_card
 from pixart_pipeline.training.stage import current_run_dir, split_items
 
 Log = Callable[[str], None]
@@ -68,6 +69,12 @@ def run_evaluation_report(cfg: PipelineConfig, device: str, log: Log = _quiet) -
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     shown = {k: ("n/a" if math.isnan(v) else f"{v:.4f}") for k, v in metrics.items()}
     log(f"metrics: {shown}")
+    # the model card of the evaluated run gets the metrics and sample images (only the card changes)
+    report = json.loads(Path(result.json_path).read_text())
+    samples = [(row["prompt"], Path(result.json_path).parent / row["file"]) for row in report.get("images", [])]
+    run_dir = Path(spec.pipeline_dir).parent
+    if (run_dir / CARD_INFO).is_file():  # runs exported before model_card.json existed keep their card
+        refresh_model_card(run_dir, metrics, samples)
     return StageResult(
         path=result.report_path,
         data_version=result.data_version,

@@ -156,3 +156,33 @@ Trained with pixart_pipeline (SimpleTuner's option names); per-step metrics are 
 def write_model_card(path: Path, info: dict[str, Any]) -> None:
     """Write ``model_card(info)`` to ``path`` (atomically)."""
     atomic_write_text(Path(path), model_card(info))
+
+
+CARD_INFO = "model_card.json"  # in the run folder: what the card was written from, for refresh_model_card
+
+
+def refresh_model_card(run_dir: Path, metrics: dict[str, float], samples: list[tuple[str, Path]]) -> Path:
+    """Rewrite the card of a finished run with evaluation results: ``metrics`` (finite floats only)
+    into ``model-index`` and a table, ``samples`` (prompt, image file) copied into ``pipeline/samples/``
+    and shown (and listed as the Hub ``widget``). Only the card changes, never the weights."""
+    import math
+    import shutil as _shutil
+
+    run_dir = Path(run_dir)
+    info_file = run_dir / CARD_INFO
+    if not info_file.is_file():
+        raise ValueError(f"{info_file} is missing: the run did not finish exporting, so there is no card to update")
+    info = json.loads(info_file.read_text())
+    sample_dir = run_dir / "pipeline" / "samples"
+    sample_dir.mkdir(exist_ok=True)
+    shown = []
+    for i, (prompt, image) in enumerate(samples):
+        name = f"{i:02d}{Path(image).suffix or '.png'}"
+        _shutil.copyfile(image, sample_dir / name)
+        shown.append({"prompt": prompt, "path": f"samples/{name}"})
+    info["metrics"] = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+    info["samples"] = shown
+    card = model_card(info)
+    atomic_write_text(run_dir / "pipeline" / "README.md", card)
+    atomic_write_text(run_dir / "README.md", card.replace("](samples/", "](pipeline/samples/"))
+    return run_dir / "pipeline" / "README.md"

@@ -42,7 +42,7 @@ from pixart_pipeline.models import load_noise_scheduler, load_transformer
 from pixart_pipeline.training import checkpoint as ckpt
 from pixart_pipeline.training.batches import BatchBuilder, load_items, vae_scaling_factor
 from pixart_pipeline.training.ema import EMA
-from pixart_pipeline.training.export import export_pipeline, model_card
+from pixart_pipeline.training.export import CARD_INFO, export_pipeline, model_card
 from pixart_pipeline.training.hub import push_pipeline
 from pixart_pipeline.training.loss import pixart_epsilon_loss
 from pixart_pipeline.training.metrics import MetricsLog, read_metrics
@@ -361,12 +361,14 @@ def _export(spec: RunSpec, hp, items, final: torch.nn.Module, result: TrainResul
     """Pipeline folder + model card, ``result.json`` (the run is done), the Hub upload, the report."""
     run_dir, pipeline_path = Path(spec.run_dir), Path(result.pipeline_path)
     export_pipeline(final, spec.base_model, spec.revision, pipeline_path)
-    card = model_card({
+    info = {
         "base_model": spec.base_model, "revision": spec.revision, "steps": result.steps, "epochs": result.epochs,
         "final_loss": result.final_loss, "seconds": result.seconds, "weights_sha256": result.weights_sha256,
         "datasets": sorted(set(items.dataset_id)), "num_items": len(items),
         "hyperparameters": {k: getattr(hp, k) for k in HYPERPARAMETER_KEYS},
-    })
+    }
+    atomic_write_json(run_dir / CARD_INFO, info)  # evaluation adds its metrics and samples to the card later
+    card = model_card(info)
     atomic_write_text(pipeline_path / "README.md", card)  # the Hub renders the uploaded folder's card
     atomic_write_text(run_dir / "README.md", card)
     atomic_write_json(run_dir / "result.json", asdict(result))  # from here on the run is done and saved

@@ -227,3 +227,22 @@ def test_progress_line_every_n_steps(make_spec, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
     assert [line.split()[1] for line in lines] == ["1/10", "5/10", "10/10"]
     assert all(" loss " in line and " lr " in line and "samples/s" in line and "ETA" in line for line in lines)
+
+
+def test_evaluation_results_go_into_the_model_card(make_spec, tmp_path):
+    from PIL import Image
+
+    from pixart_pipeline.training.export import refresh_model_card
+
+    run = train(make_spec("card-eval", max_train_steps=1))
+    image = tmp_path / "sample.png"
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(image)
+    card_path = refresh_model_card(Path(run.run_dir), {"clip_score": 0.25, "eval_loss_delta": float("nan")},
+                                   [("a red circle", image)])
+    text = card_path.read_text()
+    front = yaml.safe_load(text.split("---\n", 2)[1])
+    assert front["widget"][0] == {"text": "a red circle", "output": {"url": "samples/00.png"}}
+    assert [m["type"] for m in front["model-index"][0]["results"][0]["metrics"]] == ["clip_score"]  # NaN left out
+    assert (Path(run.pipeline_path) / "samples" / "00.png").read_bytes() == image.read_bytes()
+    assert front["training_config"]["max_train_steps"] == 1  # the rest of the card is kept
+    assert "](pipeline/samples/00.png)" in (Path(run.run_dir) / "README.md").read_text()
