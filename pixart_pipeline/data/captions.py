@@ -18,14 +18,15 @@ A missing or empty caption is a reason code in ``caption_status``, never an exce
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pixart_pipeline.config.models import ImageDataset
-from pixart_pipeline.data.manifest import is_image_path
+from pixart_pipeline.data.digest import table_digest
+from pixart_pipeline.data.manifest import IMAGE_EXTENSIONS, is_image_path
 from pixart_pipeline.data.parquet_source import parquet_captions
 
 CAPTIONS_SCHEMA = pa.schema(
@@ -112,6 +113,8 @@ def build_captions_table(
     ``parquet_path`` (the resolved ``parquet.path``) is required by ``caption_strategy: "parquet"``.
     """
     root = Path(root)
+    if ds.caption_strategy in ("filename", "instanceprompt"):
+        return _columnwise_captions(manifest, ds)
     paths = manifest.column("path").to_pylist()
     digests = manifest.column("sha256").to_pylist()
     listed = set(paths)
@@ -135,16 +138,34 @@ def build_captions_table(
     return pa.table(rows, schema=CAPTIONS_SCHEMA)
 
 
+def _columnwise_captions(manifest: pa.Table, ds: ImageDataset) -> pa.Table:
+    """``filename``/``instanceprompt`` captions with pyarrow string kernels, no Python loop per row.
+
+    Same rules as :func:`caption_for` (a test checks both agree): the stem is the last path part
+    without its extension (image paths always have one), underscores become spaces, and a caption
+    that is empty after stripping whitespace is ``empty_caption``.
+    """
+    ext = "|".join(sorted(IMAGE_EXTENSIONS))
+    images = manifest.filter(pc.match_substring_regex(pc.utf8_lower(manifest.column("path")), rf"\.({ext})$"))
+    images = images.select(["path", "sha256"]).sort_by("path")
+    paths = images.column("path")
+    if ds.caption_strategy == "filename":
+        names = pc.replace_substring_regex(paths, r"^.*/", "")
+        captions = pc.replace_substring(pc.replace_substring_regex(names, r"\.[^.]*$", ""), "_", " ")
+    else:
+        captions = pa.array([ds.instance_prompt or ""] * images.num_rows, pa.string())
+    empty = pc.equal(pc.utf8_trim_whitespace(captions), "")
+    status = pc.if_else(empty, EMPTY_CAPTION, "ok")
+    caption = pc.if_else(empty, pa.scalar(None, pa.string()), captions)
+    return pa.table({"path": paths, "sha256": images.column("sha256"), "caption": caption,
+                     "caption_status": status}, schema=CAPTIONS_SCHEMA)
+
+
 def captions_data_version(table: pa.Table) -> str:
-    """sha256 (16 hex chars) of the (path, caption, caption_status) rows sorted by path.
+    """Digest (16 hex chars) of the (path, caption, caption_status) rows sorted by path.
 
     The image's ``sha256`` is left out on purpose: text embeddings depend on the caption only, so
-    editing an image's pixels must not make the text-embedding cache look out of date.
+    editing an image's pixels must not make the text-embedding cache look out of date. A null
+    caption and an empty one differ (see ``digest.py``).
     """
-    cols = [table.column(c).to_pylist() for c in ("path", "caption", "caption_status")]
-    h = hashlib.sha256()
-    for row in sorted(zip(*cols), key=lambda r: r[0]):
-        h.update(("\0".join("" if v is None else v for v in row) + "\n").encode())
-        if row[1] is None:
-            h.update(b"\1")  # distinguish a null caption from an empty string
-    return h.hexdigest()[:16]
+    return table_digest(table, ["path", "caption", "caption_status"])

@@ -16,8 +16,6 @@ dataset is in the eval split (evaluation only; never trained on).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import pyarrow as pa
 
 from pixart_pipeline.config.models import ImageDataset
 from pixart_pipeline.data.buckets import Geometry, compute_geometry
+from pixart_pipeline.data.digest import table_digest
 from pixart_pipeline.data.probe import Probe, probe_many
 
 # Reason codes of metadata_backend "parquet" (sizes read from the parquet, images never opened).
@@ -88,8 +87,10 @@ def build_metadata_table(
     workers: int | None = None,
     probes: dict[str, Probe] | None = None,
     rounding: int = 2,
+    reuse: pa.Table | None = None,
 ) -> pa.Table:
-    """One row per image of ``captions`` (which lists the manifest's image files), sorted by path.
+    """One row per image of ``captions`` (which lists the manifest's image files), plus the rows of
+    ``reuse`` (earlier rows still valid, see ``incremental.py``), sorted by path.
 
     ``manifest`` supplies the sha256 of every file (the captions table carries it too; the
     manifest wins if they ever disagree). ``probes`` (``{path: Probe}`` for every captions row) come
@@ -129,18 +130,16 @@ def build_metadata_table(
             rows[name].append(getattr(geometry, name) if geometry else None)
         rows["split"].append("eval" if is_eval else split_for(sha, ds.eval_split_fraction))
         rows["note"].append(probe.note or None)
-    return pa.table(rows, schema=METADATA_SCHEMA)
+    table = pa.table(rows, schema=METADATA_SCHEMA)
+    if reuse is not None and reuse.num_rows:
+        table = pa.concat_tables([reuse.select(METADATA_SCHEMA.names).cast(METADATA_SCHEMA), table])
+        table = table.sort_by("path")
+    return table
 
 
 def metadata_data_version(table: pa.Table) -> str:
-    """sha256 (16 hex chars) of every row's semantic columns, sorted by path: row order does not matter."""
-    names = [n for n in METADATA_SCHEMA.names if n in table.column_names]
-    columns = [table.column(n).to_pylist() for n in names]
-    h = hashlib.sha256()
-    h.update(json.dumps(names).encode())
-    for row in sorted(zip(*columns), key=lambda r: r[0]):
-        h.update(json.dumps(row, separators=(",", ":")).encode() + b"\n")
-    return h.hexdigest()[:16]
+    """Digest (16 hex chars) of every row's semantic columns, sorted by path: row order does not matter."""
+    return table_digest(table, [n for n in METADATA_SCHEMA.names if n in table.column_names])
 
 
 def bucket_histogram(table: pa.Table) -> dict[str, int]:

@@ -4,7 +4,8 @@ Keyed by the file's sha256 from the manifest (so a renamed or copied image is no
 and versioned by ``PROBE_VERSION`` in the file name (a change to what probing reports starts a
 fresh cache instead of reusing stale answers). ``missing`` is never cached: it describes the
 folder at one moment, not the content. Saving keeps only the entries of the current manifest, so
-the cache never outgrows the dataset.
+the cache never outgrows the dataset. Lookups and pruning are column-wise (pyarrow), and the file
+is rewritten only when an entry was added or dropped.
 
 A re-run after adding or editing a few files therefore probes only those files: the manifest
 re-hashes only files whose (size, mtime_ns) changed, and every other sha256 hits this cache.
@@ -15,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pixart_pipeline.data.probe import MISSING, Probe, probe_many
 from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
@@ -31,44 +33,68 @@ def probe_cache_path(folder: Path) -> Path:
     return Path(folder) / f"probe_cache.v{PROBE_VERSION}.parquet"
 
 
-def load_probe_cache(path: Path) -> dict[str, Probe]:
-    """``{sha256: Probe}``; empty when the file is absent or unreadable (a cache is never required)."""
+def load_probe_table(path: Path) -> pa.Table:
+    """The cache table; empty when the file is absent or unreadable (a cache is never required)."""
     try:
-        table = read_parquet(path)
-        cols = [table.column(c).to_pylist() for c in CACHE_SCHEMA.names]
+        return read_parquet(path).select(CACHE_SCHEMA.names).cast(CACHE_SCHEMA)
     except (OSError, KeyError, pa.ArrowException):
+        return CACHE_SCHEMA.empty_table()
+
+
+def lookup(table: pa.Table, shas: list[str]) -> dict[str, Probe]:
+    """``{sha256: Probe}`` for the entries of ``shas`` present in ``table``."""
+    if not shas or table.num_rows == 0:
         return {}
+    hits = table.filter(pc.is_in(table.column("sha256"), value_set=pa.array(shas, pa.string())))
+    cols = [hits.column(c).to_pylist() for c in CACHE_SCHEMA.names]
     return {sha: Probe(w, h, s, n or "") for sha, w, h, s, n in zip(*cols)}
 
 
-def save_probe_cache(path: Path, cache: dict[str, Probe], keep: set[str]) -> None:
-    """Write the entries of ``cache`` whose sha256 is in ``keep``, sorted by sha256."""
-    shas = sorted(s for s in cache if s in keep)
-    rows = {
-        "sha256": shas,
-        "width": [cache[s].width for s in shas],
-        "height": [cache[s].height for s in shas],
-        "status": [cache[s].status for s in shas],
-        "note": [cache[s].note for s in shas],
-    }
-    atomic_write_parquet(path, pa.table(rows, schema=CACHE_SCHEMA))
+def load_probe_cache(path: Path) -> dict[str, Probe]:
+    """Every entry as ``{sha256: Probe}`` (for inspection and tests)."""
+    table = load_probe_table(path)
+    return lookup(table, table.column("sha256").to_pylist())
+
+
+def updated_table(table: pa.Table, new: dict[str, Probe], keep: pa.Array | list[str]) -> tuple[pa.Table, bool]:
+    """(``table`` minus entries whose sha256 is not in ``keep``, plus ``new``; whether it changed)."""
+    keep = keep if isinstance(keep, (pa.Array, pa.ChunkedArray)) else pa.array(keep, pa.string())
+    if isinstance(keep, pa.ChunkedArray):
+        keep = keep.combine_chunks()
+    kept = table.filter(pc.is_in(table.column("sha256"), value_set=keep))
+    changed = kept.num_rows != table.num_rows or bool(new)
+    if new:
+        shas = sorted(new)
+        rows = pa.table({"sha256": shas, "width": [new[s].width for s in shas], "height": [new[s].height for s in shas],
+                         "status": [new[s].status for s in shas], "note": [new[s].note for s in shas]},
+                        schema=CACHE_SCHEMA)
+        kept = pa.concat_tables([kept, rows])
+    return kept, changed
 
 
 def probe_with_cache(
-    root: Path, paths: list[str], shas: list[str], cache: dict[str, Probe], workers: int | None = None
-) -> tuple[dict[str, Probe], int]:
-    """(``{path: Probe}``, number of files probed); new cacheable answers are added to ``cache``."""
+    root: Path, paths: list[str], shas: list[str], table: pa.Table, workers: int | None = None
+) -> tuple[dict[str, Probe], dict[str, Probe], int]:
+    """(``{path: Probe}`` for ``paths``, ``{sha256: Probe}`` of new cacheable answers, files opened).
+
+    Only paths whose sha256 is not in ``table`` are probed.
+    """
+    cached = lookup(table, sorted(set(shas)))
     out: dict[str, Probe] = {}
     todo: list[tuple[str, str]] = []
     for path, sha in zip(paths, shas):
-        hit = cache.get(sha)
+        hit = cached.get(sha)
         if hit is not None:
             out[path] = hit
         else:
             todo.append((path, sha))
-    probes = probe_many([Path(root) / p for p, _ in todo], workers=workers)
-    for (path, sha), probe in zip(todo, probes):
+    new: dict[str, Probe] = {}
+    for (path, sha), probe in zip(todo, probe_many([Path(root) / p for p, _ in todo], workers=workers)):
         out[path] = probe
         if probe.status != MISSING:
-            cache[sha] = probe
-    return out, len(todo)
+            new[sha] = probe
+    return out, new, len(todo)
+
+
+def save_probe_table(path: Path, table: pa.Table) -> None:
+    atomic_write_parquet(path, table.sort_by("sha256"))

@@ -27,11 +27,19 @@ from pixart_pipeline.data.metadata import (
     status_counts,
 )
 from pixart_pipeline.data.parquet_source import parquet_file, parquet_sizes
+from pixart_pipeline.data.incremental import (
+    FINGERPRINT_KEY,
+    current_rows,
+    inputs_fingerprint,
+    previous_if_current,
+    split_reusable,
+)
 from pixart_pipeline.data.probe_cache import (
-    load_probe_cache,
+    load_probe_table,
     probe_cache_path,
     probe_with_cache,
-    save_probe_cache,
+    save_probe_table,
+    updated_table,
 )
 from pixart_pipeline.data.synthetic import generate_synthetic_dataset
 from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
@@ -181,21 +189,26 @@ def run_bucketed_metadata(
     manifest = _read_input(manifest_path(cfg, ds), f"raw_dataset/{ds.id}")
     captions = _read_input(captions_path(cfg, ds), f"captions/{ds.id}")
     root = cfg.dataset_dir(ds)
-    paths = captions.column("path").to_pylist()
+    # Rows whose (path, sha256, caption) and inputs fingerprint are unchanged are kept as they were.
+    fingerprint = inputs_fingerprint(cfg, ds)
+    previous = previous_if_current(metadata_path(cfg, ds), fingerprint, read_parquet)
+    reuse, todo = split_reusable(previous, current_rows(manifest, captions))
+    paths = todo.column("path").to_pylist()
     probed = 0
     if ds.metadata_backend == "parquet":
         probes = sizes_from_parquet(paths, parquet_sizes(parquet_file(cfg, ds), ds.parquet, paths))
     else:
         # Only images whose content (sha256) was never probed are opened; see probe_cache.py.
         cache_file = probe_cache_path(metadata_dir(cfg, ds))
-        cache = load_probe_cache(cache_file)
-        digests = dict(zip(manifest.column("path").to_pylist(), manifest.column("sha256").to_pylist()))
-        shas = [digests.get(p, s) for p, s in zip(paths, captions.column("sha256").to_pylist())]
-        probes, probed = probe_with_cache(root, paths, shas, cache, workers=workers)
-        save_probe_cache(cache_file, cache, keep=set(shas))
+        cache = load_probe_table(cache_file)
+        probes, new, probed = probe_with_cache(root, paths, todo.column("sha256").to_pylist(), cache, workers)
+        cache, changed = updated_table(cache, new, manifest.column("sha256"))
+        if changed:
+            save_probe_table(cache_file, cache)
     table = build_metadata_table(
-        manifest, captions, root, ds, probes=probes, rounding=cfg.training.aspect_bucket_rounding or 2
+        manifest, todo, root, ds, probes=probes, rounding=cfg.training.aspect_bucket_rounding or 2, reuse=reuse
     )
+    table = table.replace_schema_metadata({FINGERPRINT_KEY: fingerprint})
     path = metadata_path(cfg, ds)
     atomic_write_parquet(path, table)
     statuses = status_counts(table)
@@ -209,6 +222,7 @@ def run_bucketed_metadata(
             "rows": table.num_rows,
             "kept": statuses.get("ok", 0),
             "probed": probed,
+            "reused_rows": 0 if reuse is None else reuse.num_rows,
             **hub_commit_of(manifest),
             "rejected": table.num_rows - statuses.get("ok", 0),
             "train": splits.get("train", 0),

@@ -88,3 +88,22 @@ def test_oversized_caption_file_is_a_reason_code(tmp_path):
     got = _captions(build_captions_table(manifest, tmp_path, ImageDataset(id="d", instance_data_dir=".", caption_strategy="textfile")))
     assert got["at_cap.png"] == ("a" * MAX_CAPTION_BYTES, "ok")
     assert got["over_cap.png"] == (None, CAPTION_TOO_LARGE) == (None, "caption_too_large")
+
+
+def test_columnwise_filename_captions_agree_with_the_per_file_rule(tmp_path):
+    import pyarrow as pa
+
+    from pixart_pipeline.config.models import ImageDataset
+    from pixart_pipeline.data.captions import build_captions_table, caption_for
+
+    paths = ["a_red_circle.png", "sub/dir/photo.v2.JPG", "x/__.png", "x/ _ .webp", "notes.txt", "d.e/f_g.tiff",
+             "ünï_cödé name.jpeg", "plain"]
+    manifest = pa.table({"path": paths, "sha256": [f"{i:064x}" for i in range(len(paths))]})
+    ds = ImageDataset(id="t", instance_data_dir=".", caption_strategy="filename")
+    table = build_captions_table(manifest, tmp_path, ds)
+    expected = sorted((p, *caption_for(p, tmp_path, ds, set(paths))) for p in paths
+                      if p.rsplit(".", 1)[-1].lower() in ("png", "jpg", "jpeg", "webp", "tiff"))
+    got = list(zip(*(table.column(c).to_pylist() for c in ("path", "caption", "caption_status"))))
+    assert got == expected
+    assert dict((p, c) for p, c, _ in got)["sub/dir/photo.v2.JPG"] == "photo.v2"
+    assert dict((p, s) for p, _, s in got)["x/__.png"] == "empty_caption"

@@ -121,3 +121,22 @@ def test_rerun_probes_only_new_and_edited_files(tmp_path):
     assert (rows["image_03.png"]["width"], rows["image_03.png"]["height"]) == (100, 200)
     assert (rows["image_new.png"]["width"], rows["image_new.png"]["height"]) == (200, 100)
     assert (rows["image_05.png"]["width"], rows["image_05.png"]["height"]) == (104, 64)
+    assert result.metadata["reused_rows"] == 11  # 13 images: 1 new and 1 edited computed again
+    # A removed image loses its row; a geometry change recomputes every row without probing again.
+    (root / "image_07.png").unlink()
+    assert "image_07.png" not in {r["path"] for r in read_parquet(run().path).to_pylist()}
+    from tests.demo_copy import edit_json
+
+    edit_json(cfg.backend_path, {"resolution": 96}, index=0)
+    cfg = load_config(config)
+    ds = cfg.datasets[0]
+    result = run()
+    assert (result.metadata["reused_rows"], result.metadata["probed"]) == (0, 0)
+    incremental = read_parquet(result.path)
+    # The same table as a build from nothing.
+    for stale in metadata_dir(cfg, ds).glob("*"):
+        if stale.name != "manifest.parquet" and stale.name != "captions.parquet":
+            stale.unlink()
+    scratch = run()
+    assert scratch.metadata["probed"] == 12
+    assert read_parquet(scratch.path).equals(incremental)

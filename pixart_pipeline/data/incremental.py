@@ -1,0 +1,74 @@
+"""Re-using the previous bucketed metadata: a re-run computes rows only for images that changed.
+
+A metadata row is a pure function of (path, image sha256, caption, caption status) and of the
+stage's inputs fingerprint: the ``bucketed_metadata`` config fields, the stage revision, the probe
+version and the source of the modules that compute a row (so editing the code never reuses rows
+it would now compute differently). The fingerprint is stored in the parquet's key-value metadata.
+
+When it matches, a previous row is kept iff the same (path, sha256, caption) is still there, its
+caption is not null (a null caption hides which caption status it had) and its status is not
+``missing`` (a fact about the folder at one moment). Everything is column-wise (pyarrow hash
+semi/anti joins on the key columns), so 100,000 unchanged rows cost tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pixart_pipeline.config import ImageDataset, PipelineConfig
+from pixart_pipeline.config import fingerprints as fp
+from pixart_pipeline.data import buckets, images, metadata, probe, probe_cache
+
+FINGERPRINT_KEY = b"inputs_fingerprint"
+KEY = ["path", "sha256", "caption"]
+
+
+def inputs_fingerprint(cfg: PipelineConfig, ds: ImageDataset) -> str:
+    """Everything besides the row's own inputs that a metadata row depends on."""
+    code = hashlib.sha256()
+    for module in (buckets, images, metadata, probe):
+        code.update(Path(module.__file__).read_bytes())
+    return fp.stable_hash([
+        fp.STAGE_REVISIONS["bucketed_metadata"], fp.bucketed_metadata_fields(cfg, ds),
+        probe_cache.PROBE_VERSION, code.hexdigest(),
+    ])
+
+
+def current_rows(manifest: pa.Table, captions: pa.Table) -> pa.Table:
+    """(path, sha256, caption, caption_status) of every captions row, sorted by path, with the
+    manifest's sha256 where it has the path (the manifest wins if the two ever disagree)."""
+    shas = manifest.select(["path", "sha256"]).rename_columns(["path", "manifest_sha256"])
+    joined = captions.join(shas, keys="path", join_type="left outer")
+    sha = pc.coalesce(joined.column("manifest_sha256"), joined.column("sha256"))
+    table = pa.table({"path": joined.column("path"), "sha256": sha, "caption": joined.column("caption"),
+                      "caption_status": joined.column("caption_status")})
+    return table.sort_by("path")
+
+
+def split_reusable(previous: pa.Table | None, current: pa.Table) -> tuple[pa.Table | None, pa.Table]:
+    """(rows of ``previous`` to keep as they are, rows of ``current`` to compute)."""
+    if previous is None or previous.num_rows == 0:
+        return None, current
+    usable = pc.and_(pc.is_valid(previous.column("caption")), pc.not_equal(previous.column("status"), probe.MISSING))
+    prev = previous.filter(usable)
+    keys = current.select(KEY)
+    # Hash joins on the key columns (a null caption never matches, which is what we want).
+    kept = prev.join(keys, keys=KEY, join_type="left semi")
+    todo = current.join(prev.select(KEY), keys=KEY, join_type="left anti").sort_by("path")
+    return kept, todo
+
+
+def previous_if_current(path: Path, fingerprint: str, read) -> pa.Table | None:
+    """The previous metadata table at ``path`` if it was built with the same inputs fingerprint."""
+    if not path.exists():
+        return None
+    try:
+        table = read(path)
+    except (OSError, pa.ArrowException):
+        return None
+    meta = table.schema.metadata or {}
+    return table if meta.get(FINGERPRINT_KEY) == fingerprint.encode() else None
