@@ -29,7 +29,9 @@ def build_text_embed_cache_asset(cfg: PipelineConfig) -> dg.AssetsDefinition:
         description=(
             "T5 embeddings of every caption of every dataset and of the empty prompt (caption dropout), "
             "in a content-addressed shard store: only captions not already stored are encoded. Items keep "
-            "only their real tokens. Data version: hash of (encoder fingerprint, sorted item keys)."
+            "only their real tokens; shards failing their checksum are dropped and re-encoded; with "
+            "`num_processes` > 1 it encodes with torchrun. Data version: hash of (encoder fingerprint, "
+            "sorted item keys)."
         ),
     )
     def text_embed_cache(context: dg.AssetExecutionContext, device: DeviceResource) -> dg.MaterializeResult:

@@ -29,7 +29,10 @@ def build_vae_cache_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.AssetsDef
         description=(
             f"VAE latent distribution (mean, std) of every kept image of `{ds.id}` (train and eval split) "
             "at its bucketed target size and crop. Keyed by image hash + geometry, so adding images "
-            "encodes only those. Data version: hash of (VAE fingerprint, sorted item keys)."
+            "encodes only those; shards failing their checksum are dropped and re-encoded. With "
+            "`num_processes` > 1 it encodes with torchrun, one slice per rank. With `vae_cache_disable` it "
+            "stores nothing and records `disabled` (the trainer encodes on the fly). "
+            "Data version: hash of (VAE fingerprint, sorted item keys)."
         ),
     )
     def vae_cache(context: dg.AssetExecutionContext, device: DeviceResource) -> dg.MaterializeResult:
