@@ -86,3 +86,20 @@ def test_training_with_vae_cache_disable_runs(both):
                           env={**os.environ, **prepared.env})
     assert done.returncode == 0, done.stderr[-3000:]
     assert prepared.complete
+
+
+@pytest.mark.slow
+def test_the_dagster_vae_cache_asset_records_that_it_is_disabled(both):
+    import dagster as dg
+
+    from pixart_pipeline.defs.assets.vae_cache import build_vae_cache_asset
+    from pixart_pipeline.defs.resources import DeviceResource
+
+    cfg = both["online_cfg"]
+    asset = build_vae_cache_asset(cfg, cfg.datasets[0])
+    result = dg.materialize([asset], resources={"device": DeviceResource(device="cpu")})
+    assert result.success
+    [event] = result.get_asset_materialization_events()
+    metadata = event.materialization.metadata
+    assert metadata["disabled"].value in (True, "True") and metadata["encoded"].value == 0
+    assert metadata["items"].value == both["result"].metadata["items"] > 0
