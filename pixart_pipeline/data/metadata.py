@@ -16,10 +16,10 @@ dataset is in the eval split (evaluation only; never trained on).
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pixart_pipeline.config.models import ImageDataset
 from pixart_pipeline.data.buckets import Geometry, compute_geometry
@@ -144,13 +144,20 @@ def metadata_data_version(table: pa.Table) -> str:
 
 def bucket_histogram(table: pa.Table) -> dict[str, int]:
     """``{bucket: number of kept images}``, buckets in increasing aspect ratio."""
-    counts = Counter(
-        b for b, s in zip(table.column("bucket").to_pylist(), table.column("status").to_pylist()) if s == "ok"
-    )
+    kept = table.filter(pc.equal(table.column("status"), "ok")).column("bucket")
+    counts = value_counts(kept)
     return {k: counts[k] for k in sorted(counts, key=float)}
 
 
 def status_counts(table: pa.Table) -> dict[str, int]:
     """``{status: rows}`` ("ok" and every reason code), sorted by status name."""
-    counts = Counter(table.column("status").to_pylist())
-    return dict(sorted(counts.items()))
+    return dict(sorted(value_counts(table.column("status")).items()))
+
+
+def value_counts(column: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+    """``{str(value): count}`` computed by pyarrow (nulls counted as ``"None"``)."""
+    out: dict[str, int] = {}
+    for item in pc.value_counts(column).to_pylist():
+        key = str(item["values"])
+        out[key] = out.get(key, 0) + item["counts"]
+    return out

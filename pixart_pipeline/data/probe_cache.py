@@ -4,7 +4,7 @@ Keyed by the file's sha256 from the manifest (so a renamed or copied image is no
 and versioned by ``PROBE_VERSION`` in the file name (a change to what probing reports starts a
 fresh cache instead of reusing stale answers). ``missing`` is never cached: it describes the
 folder at one moment, not the content. Saving keeps only the entries of the current manifest, so
-the cache never outgrows the dataset. Lookups and pruning are column-wise (pyarrow), and the file
+the cache never outgrows the dataset by more than 10%. Lookups and pruning are column-wise (pyarrow), and the file
 is rewritten only when an entry was added or dropped.
 
 A re-run after adding or editing a few files therefore probes only those files: the manifest
@@ -57,11 +57,17 @@ def load_probe_cache(path: Path) -> dict[str, Probe]:
 
 
 def updated_table(table: pa.Table, new: dict[str, Probe], keep: pa.Array | list[str]) -> tuple[pa.Table, bool]:
-    """(``table`` minus entries whose sha256 is not in ``keep``, plus ``new``; whether it changed)."""
-    keep = keep if isinstance(keep, (pa.Array, pa.ChunkedArray)) else pa.array(keep, pa.string())
-    if isinstance(keep, pa.ChunkedArray):
-        keep = keep.combine_chunks()
-    kept = table.filter(pc.is_in(table.column("sha256"), value_set=keep))
+    """(``table`` minus entries whose sha256 is not in ``keep``, plus ``new``; whether it changed).
+
+    Pruning is amortised: it runs only once the cache holds 10% (and 100) more entries than
+    ``keep``, so a re-run that adds a few files does not rebuild a 100,000-entry hash set.
+    """
+    kept = table
+    if table.num_rows + len(new) > 1.1 * len(keep) + 100:
+        keep = keep if isinstance(keep, (pa.Array, pa.ChunkedArray)) else pa.array(keep, pa.string())
+        if isinstance(keep, pa.ChunkedArray):
+            keep = keep.combine_chunks()
+        kept = table.filter(pc.is_in(table.column("sha256"), value_set=keep))
     changed = kept.num_rows != table.num_rows or bool(new)
     if new:
         shas = sorted(new)

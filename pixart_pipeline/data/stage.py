@@ -25,6 +25,7 @@ from pixart_pipeline.data.metadata import (
     metadata_data_version,
     sizes_from_parquet,
     status_counts,
+    value_counts,
 )
 from pixart_pipeline.data.parquet_source import parquet_file, parquet_sizes
 from pixart_pipeline.data.incremental import (
@@ -161,7 +162,7 @@ def run_captions(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> St
     table = build_captions_table(manifest, cfg.dataset_dir(ds), ds, parquet)
     path = captions_path(cfg, ds)
     atomic_write_parquet(path, table)
-    statuses = _counts(table.column("caption_status").to_pylist())
+    statuses = dict(sorted(value_counts(table.column("caption_status")).items()))
     log(f"captions: {statuses}")
     ok = table.filter(pc.equal(table.column("caption_status"), "ok"))
     return StageResult(
@@ -213,7 +214,7 @@ def run_bucketed_metadata(
     atomic_write_parquet(path, table)
     statuses = status_counts(table)
     buckets = bucket_histogram(table)
-    splits = _counts(table.filter(pc.equal(table.column("status"), "ok")).column("split").to_pylist())
+    splits = value_counts(table.filter(pc.equal(table.column("status"), "ok")).column("split"))
     log(f"{table.num_rows} rows: {statuses}; buckets {buckets}")
     return StageResult(
         path=path,
