@@ -119,3 +119,27 @@ def test_eval_dataset_is_all_eval_split(tmp_path):
 
     names = {spec.asset_key.to_user_string() for c in build_checks(cfg) for spec in c.check_specs}
     assert "bucketed_metadata/shapes" in names and "bucketed_metadata/held-out" not in names
+
+
+def test_disabled_dataset_has_no_lane_and_repeats_reach_the_readiness_count(tmp_path):
+    config = copy_demo(tmp_path)
+    backend = config.parent / "multidatabackend.json"
+    entries = json.loads(backend.read_text())
+    off = entries[0] | {"id": "switched-off", "disabled": True, "instance_data_dir": "nowhere"}
+    entries[0] |= {"repeats": 2}
+    backend.write_text(json.dumps([off] + entries))
+    cfg = load_config(config)
+    assert [d.id for d in cfg.datasets] == ["shapes"]
+    from pixart_pipeline.defs.build import build_definitions
+
+    keys = {k.to_user_string() for k in build_definitions(cfg).resolve_asset_graph().get_all_asset_keys()}
+    assert "raw_dataset/shapes" in keys and not any("switched-off" in k for k in keys)
+    ds = cfg.dataset("shapes")
+    for run in (run_raw_dataset, run_captions, run_bucketed_metadata):
+        run(cfg, ds)
+    from pixart_pipeline.data.stage import batch_readiness
+
+    train_ok = sum(1 for r in read_parquet(run_bucketed_metadata(cfg, ds).path).to_pylist()
+                   if r["status"] == "ok" and r["split"] == "train")
+    report = batch_readiness(cfg, ds)
+    assert report.usable + sum(report.small_buckets.values()) == train_ok * 3  # 1 + repeats draws each
