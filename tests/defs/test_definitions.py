@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 
 from pixart_pipeline.config import load_config
+from pixart_pipeline.config.fingerprints import STAGE_REVISIONS
 from pixart_pipeline.defs.build import build_definitions
 from demo_copy import copy_demo
 
@@ -68,7 +69,8 @@ def test_gpu_stages_share_the_gpu_pool_and_have_descriptions(defs):
 def test_code_versions_carry_stage_revision_and_fingerprint(defs):
     graph = defs.resolve_asset_graph()
     version = graph.get(dg.AssetKey("trained_checkpoint")).code_version
-    assert version.startswith("r1-") and len(version) == len("r1-") + 12
+    revision = STAGE_REVISIONS["trained_checkpoint"]
+    assert version.startswith(f"{revision}-") and len(version) == len(revision) + 1 + 12
 
 
 def test_sensors_and_schedule_exist_and_are_stopped_by_default(defs):
