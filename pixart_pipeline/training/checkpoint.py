@@ -7,6 +7,7 @@ Layout of one checkpoint (safetensors + JSON only; nothing is unpickled on the r
     optimizer.safetensors     AdamW per-parameter tensors   optimizer.json   param groups, scalars
     lr_scheduler.json         LambdaLR state
     rng.safetensors           torch (and CUDA) RNG states   rng.json         numpy + python RNG states
+    rng-<r>.safetensors/json  the same for process r >= 1 (rank 0's are rng.*)
     trainer_state.json        global step, sampler state (epoch, position), EMA update count
     COMPLETE                  written last: file sizes + sha256; its presence means "complete"
 
@@ -53,6 +54,11 @@ class CheckpointState:
     ema: dict[str, torch.Tensor] | None = None
     ema_updates: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    rng_by_rank: dict[int, tuple[dict[str, torch.Tensor], dict]] = field(default_factory=dict)
+
+    def rng_for(self, rank: int) -> tuple[dict[str, torch.Tensor], dict]:
+        """Process ``rank``'s RNG states (rank 0's for a checkpoint written before per-rank states)."""
+        return self.rng_by_rank.get(rank, self.rng)
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -108,8 +114,11 @@ def save_checkpoint(
     ema_state: dict[str, torch.Tensor] | None = None,
     ema_updates: int = 0,
     extra: dict[str, Any] | None = None,
+    rng_states: list[tuple[dict[str, torch.Tensor], dict]] | None = None,
 ) -> Path:
-    """Write ``checkpoints/step-<global_step>/`` atomically and return its path."""
+    """Write ``checkpoints/step-<global_step>/`` atomically and return its path.
+
+    ``rng_states``: every process's ``capture_rng_state()``, by rank (default: this process's only)."""
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{global_step}"
@@ -125,9 +134,10 @@ def save_checkpoint(
     atomic_save_tensors(tmp / "optimizer.safetensors", opt_tensors)
     atomic_write_json(tmp / "optimizer.json", opt_rest)
     atomic_write_text(tmp / "lr_scheduler.json", lr_scheduler_json)
-    rng_tensors, rng_rest = capture_rng_state()
-    atomic_save_tensors(tmp / "rng.safetensors", rng_tensors)
-    atomic_write_json(tmp / "rng.json", rng_rest)
+    for rank, (rng_tensors, rng_rest) in enumerate(rng_states or [capture_rng_state()]):
+        name = "rng" if rank == 0 else f"rng-{rank}"
+        atomic_save_tensors(tmp / f"{name}.safetensors", rng_tensors)
+        atomic_write_json(tmp / f"{name}.json", rng_rest)
     atomic_write_json(
         tmp / "trainer_state.json",
         {"global_step": global_step, "sampler": sampler_state, "ema_updates": ema_updates, "extra": extra or {}},
@@ -260,4 +270,6 @@ def load_checkpoint(path: Path, verify: bool = True) -> CheckpointState:
         ema=load_file(str(ema_file)) if ema_file.exists() else None,
         ema_updates=int(state.get("ema_updates", 0)),
         extra=state.get("extra", {}),
+        rng_by_rank={int(f.name[4:-12]): (load_file(str(f)), json.loads(f.with_suffix(".json").read_text()))
+                     for f in path.glob("rng-*.safetensors")},
     )

@@ -247,7 +247,7 @@ def _run(spec: RunSpec, reporter: Reporter, stop_at_step: int | None, stop_reque
         scaler_state = state.extra.get("grad_scaler")
         if accelerator.scaler is not None and scaler_state:
             accelerator.scaler.load_state_dict(scaler_state)
-        ckpt.restore_rng_state(*state.rng)
+        ckpt.restore_rng_state(*state.rng_for(rank))
     del state
     tracker = open_tracker(hp.report_to, run_dir, hp.tracker_project_name, hp.tracker_run_name,
                            {k: getattr(hp, k) for k in HYPERPARAMETER_KEYS}, accelerator.is_main_process)

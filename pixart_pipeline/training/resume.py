@@ -88,6 +88,11 @@ def save(accelerator, run_dir: Path, global_step: int, transformer, optimizer, l
     keeps two folders (the resume source and the newest) until it finishes."""
     accelerator.wait_for_everyone()
     path = ckpt.checkpoints_dir(run_dir) / f"step-{global_step}"
+    rng_states = [ckpt.capture_rng_state()]
+    if accelerator.num_processes > 1:  # every process's RNG states, by rank, to the main process
+        from accelerate.utils import gather_object
+
+        rng_states = gather_object(rng_states)
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(transformer)
         extra = {"world_size": accelerator.num_processes, "optimizer": hp.optimizer,
@@ -103,6 +108,7 @@ def save(accelerator, run_dir: Path, global_step: int, transformer, optimizer, l
             ema_state=ema.state_tensors() if ema is not None else None,
             ema_updates=ema.num_updates if ema is not None else 0,
             extra=extra,
+            rng_states=rng_states,
         )
         reporter.info(f"saved checkpoint {path}")
         keep = [path] + ([resume_path] if resume_path is not None else [])

@@ -102,4 +102,5 @@ def test_sigterm_to_torchrun_stops_every_rank_with_a_resumable_checkpoint(make_s
     assert latest is not None, out[-3000:]  # written on the signal, not by the 1000-step interval
     state = ckpt.load_checkpoint(latest)  # verifies every file
     assert state.global_step >= 3 and state.extra["world_size"] == 2
+    assert sorted(state.rng_by_rank) == [1]  # rank 1's RNG states beside rank 0's rng.*
     assert "stopping on signal" in out
