@@ -55,7 +55,7 @@ from pixart_pipeline.training.optim import (
     training_steps,
 )
 from pixart_pipeline.training.report import Reporter
-from pixart_pipeline.training.resume import check_resumable, load_resume, save
+from pixart_pipeline.training.resume import check_resumable, load_resume, save, set_aside_later_checkpoints
 from pixart_pipeline.training.sampler import BucketBatchSampler
 from pixart_pipeline.training.spec import HYPERPARAMETER_KEYS, RunSpec
 from pixart_pipeline.training.tracking import open_tracker
@@ -235,6 +235,8 @@ def _run(spec: RunSpec, reporter: Reporter, stop_at_step: int | None, stop_reque
         reporter.info(f"resuming from {resume_path} at step {global_step}")
     if accelerator.is_main_process:
         ckpt.remove_incomplete(run_dir)
+        for moved in set_aside_later_checkpoints(run_dir, resume_path):
+            reporter.warning(f"resuming from an earlier checkpoint: moved the later {moved.name} to {moved.parent}")
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=global_step if state else None) \
         if accelerator.is_main_process else None
 

@@ -14,6 +14,7 @@ Rules a resume follows (README, "Resuming"):
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from pixart_pipeline.training import checkpoint as ckpt
@@ -53,6 +54,28 @@ def load_resume(spec: RunSpec, reporter: Reporter) -> tuple[Path | None, ckpt.Ch
         except ValueError as err:
             reporter.warning(f"skipping damaged checkpoint {path.name}: {err}")
     return None, None
+
+
+def set_aside_later_checkpoints(run_dir: Path, resume_path: Path | None) -> list[Path]:
+    """Resuming an older checkpoint of this run folder starts a new branch: the checkpoints after it
+    (the abandoned branch) move to ``run_dir/abandoned_checkpoints/``, so ``latest`` can never jump
+    back onto them after a crash and the total limit never weighs them. Nothing is deleted."""
+    if resume_path is None:
+        return []
+    root = ckpt.checkpoints_dir(run_dir).resolve()
+    if Path(resume_path).resolve().parent != root:
+        return []  # another run's checkpoint: this run's folder is not touched
+    resumed_step = int(Path(resume_path).name.split("-")[1])
+    moved = []
+    for step, path in ckpt.list_checkpoints(run_dir):
+        if step > resumed_step:
+            target = Path(run_dir) / "abandoned_checkpoints" / path.name
+            target.parent.mkdir(exist_ok=True)
+            if target.exists():
+                target = target.with_name(f"{path.name}-{uuid.uuid4().hex[:8]}")
+            path.rename(target)
+            moved.append(target)
+    return moved
 
 
 def check_resumable(state: ckpt.CheckpointState, hp, world: int) -> None:

@@ -246,3 +246,17 @@ def test_evaluation_results_go_into_the_model_card(make_spec, tmp_path):
     assert (Path(run.pipeline_path) / "samples" / "00.png").read_bytes() == image.read_bytes()
     assert front["training_config"]["max_train_steps"] == 1  # the rest of the card is kept
     assert "](pipeline/samples/00.png)" in (Path(run.run_dir) / "README.md").read_text()
+
+
+def test_resuming_an_earlier_checkpoint_sets_the_later_ones_aside(make_spec):
+    spec = make_spec("branch", checkpointing_steps=2, max_train_steps=8)
+    train(spec, stop_at_step=8)
+    run = Path(spec.run_dir)
+    earlier = type(spec).from_dict(spec.to_dict() | {"resume_from_checkpoint": str(run / "checkpoints" / "step-4")})
+    train(earlier, stop_at_step=6)
+    # step-6 is the new branch's; the old step-6 and step-8 are kept aside, never picked as latest
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-2", "step-4", "step-6"]
+    assert sorted(p.name for p in (run / "abandoned_checkpoints").iterdir()) == ["step-6", "step-8"]
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == list(range(1, 7))
+    resumed = train(spec)  # latest: the new branch's step-6
+    assert resumed.resumed_from.endswith("checkpoints/step-6") and resumed.steps == 8
