@@ -171,6 +171,7 @@ def test_wandb_offline_logs_every_step_without_network(make_spec, monkeypatch):
     data = log.read_bytes()
     for key in (b"train/loss", b"train/lr", b"train/grad_norm", b"train/samples_per_s"):
         assert key in data, key
+    assert b"tests" in data and b"tiny" in data  # tracker_project_name, tracker_run_name
     assert json.loads((Path(result.run_dir) / "result.json").read_text())["tracker_url"] == result.tracker_url
 
 
@@ -260,3 +261,35 @@ def test_resuming_an_earlier_checkpoint_sets_the_later_ones_aside(make_spec):
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == list(range(1, 7))
     resumed = train(spec)  # latest: the new branch's step-6
     assert resumed.resumed_from.endswith("checkpoints/step-6") and resumed.steps == 8
+
+
+def test_this_runs_adam_settings_apply_after_loading_another_state():
+    from pixart_pipeline.training.optim import apply_hyperparameters
+
+    params = [torch.nn.Parameter(torch.randn(3))]
+    old = TrainingConfig(learning_rate=1e-3, adam_beta1=0.8, adam_beta2=0.9, adam_weight_decay=0.1,
+                         adam_epsilon=1e-6, lr_scheduler="constant_with_warmup", lr_warmup_steps=4)
+    new = TrainingConfig(learning_rate=2e-4, adam_beta1=0.95, adam_beta2=0.98, adam_weight_decay=0.0,
+                         adam_epsilon=1e-7, lr_scheduler="constant_with_warmup", lr_warmup_steps=4)
+    opt_a = build_optimizer(params, old, torch.device("cpu"))
+    sched_a = build_lr_scheduler(opt_a, old, 10)
+    params[0].grad = torch.ones(3)
+    opt_a.step(), sched_a.step(), sched_a.step()  # two schedule steps into the warm-up
+    opt_b = build_optimizer(params, new, torch.device("cpu"))
+    sched_b = build_lr_scheduler(opt_b, new, 10)
+    opt_b.load_state_dict(opt_a.state_dict())
+    sched_b.load_state_dict(sched_a.state_dict())
+    assert opt_b.param_groups[0]["betas"] == (0.8, 0.9)  # what load_state_dict alone leaves
+    apply_hyperparameters(opt_b, sched_b, new)
+    group = opt_b.param_groups[0]
+    assert (group["betas"], group["weight_decay"], group["eps"]) == ((0.95, 0.98), 0.0, 1e-7)
+    assert group["lr"] == pytest.approx(2e-4 * 2 / 4) and sched_b.get_last_lr() == [group["lr"]]  # warm-up kept
+
+
+def test_max_grad_norm_clips_and_zero_disables_it(make_spec):
+    clipped = train(make_spec("clip", max_train_steps=3, max_grad_norm=1e-3))
+    free = train(make_spec("noclip", max_train_steps=3, max_grad_norm=0.0))
+    norms = [r["grad_norm"] for r in read_metrics(Path(free.run_dir) / "metrics.jsonl")]
+    assert all(n > 1e-3 for n in norms)  # the logged norm is before clipping
+    assert [r["grad_norm"] for r in read_metrics(Path(clipped.run_dir) / "metrics.jsonl")][0] == norms[0]
+    assert clipped.weights_sha256 != free.weights_sha256
