@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pyarrow.parquet as pq
@@ -180,3 +181,30 @@ def test_prefetch_yields_in_order_bounded_and_reraises(tmp_path):
         for v in prefetch(bad, range(5)):
             out.append(v)
     assert out == [0, 1]
+
+
+def test_quick_verify_rehashes_only_changed_shards_full_verify_finds_silent_rot(tmp_path):
+    store = ShardStore(tmp_path / "fp")
+    shard_id = store.write({"a": _item(0)})
+    path = tmp_path / "fp" / "shards" / f"{shard_id}.safetensors"
+    assert store.verify(quick=True) == []  # hashed once, stamped in verified.json
+    assert (tmp_path / "fp" / "verified.json").exists()
+
+    # A rewrite (new mtime) is re-hashed by the quick check.
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    stat = path.stat()
+    path.write_bytes(bytes(data))
+    assert store.verify(quick=True) == [(path.name, "sha256 mismatch")]
+
+    # Bit rot that keeps size and mtime is only found by the full check (`cache verify`).
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert store.verify(quick=True) == []
+    stamp = json.loads((tmp_path / "fp" / "verified.json").read_text())[path.name]  # [size, mtime_ns, sha]
+    data[-2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stamp[1]))  # the stamped mtime again: invisible to quick
+    assert store.verify(quick=True) == []
+    assert store.verify() == [(path.name, "sha256 mismatch")]
+    assert store.drop_shard(path.name) == ["a"] and "a" not in ShardStore(tmp_path / "fp")
