@@ -38,15 +38,21 @@ def sample_latents(
     std: torch.Tensor,
     scaling_factor: float,
     generator: torch.Generator | None = None,
+    shift_factor: float | None = None,
 ) -> torch.Tensor:
-    """Draw ``z = (mean + std * eps) * scaling_factor`` from the cached posterior ([B, 4, h, w]).
+    """Draw ``z = (mean + std * eps - shift_factor) * scaling_factor`` from the cached posterior
+    ([B, 4, h, w]), the normalisation diffusers applies to ``latent_dist.sample()``. PixArt Sigma's
+    SDXL VAE has no ``shift_factor`` (None: no shift); VAEs such as SD3's do.
 
     Sampling each step (not caching one sample) keeps the VAE's posterior noise as a light
     augmentation, like encoding online does (``latent_dist.sample()``).
     """
     device = generator.device if generator is not None else mean.device
     eps = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype).to(mean.device)
-    return (mean + std * eps) * scaling_factor
+    z = mean + std * eps
+    if shift_factor:
+        z = z - shift_factor
+    return z * scaling_factor
 
 
 def prefetch(load: Callable[[T], R], requests: Iterable[T], depth: int = 2) -> Iterator[R]:

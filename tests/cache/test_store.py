@@ -132,6 +132,8 @@ def test_sample_latents_is_seeded_and_scaled():
     z2 = sample_latents(mean, std, 0.13025, torch.Generator().manual_seed(1))
     assert torch.equal(z1, z2) and z1.shape == mean.shape
     assert torch.allclose(sample_latents(mean, torch.zeros_like(std), 0.5), mean * 0.5)
+    shifted = sample_latents(mean, torch.zeros_like(std), 1.5, shift_factor=0.0609)
+    assert torch.allclose(shifted, (mean - 0.0609) * 1.5)  # SD3-style VAEs: (x - shift) * scale
 
 
 def test_shard_writer_flushes_every_n_items_and_the_rest_on_close(tmp_path):
