@@ -151,6 +151,21 @@ def walk_dataset_files(root: Path) -> tuple[dict[str, os.stat_result], list[str]
     return found, sorted(skipped)
 
 
+def hash_files(root: Path, paths: list[str], workers: int = 4) -> dict[str, str | None]:
+    """``{path: sha256}`` of files under ``root``, hashed in a thread pool (hashlib releases the GIL
+    on large buffers, so threads overlap reads and hashing). A file that disappeared since it was
+    listed (or cannot be read any more) maps to None instead of failing the whole scan."""
+
+    def one(rel: str) -> str | None:
+        try:
+            return sha256_file(root / rel)
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return dict(zip(paths, pool.map(one, paths)))
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
@@ -186,19 +201,22 @@ def scan_dataset(
     digests = joined.column("sha256")
     missing = pc.is_null(digests)
     to_hash = joined.filter(missing).column("path").to_pylist()
+    vanished = 0
     if to_hash:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            # hashlib releases the GIL on large buffers, so threads overlap reads and hashing.
-            fresh = dict(zip(to_hash, pool.map(lambda q: sha256_file(root / q), to_hash)))
+        fresh = hash_files(root, to_hash, workers)
         hashed = pa.array([fresh[p] for p in to_hash], pa.string())  # in the filtered (path) order
         if len(to_hash) == joined.num_rows:
             digests = hashed
         else:
             digests = pc.replace_with_mask(digests.combine_chunks(), missing.combine_chunks(), hashed)
     table = joined.set_column(3, "sha256", digests).cast(MANIFEST_SCHEMA)
+    if to_hash and None in fresh.values():
+        # Listed, then gone before it was read: it is not part of the dataset any more.
+        vanished = sum(v is None for v in fresh.values())
+        table = table.filter(pc.is_valid(table.column("sha256")))
     stats = ScanStats(
-        hashed=len(to_hash), reused=len(paths) - len(to_hash), total=len(paths), removed=removed,
-        skipped_names=len(skipped),
+        hashed=len(to_hash) - vanished, reused=len(paths) - len(to_hash), total=table.num_rows,
+        removed=removed, skipped_names=len(skipped),
     )
     return table, stats
 

@@ -100,3 +100,11 @@ def test_names_that_are_not_utf8_are_skipped_and_counted(tmp_path):
     assert not folder_changes(tmp_path, read_parquet(tmp_path / "m.parquet"))
     _, again = scan_dataset(tmp_path, previous=table)
     assert (again.reused, again.skipped_names) == (5, 3)
+
+
+def test_a_file_gone_before_hashing_is_left_out_not_a_crash(tmp_path):
+    from pixart_pipeline.data.manifest import hash_files
+
+    (tmp_path / "here.png").write_bytes(b"x")
+    digests = hash_files(tmp_path, ["here.png", "gone.png"], workers=2)
+    assert digests["gone.png"] is None and len(digests["here.png"]) == 64
