@@ -140,3 +140,31 @@ def test_changing_train_batch_size_then_resuming_is_refused(make_spec, tmp_path)
     assert "written with train_batch_size 2 but this run has 1" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert [s for s, _ in ckpt.list_checkpoints(Path(spec.run_dir))] == [2]  # nothing was overwritten
+
+
+@pytest.mark.slow
+def test_sigint_checkpoints_the_current_step_and_the_restart_is_bit_identical(make_spec, tmp_path):
+    """What Dagster sends a single-process trainer on termination: SIGINT. The step in flight finishes,
+    a checkpoint of it is written (not only the last periodic one), exit status 130, exact resume."""
+    import signal
+
+    hp = dict(max_train_steps=40, use_ema=True)
+    straight = train(make_spec("straight", checkpointing_steps=100, **hp))
+    spec = make_spec("interrupted", checkpointing_steps=100, **hp)
+    path = spec.save(tmp_path / "run_spec.json")
+    metrics = Path(spec.run_dir) / "metrics.jsonl"
+    proc = subprocess.Popen(_cmd(path), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(read_metrics(metrics)) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    latest = ckpt.latest_checkpoint(Path(spec.run_dir))
+    stopped_at = ckpt.load_checkpoint(latest).global_step
+    assert 3 <= stopped_at < 40 and "stopping on signal" in out and "resumable from" in err
+
+    done = subprocess.run(_cmd(path), env=_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming from {latest} at step {stopped_at}" in done.stdout
+    assert json.loads((Path(spec.run_dir) / "result.json").read_text())["weights_sha256"] == straight.weights_sha256
