@@ -41,8 +41,6 @@ UNSUPPORTED: dict[str, str] = {
 DATASET_UNSUPPORTED: dict[str, str] = {
     "probability": "every enabled dataset is sampled in proportion to its size (and repeats)",
     "is_regularisation_data": "regularisation datasets are not implemented",
-    "prepend_instance_prompt": "not implemented; use caption_strategy 'instanceprompt' or edit captions",
-    "only_instance_prompt": "use caption_strategy 'instanceprompt'",
     "vae_cache_clear_each_epoch": "latents are cached once per geometry and reused",
     "conditioning_data": "conditioning datasets (ControlNet) are not supported",
     "aws_bucket_name": "only local folders and Hub downloads are supported",
@@ -268,6 +266,8 @@ class ImageDataset(StrictModel):
     caption_strategy: Literal["filename", "textfile", "instanceprompt", "parquet"] = "filename"
     instance_prompt: str | None = None
     parquet: ParquetConfig | None = None
+    prepend_instance_prompt: bool = False  # caption = instance_prompt + " " + caption
+    only_instance_prompt: bool = False  # every caption = instance_prompt (any strategy)
     # caches and bookkeeping
     cache_dir_vae: str | None = None
     skip_file_discovery: str = ""
@@ -276,6 +276,8 @@ class ImageDataset(StrictModel):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "ImageDataset":
+        if (self.prepend_instance_prompt or self.only_instance_prompt) and not self.instance_prompt:
+            raise ValueError("prepend_instance_prompt / only_instance_prompt need 'instance_prompt'")
         if self.caption_strategy == "instanceprompt" and not self.instance_prompt:
             raise ValueError("caption_strategy 'instanceprompt' needs 'instance_prompt'")
         if (self.caption_strategy == "parquet" or self.metadata_backend == "parquet") and self.parquet is None:

@@ -112,7 +112,26 @@ def build_captions_table(
 
     ``parquet_path`` (the resolved ``parquet.path``) is required by ``caption_strategy: "parquet"``.
     """
-    root = Path(root)
+    return apply_instance_prompt(_strategy_captions(manifest, Path(root), ds, parquet_path), ds)
+
+
+def apply_instance_prompt(table: pa.Table, ds: ImageDataset) -> pa.Table:
+    """SimpleTuner's two caption modifiers, applied to every row with an ``ok`` caption:
+    ``only_instance_prompt`` replaces the caption by ``instance_prompt`` (its ``use_captions=False``;
+    then every image is ``ok``, as with the ``instanceprompt`` strategy), ``prepend_instance_prompt``
+    gives ``instance_prompt + " " + caption`` (missing/empty captions stay reason codes)."""
+    if not (ds.only_instance_prompt or ds.prepend_instance_prompt):
+        return table
+    if ds.only_instance_prompt:
+        prompt = pa.array([ds.instance_prompt] * table.num_rows, pa.string())
+        ok = pa.array(["ok"] * table.num_rows, pa.string())
+        return table.set_column(2, "caption", prompt).set_column(3, "caption_status", ok)
+    is_ok = pc.equal(table.column("caption_status"), "ok")
+    prefixed = pc.binary_join_element_wise(ds.instance_prompt, table.column("caption"), " ")
+    return table.set_column(2, "caption", pc.if_else(is_ok, prefixed, table.column("caption")))
+
+
+def _strategy_captions(manifest: pa.Table, root: Path, ds: ImageDataset, parquet_path: Path | None) -> pa.Table:
     if ds.caption_strategy in ("filename", "instanceprompt"):
         return _columnwise_captions(manifest, ds)
     paths = manifest.column("path").to_pylist()

@@ -107,3 +107,31 @@ def test_columnwise_filename_captions_agree_with_the_per_file_rule(tmp_path):
     assert got == expected
     assert dict((p, c) for p, c, _ in got)["sub/dir/photo.v2.JPG"] == "photo.v2"
     assert dict((p, s) for p, _, s in got)["x/__.png"] == "empty_caption"
+
+
+def test_prepend_and_only_instance_prompt(tmp_path):
+    import pyarrow as pa
+
+    from pixart_pipeline.config.models import ImageDataset
+    from pixart_pipeline.data.captions import build_captions_table
+
+    (tmp_path / "b.txt").write_text("a blue cube\nsecond line\n")
+    paths = ["a_red_circle.png", "b.png", "c.png", "b.txt"]
+    manifest = pa.table({"path": paths, "sha256": [f"{i:064x}" for i in range(len(paths))]})
+
+    def captions(**kw):
+        ds = ImageDataset(id="t", instance_data_dir=".", instance_prompt="sks style", **kw)
+        table = build_captions_table(manifest, tmp_path, ds)
+        return dict(zip(table.column("path").to_pylist(),
+                        zip(table.column("caption").to_pylist(), table.column("caption_status").to_pylist())))
+
+    assert captions(caption_strategy="filename", prepend_instance_prompt=True)["a_red_circle.png"] == (
+        "sks style a red circle", "ok")
+    got = captions(caption_strategy="textfile", prepend_instance_prompt=True)
+    assert got["b.png"] == ("sks style a blue cube", "ok") and got["c.png"] == (None, "no_caption_file")
+    got = captions(caption_strategy="textfile", only_instance_prompt=True)
+    assert set(got.values()) == {("sks style", "ok")} and len(got) == 3
+    import pytest
+
+    with pytest.raises(ValueError, match="instance_prompt"):
+        ImageDataset(id="t", instance_data_dir=".", prepend_instance_prompt=True)
