@@ -16,7 +16,7 @@ from a checkpoint, a resumed run computes exactly what the uninterrupted run wou
 bit on the CPU (tested). On CUDA the data, noise and state are the same, but some attention and
 convolution backward kernels are not deterministic, so the weights agree only to float tolerance.
 
-SIGTERM / SIGINT (Dagster terminating the run sends SIGINT; torchrun passes SIGTERM to every rank)
+SIGTERM / SIGINT (see signals.py: Dagster terminating the run sends SIGINT; torchrun passes SIGTERM to every rank)
 finish the current step, write a checkpoint, and stop: the run resumes from there.
 """
 
@@ -26,10 +26,7 @@ import copy
 import hashlib
 import os
 import random
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,6 +54,7 @@ from pixart_pipeline.training.optim import (
 from pixart_pipeline.training.report import Reporter
 from pixart_pipeline.training.resume import check_resumable, load_resume, save, set_aside_later_checkpoints
 from pixart_pipeline.training.sampler import BucketBatchSampler
+from pixart_pipeline.training.signals import StopRequest, check_ranks_agree
 from pixart_pipeline.training.spec import HYPERPARAMETER_KEYS, RunSpec
 from pixart_pipeline.training.tracking import open_tracker
 
@@ -120,36 +118,6 @@ def micro_batch_generator(seed: int, draw: int) -> torch.Generator:
     ``(seed, draw)``, so any split of the same batches over processes draws the same noise."""
     digest = hashlib.sha256(f"pixart-train:{seed}:{draw}".encode()).digest()
     return torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-
-
-class StopRequest:
-    """Set by SIGTERM/SIGINT; checked once per optimizer step (and agreed on by every process)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def __call__(self, signum, frame) -> None:
-        self.signum = signum
-
-    @contextmanager
-    def installed(self):
-        """Handle SIGTERM and SIGINT while training (main thread only), then restore the old handlers."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        old = {sig: signal.signal(sig, self) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield self
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
-
-    def agreed(self, accelerator: Accelerator) -> bool:
-        """True on every process when any process got a signal (one tiny all-reduce when distributed)."""
-        flag = torch.tensor([0 if self.signum is None else 1], device=accelerator.device)
-        if accelerator.num_processes > 1:
-            flag = accelerator.reduce(flag, reduction="sum")
-        return bool(flag.item())
 
 
 def train(spec: RunSpec, stop_at_step: int | None = None, reporter: Reporter | None = None) -> TrainResult:
@@ -345,6 +313,7 @@ def _run(spec: RunSpec, reporter: Reporter, stop_at_step: int | None, stop_reque
         rows = read_metrics(run_dir / "metrics.jsonl")
         last_loss = rows[-1]["loss"] if rows else None
     final = accelerator.unwrap_model(transformer)
+    check_ranks_agree(accelerator, tensors_sha256(final.state_dict()))
     if ema is not None:
         final = copy.deepcopy(final)
         ema.copy_to(final)
