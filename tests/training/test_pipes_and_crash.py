@@ -17,14 +17,17 @@ REPO = Path(__file__).resolve().parents[2]
 ENV = {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 
 
+@pytest.mark.slow
 def test_progress_and_result_come_back_through_dagster_pipes(make_spec, tmp_path):
-    spec = make_spec("pipes", max_train_steps=4, checkpointing_steps=2)
+    pytest.importorskip("wandb")
+    spec = make_spec("pipes", max_train_steps=4, checkpointing_steps=2, report_to="wandb")
     path = spec.save(tmp_path / "run_spec.json")
+    env = ENV | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}  # no network
 
     @dagster.asset
     def trained_checkpoint(context: dagster.AssetExecutionContext, pipes: dagster.PipesSubprocessClient):
         cmd = [sys.executable, "-m", "pixart_pipeline.training", str(path)]
-        return pipes.run(command=cmd, context=context, env=ENV).get_materialize_result()
+        return pipes.run(command=cmd, context=context, env=env).get_materialize_result()
 
     instance = dagster.DagsterInstance.ephemeral()
     result = dagster.materialize([trained_checkpoint], resources={"pipes": dagster.PipesSubprocessClient()},
@@ -36,6 +39,10 @@ def test_progress_and_result_come_back_through_dagster_pipes(make_spec, tmp_path
     assert mat.metadata["weights_sha256"].value in weights
     assert mat.tags["dagster/data_version"] == mat.metadata["weights_sha256"].value
     assert str(mat.metadata["path"].value) == str(Path(spec.run_dir) / "pipeline")
+    assert isinstance(mat.metadata["final_loss"].value, float) and mat.metadata["epochs"].value == 1.0
+    # the W&B run's local folder (offline; its URL online) is in the asset metadata
+    tracker = Path(str(mat.metadata["tracker_url"].value))
+    assert tracker.parent == Path(spec.run_dir) / "wandb" and list(tracker.glob("*.wandb"))
     messages = [e.user_message for e in instance.all_logs(result.run_id)]
     assert any("step 4/4 loss" in m for m in messages)
     assert any("saved checkpoint" in m for m in messages)
