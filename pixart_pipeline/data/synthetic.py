@@ -14,10 +14,11 @@ mixed. Two deliberately bad files are added on top of ``num_images``: ``broken_i
 bytes, unreadable) and a 40x40 image (rejected by a ``minimum_image_size`` of 64).
 
 Every file's bytes depend only on (seed, index), drawn from its own seeded RNG, so regenerating
-gives identical bytes and only missing files are written. The folder belongs to the generator: a
-hidden marker ``.synthetic.json`` records (num_images, seed); when they change, every planned file
-is regenerated (same name can mean different pixels under another seed), and image files that are
-no longer planned (a smaller ``num_images``) are deleted, with their emptied ``extra_N/`` folders.
+gives identical bytes and only missing files are written. A hidden marker ``.synthetic.json``
+records (num_images, seed) and the files the generator wrote; when the parameters change, every
+planned file is regenerated (the same name can mean different pixels under another seed), and the
+generator's files that are no longer planned (a smaller ``num_images``) are deleted, with their
+emptied ``extra_N/`` folders. Files someone else put in the folder are never touched.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from pixart_pipeline.data.manifest import list_dataset_files
 from pixart_pipeline.fileio import atomic_write_bytes, atomic_write_json
 
 MARKER = ".synthetic.json"
@@ -135,9 +135,10 @@ def generate_synthetic_dataset(folder: Path, num_images: int, seed: int) -> list
     folder.mkdir(parents=True, exist_ok=True)
     params = {"num_images": num_images, "seed": seed}
     try:
-        same = json.loads((folder / MARKER).read_text()) == params
+        marker = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
-        same = False
+        marker = {}
+    same = isinstance(marker, dict) and {k: marker.get(k) for k in params} == params
     triples = caption_triples(seed)
     plan = planned_files(num_images, seed)
     paths = []
@@ -150,13 +151,15 @@ def generate_synthetic_dataset(folder: Path, num_images: int, seed: int) -> list
             if path.read_bytes() != data:
                 atomic_write_bytes(path, data)
         paths.append(path)
-    planned = {rel for rel, _ in plan}
-    for rel in list_dataset_files(folder):
-        if rel not in planned:
-            (folder / rel).unlink()
+    planned = [rel for rel, _ in plan]
+    written_before = marker.get("files", []) if isinstance(marker, dict) else []
+    for rel in sorted(set(written_before) - set(planned)):
+        target = folder / rel
+        if target.is_file() and not target.is_symlink():
+            target.unlink()
     for extra in folder.glob("extra_*"):
         if extra.is_dir() and not any(extra.iterdir()):
             extra.rmdir()
-    if not same:
-        atomic_write_json(folder / MARKER, params)
+    if not same or written_before != planned:
+        atomic_write_json(folder / MARKER, params | {"files": planned})
     return paths

@@ -42,7 +42,10 @@ def test_names_are_unique_captions_with_bad_files(tmp_path):
 
 def test_shrinking_or_reseeding_leaves_exactly_the_planned_files(tmp_path):
     generate_synthetic_dataset(tmp_path, 230, seed=0)  # spills into extra_1/
+    (tmp_path / "my_own_photo.png").write_bytes(b"someone else's file")
     paths = generate_synthetic_dataset(tmp_path, 10, seed=0)
+    assert (tmp_path / "my_own_photo.png").exists()  # not the generator's: never deleted
+    (tmp_path / "my_own_photo.png").unlink()
     on_disk = sorted(p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith("."))
     assert on_disk == sorted(paths) and not (tmp_path / "extra_1").exists()
     reseeded = generate_synthetic_dataset(tmp_path, 10, seed=3)
