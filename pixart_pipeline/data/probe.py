@@ -102,12 +102,13 @@ def probe_image(path: Path) -> Probe:
                 width, height = image.size
                 fmt = image.format
                 notes = [n for n in (frames_note(image), conversion_note(image)) if n]
-                if fmt == "PNG":
-                    _, exif = png_walk(f)
+                if fmt == "PNG":  # one walk over the chunk headers gives both answers
+                    complete, exif = png_walk(f)
                     orientation = exif_orientation_from_bytes(exif)
+                    suspicious = not complete
                 else:
                     orientation = _orientation(image)
-                suspicious = looks_truncated(fmt, f)
+                    suspicious = looks_truncated(fmt, f)
     except FileNotFoundError:
         return Probe(None, None, MISSING)  # removed between stat and open
     except Image.DecompressionBombError:
