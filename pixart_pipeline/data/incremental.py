@@ -2,8 +2,8 @@
 
 A metadata row is a pure function of (path, image sha256, caption, caption status) and of the
 stage's inputs fingerprint: the ``bucketed_metadata`` config fields, the stage revision, the probe
-version and the source of the modules that compute a row (so editing the code never reuses rows
-it would now compute differently). The fingerprint is stored in the parquet's key-value metadata.
+version and the source of every module of the data package (so editing the code never reuses
+rows it would now compute differently). The fingerprint is stored in the parquet's key-value metadata.
 
 When it matches, a previous row is kept iff the same (path, sha256, caption) is still there, its
 caption is not null (a null caption hides which caption status it had) and its status is not
@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
-from pixart_pipeline.data import buckets, images, metadata, probe, probe_cache
+from pixart_pipeline.data import probe, probe_cache
 
 FINGERPRINT_KEY = b"inputs_fingerprint"
 KEY = ["path", "sha256", "caption"]
@@ -30,8 +30,8 @@ KEY = ["path", "sha256", "caption"]
 def inputs_fingerprint(cfg: PipelineConfig, ds: ImageDataset) -> str:
     """Everything besides the row's own inputs that a metadata row depends on."""
     code = hashlib.sha256()
-    for module in (buckets, images, metadata, probe):
-        code.update(Path(module.__file__).read_bytes())
+    for source in sorted(Path(__file__).parent.glob("*.py")):  # every module of the data package
+        code.update(source.name.encode() + b"\0" + source.read_bytes())
     return fp.stable_hash([
         fp.STAGE_REVISIONS["bucketed_metadata"], fp.bucketed_metadata_fields(cfg, ds),
         probe_cache.PROBE_VERSION, code.hexdigest(),
