@@ -29,9 +29,13 @@ from pixart_pipeline.data.digest import table_digest
 from pixart_pipeline.data.manifest import IMAGE_EXTENSIONS, is_image_path
 from pixart_pipeline.data.parquet_source import parquet_captions
 
+# sidecar_sha256: the sha256 of the image's .txt sidecar (textfile strategy; null otherwise), so a
+# re-run re-reads only the sidecars that changed.
 CAPTIONS_SCHEMA = pa.schema(
-    [("path", pa.string()), ("sha256", pa.string()), ("caption", pa.string()), ("caption_status", pa.string())]
+    [("path", pa.string()), ("sha256", pa.string()), ("caption", pa.string()), ("caption_status", pa.string()),
+     ("sidecar_sha256", pa.string())]
 )
+FINGERPRINT_KEY = b"inputs_fingerprint"
 # Reason codes (``caption_status`` when not "ok").
 NO_CAPTION_FILE = "no_caption_file"
 EMPTY_CAPTION = "empty_caption"
@@ -106,13 +110,56 @@ def caption_for(path: str, root: Path, ds: ImageDataset, listed: set[str]) -> tu
 
 
 def build_captions_table(
-    manifest: pa.Table, root: Path, ds: ImageDataset, parquet_path: Path | None = None
+    manifest: pa.Table,
+    root: Path,
+    ds: ImageDataset,
+    parquet_path: Path | None = None,
+    previous: pa.Table | None = None,
 ) -> pa.Table:
-    """One row per image file of ``manifest`` (sidecars excluded): path, sha256, caption, caption_status.
+    """One row per image file of ``manifest`` (sidecars excluded): path, sha256, caption,
+    caption_status, sidecar_sha256.
 
     ``parquet_path`` (the resolved ``parquet.path``) is required by ``caption_strategy: "parquet"``.
+    ``previous``: the last captions table built with the same inputs (the caller checks the
+    fingerprint); with ``textfile``, its rows whose (path, sha256, sidecar sha256) are unchanged
+    are kept and only the other sidecars are read.
     """
-    return apply_instance_prompt(_strategy_captions(manifest, Path(root), ds, parquet_path), ds)
+    root = Path(root)
+    if ds.caption_strategy == "textfile":
+        return _textfile_captions(manifest, root, ds, previous)
+    return apply_instance_prompt(_strategy_captions(manifest, root, ds, parquet_path), ds)
+
+
+def _image_rows(manifest: pa.Table) -> pa.Table:
+    """The manifest's image rows (path, sha256), sorted by path, selected with a regex kernel."""
+    ext = "|".join(sorted(IMAGE_EXTENSIONS))
+    images = manifest.filter(pc.match_substring_regex(pc.utf8_lower(manifest.column("path")), rf"\.({ext})$"))
+    return images.select(["path", "sha256"]).sort_by("path")
+
+
+def _textfile_captions(manifest: pa.Table, root: Path, ds: ImageDataset, previous: pa.Table | None) -> pa.Table:
+    images = _image_rows(manifest)
+    sidecars = pc.replace_substring_regex(images.column("path"), r"\.[^./]*$", ".txt")  # caption_file_for
+    shas = manifest.select(["path", "sha256"]).rename_columns(["sidecar", "sidecar_sha256"])
+    current = images.append_column("sidecar", sidecars).join(shas, keys="sidecar", join_type="left outer")
+    current = current.select(["path", "sha256", "sidecar_sha256"]).sort_by("path")
+    keys = ["path", "sha256", "sidecar_sha256"]
+    kept = None
+    todo = current
+    if previous is not None and previous.num_rows and "sidecar_sha256" in previous.column_names:
+        prev = previous.select(CAPTIONS_SCHEMA.names).cast(CAPTIONS_SCHEMA)
+        kept = prev.join(current, keys=keys, join_type="left semi")  # a null sidecar sha never matches
+        todo = current.join(prev.select(keys), keys=keys, join_type="left anti").sort_by("path")
+    listed = set(manifest.column("path").to_pylist())
+    rows = {"path": [], "sha256": [], "caption": [], "caption_status": [], "sidecar_sha256": []}
+    for path, sha, sidecar_sha in zip(*(todo.column(c).to_pylist() for c in keys)):
+        caption, status = caption_for(path, root, ds, listed)
+        for name, value in zip(rows, (path, sha, caption, status, sidecar_sha)):
+            rows[name].append(value)
+    fresh = apply_instance_prompt(pa.table(rows, schema=CAPTIONS_SCHEMA), ds)
+    if kept is None or kept.num_rows == 0:
+        return fresh
+    return pa.concat_tables([kept, fresh]).sort_by("path")
 
 
 def apply_instance_prompt(table: pa.Table, ds: ImageDataset) -> pa.Table:
@@ -142,7 +189,7 @@ def _strategy_captions(manifest: pa.Table, root: Path, ds: ImageDataset, parquet
         if parquet_path is None:
             raise ValueError(f"dataset {ds.id!r}: caption_strategy 'parquet' needs the parquet file's path")
         from_parquet = parquet_captions(parquet_path, ds.parquet, [p for p in paths if is_image_path(p)])
-    rows = {"path": [], "sha256": [], "caption": [], "caption_status": []}
+    rows = {"path": [], "sha256": [], "caption": [], "caption_status": [], "sidecar_sha256": []}
     for path, digest in sorted(zip(paths, digests)):
         if not is_image_path(path):
             continue
@@ -154,6 +201,7 @@ def _strategy_captions(manifest: pa.Table, root: Path, ds: ImageDataset, parquet
         rows["sha256"].append(digest)
         rows["caption"].append(caption)
         rows["caption_status"].append(status)
+        rows["sidecar_sha256"].append(None)
     return pa.table(rows, schema=CAPTIONS_SCHEMA)
 
 
@@ -164,9 +212,7 @@ def _columnwise_captions(manifest: pa.Table, ds: ImageDataset) -> pa.Table:
     without its extension (image paths always have one), underscores become spaces, and a caption
     that is empty after stripping whitespace is ``empty_caption``.
     """
-    ext = "|".join(sorted(IMAGE_EXTENSIONS))
-    images = manifest.filter(pc.match_substring_regex(pc.utf8_lower(manifest.column("path")), rf"\.({ext})$"))
-    images = images.select(["path", "sha256"]).sort_by("path")
+    images = _image_rows(manifest)
     paths = images.column("path")
     if ds.caption_strategy == "filename":
         names = pc.replace_substring_regex(paths, r"^.*/", "")
@@ -177,7 +223,8 @@ def _columnwise_captions(manifest: pa.Table, ds: ImageDataset) -> pa.Table:
     status = pc.if_else(empty, EMPTY_CAPTION, "ok")
     caption = pc.if_else(empty, pa.scalar(None, pa.string()), captions)
     return pa.table({"path": paths, "sha256": images.column("sha256"), "caption": caption,
-                     "caption_status": status}, schema=CAPTIONS_SCHEMA)
+                     "caption_status": status, "sidecar_sha256": pa.nulls(images.num_rows, pa.string())},
+                    schema=CAPTIONS_SCHEMA)
 
 
 def captions_data_version(table: pa.Table) -> str:

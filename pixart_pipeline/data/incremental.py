@@ -38,6 +38,15 @@ def inputs_fingerprint(cfg: PipelineConfig, ds: ImageDataset) -> str:
     ])
 
 
+def captions_fingerprint(cfg: PipelineConfig, ds: ImageDataset) -> str:
+    """What a captions row depends on besides its image and sidecar: the captions config fields,
+    the stage revision and the caption code (a textfile re-run keeps rows only under the same one)."""
+    code = hashlib.sha256()
+    for name in ("captions.py", "parquet_source.py"):
+        code.update((Path(__file__).parent / name).read_bytes())
+    return fp.stable_hash([fp.STAGE_REVISIONS["captions"], fp.captions_fields(cfg, ds), code.hexdigest()])
+
+
 def current_rows(manifest: pa.Table, captions: pa.Table) -> pa.Table:
     """(path, sha256, caption, caption_status) of every captions row, sorted by path, with the
     manifest's sha256 where it has the path (the manifest wins if the two ever disagree)."""

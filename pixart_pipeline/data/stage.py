@@ -30,6 +30,7 @@ from pixart_pipeline.data.metadata import (
 from pixart_pipeline.data.parquet_source import parquet_file, parquet_sizes
 from pixart_pipeline.data.incremental import (
     FINGERPRINT_KEY,
+    captions_fingerprint,
     current_rows,
     inputs_fingerprint,
     previous_if_current,
@@ -159,7 +160,10 @@ def run_captions(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> St
     start = time.perf_counter()
     manifest = _read_input(manifest_path(cfg, ds), f"raw_dataset/{ds.id}")
     parquet = parquet_file(cfg, ds) if ds.caption_strategy == "parquet" else None
-    table = build_captions_table(manifest, cfg.dataset_dir(ds), ds, parquet)
+    fingerprint = captions_fingerprint(cfg, ds)
+    previous = previous_if_current(captions_path(cfg, ds), fingerprint, read_parquet)
+    table = build_captions_table(manifest, cfg.dataset_dir(ds), ds, parquet, previous=previous)
+    table = table.replace_schema_metadata({FINGERPRINT_KEY: fingerprint})
     path = captions_path(cfg, ds)
     atomic_write_parquet(path, table)
     statuses = dict(sorted(value_counts(table.column("caption_status")).items()))

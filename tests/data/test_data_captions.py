@@ -33,7 +33,7 @@ def test_filename_strategy(tmp_path):
     assert got["a_red_circle.png"] == ("a red circle", "ok")
     assert got["sub/two_lines.png"] == ("two lines", "ok")
     assert "plain.txt" not in got  # sidecars are not images
-    assert table.column_names == ["path", "sha256", "caption", "caption_status"]
+    assert table.column_names == ["path", "sha256", "caption", "caption_status", "sidecar_sha256"]
 
 
 def test_textfile_strategy(tmp_path):

@@ -140,3 +140,36 @@ def test_rerun_probes_only_new_and_edited_files(tmp_path):
     scratch = run()
     assert scratch.metadata["probed"] == 12
     assert read_parquet(scratch.path).equals(incremental)
+
+
+def test_textfile_rerun_reads_only_changed_sidecars(tmp_path):
+    import os
+
+    config = copy_demo(tmp_path, dataset={"type": "local", "instance_data_dir": "imgs", "crop": False,
+                                          "caption_strategy": "textfile"})
+    cfg = load_config(config)
+    ds = cfg.datasets[0]
+    root = cfg.dataset_dir(ds)
+    root.mkdir(parents=True)
+    for i in range(5):
+        Image.new("RGB", (64, 64), (i * 40, 0, 0)).save(root / f"img{i}.png")
+        (root / f"img{i}.txt").write_text(f"caption {i}\n")
+
+    def captions():
+        run_raw_dataset(cfg, ds)
+        table = read_parquet(run_captions(cfg, ds).path)
+        return {p: (c, s) for p, c, s in zip(*(table.column(n).to_pylist() for n in ("path", "caption", "caption_status")))}
+
+    assert captions()["img0.png"] == ("caption 0", "ok")
+    # Same size and mtime: the manifest keeps its sha256, so the caption row is reused, not re-read.
+    st = (root / "img1.txt").stat()
+    (root / "img1.txt").write_text("CAPTION 1\n")
+    os.utime(root / "img1.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    (root / "img2.txt").write_text("an edited caption\n")
+    (root / "img3.txt").unlink()
+    Image.new("RGB", (64, 64)).save(root / "img9.png")
+    (root / "img9.txt").write_text("a new one\n")
+    got = captions()
+    assert got == {"img0.png": ("caption 0", "ok"), "img1.png": ("caption 1", "ok"),
+                   "img2.png": ("an edited caption", "ok"), "img3.png": (None, "no_caption_file"),
+                   "img4.png": ("caption 4", "ok"), "img9.png": ("a new one", "ok")}
