@@ -32,7 +32,11 @@ def build_dataset_checks(cfg: PipelineConfig, ds: ImageDataset) -> list[dg.Asset
     @dg.asset_check(
         asset=metadata_key(ds.id),
         name="buckets_fill_a_batch",
-        description="Buckets with fewer train images than train_batch_size are dropped by the sampler.",
+        description=(
+            "Buckets with fewer train draws per epoch than one optimizer step (train_batch_size x "
+            "gradient_accumulation_steps x num_processes) are dropped by the sampler, as SimpleTuner does, "
+            "or repeated with small_bucket_rule 'repeat'. Names each bucket and what to change."
+        ),
     )
     def buckets_fill_a_batch() -> dg.AssetCheckResult:
         report = batch_readiness(cfg, ds)
@@ -40,7 +44,11 @@ def build_dataset_checks(cfg: PipelineConfig, ds: ImageDataset) -> list[dg.Asset
             passed=not report.small_buckets,
             severity=dg.AssetCheckSeverity.WARN,
             description=report.bucket_message,
-            metadata={"dropped_buckets": report.small_buckets},
+            metadata={
+                "small_buckets": report.small_buckets,
+                "draws_per_step": report.needed,
+                "small_bucket_rule": report.rule,
+            },
         )
 
     return [enough_images_for_a_batch, buckets_fill_a_batch]
