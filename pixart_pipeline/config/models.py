@@ -303,6 +303,9 @@ def _check_geometry(ds: "ImageDataset") -> None:
     """The geometry combinations SimpleTuner refuses (or would divide by zero on), as clear errors."""
     if ds.resolution_type in ("pixel", "pixel_area") and int(ds.resolution) != ds.resolution:
         raise ValueError(f"resolution_type {ds.resolution_type!r} needs a whole number of pixels, got {ds.resolution}")
+    if ds.resolution_type == "area" and (ds.minimum_image_size or 0) > 5:
+        raise ValueError(f"minimum_image_size {ds.minimum_image_size} with resolution_type 'area' means "
+                         "megapixels (SimpleTuner refuses values above 5); use 'pixel_area' for pixels")
     buckets = ds.crop_aspect_buckets
     if ds.crop and ds.crop_aspect in ("closest", "random") and not buckets:
         raise ValueError(f"crop_aspect {ds.crop_aspect!r} needs crop_aspect_buckets, e.g. [0.75, 1.0, 1.5]")

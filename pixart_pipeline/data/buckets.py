@@ -56,8 +56,7 @@ Our deviations (each keeps every crop full-sized and reproducible):
   photo). We resize instead: near-square -> shorter side = target edge; square crop -> the
   intermediary computed from the image's own aspect ratio (SimpleTuner's earlier behaviour).
 - ``pixel`` square targets are snapped to the alignment (SimpleTuner uses ``int(resolution)``).
-- SimpleTuner's square-crop minimum check compares ``crop_style`` to ``"square"`` (never true); we
-  apply it when ``crop_aspect`` is ``square``. Its downsample trigger ignores the value of
+- SimpleTuner's downsample trigger ignores the value of
   ``maximum_image_size``; we downsample only images larger than it, as documented.
 - Images with ``w / h`` outside ``[1/8, 8]`` are rejected (``extreme_aspect``, see ``MAX_ASPECT``):
   SimpleTuner divides by zero on thin strips and builds huge intermediaries for wide ones.

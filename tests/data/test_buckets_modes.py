@@ -220,3 +220,20 @@ def test_preserve_crop_never_stretches():
         for i, (w, h) in enumerate(SIZES):
             g = geometry(w, h, sha=f"{i:064x}", resolution=1024, resolution_type="pixel_area", **mode)
             assert math.isclose(g.intermediary_width / g.intermediary_height, w / h, rel_tol=0.02), (mode, w, h, g)
+
+
+def test_centre_is_center():
+    kw = dict(resolution=512, resolution_type="pixel_area", crop=True, crop_aspect="preserve")
+    assert geometry(400, 300, **{**kw, "crop_style": "centre"}) == geometry(400, 300, **kw)
+
+
+def test_integer_buckets_are_read_as_floats():
+    # SimpleTuner refuses an int aspect (its size functions demand a float); 1 and 1.0 are the same bucket here
+    kw = dict(crop_aspect="closest", **CROP_512)
+    assert geometry(500, 400, crop_aspect_buckets=[1, 1.5], **kw) == geometry(500, 400, crop_aspect_buckets=[1.0, 1.5], **kw)
+
+
+def test_area_minimum_above_five_megapixels_is_refused():
+    # SimpleTuner raises for minimum_image_size > 5 under area (almost surely pixels were meant)
+    with pytest.raises(ValueError, match="megapixels"):
+        ImageDataset(id="t", instance_data_dir=".", resolution=1.0, resolution_type="area", minimum_image_size=512)
