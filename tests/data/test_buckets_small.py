@@ -131,3 +131,28 @@ def test_asset_check_names_the_small_buckets_of_a_real_dataset(tmp_path):
         assert name in result.description
     assert "small_bucket_rule 'repeat'" in result.description
     assert result.metadata["draws_per_step"].value == 8
+
+
+def test_the_trainer_applies_the_rule_from_its_run_spec(tmp_path, tiny_pixart_path):
+    """Real tiny training: 6 square and 2 landscape items, batch 8. No bucket holds one step, so
+    "drop" refuses to start with the sampler's advice, and "repeat" trains on both buckets."""
+    from pixart_pipeline.training.loop import train
+    from pixart_pipeline.training.spec import RunSpec
+    from tests.training.conftest import fill_caches
+
+    caches = fill_caches(tmp_path / "caches")
+
+    def spec(name, rule):
+        hp = {"learning_rate": 1e-3, "train_batch_size": 8, "max_train_steps": 2, "mixed_precision": "no",
+              "seed": 3, "small_bucket_rule": rule}
+        return RunSpec(run_dir=str(tmp_path / name), base_model=tiny_pixart_path, items=caches["items"],
+                       text_store=caches["text_store"], empty_text_key=caches["empty_text_key"],
+                       hyperparameters=hp, checkpointing_steps=10, device="cpu")
+
+    assert spec("r", "repeat").training_config().small_bucket_rule == "repeat"
+    with pytest.raises(ValueError, match="small_bucket_rule 'repeat'"):
+        train(spec("drop", "drop"))
+    result = train(spec("repeat", "repeat"))
+    # one padded batch per bucket: the 2 steps are exactly one epoch, so both buckets were trained on
+    assert result.completed and result.steps == 2 and result.epochs == 1.0
+    assert result.final_loss is not None and result.final_loss == result.final_loss
