@@ -237,3 +237,17 @@ def test_area_minimum_above_five_megapixels_is_refused():
     # SimpleTuner raises for minimum_image_size > 5 under area (almost surely pixels were meant)
     with pytest.raises(ValueError, match="megapixels"):
         ImageDataset(id="t", instance_data_dir=".", resolution=1.0, resolution_type="area", minimum_image_size=512)
+
+
+def test_a_simpletuner_backend_file_with_weighted_buckets_loads(tmp_path):
+    from demo_copy import copy_demo
+
+    from pixart_pipeline.config import load_config
+
+    buckets = [{"aspect": 0.75, "weight": 0.25}, {"aspect": 1.0, "weight": 0.5}, {"aspect": 1.5, "weight": 0.25}]
+    path = copy_demo(tmp_path, config={"aspect_bucket_rounding": 3},
+                     dataset={"crop_aspect": "random", "crop_aspect_buckets": buckets})
+    cfg = load_config(path)
+    ds = cfg.datasets[0]
+    assert [b.weight for b in ds.crop_aspect_buckets] == [0.25, 0.5, 0.25]
+    assert cfg.training.aspect_bucket_rounding == 3 and not any("aspect_bucket_rounding" in w for w in cfg.warnings)
