@@ -251,3 +251,31 @@ def test_a_simpletuner_backend_file_with_weighted_buckets_loads(tmp_path):
     ds = cfg.datasets[0]
     assert [b.weight for b in ds.crop_aspect_buckets] == [0.25, 0.5, 0.25]
     assert cfg.training.aspect_bucket_rounding == 3 and not any("aspect_bucket_rounding" in w for w in cfg.warnings)
+
+
+def test_the_metadata_stage_rounds_bucket_keys_as_configured(tmp_path):
+    """aspect_bucket_rounding travels from config.json into the metadata table (demo: 128 px area)."""
+    from demo_copy import copy_demo
+
+    from pixart_pipeline.config import load_config
+    from pixart_pipeline.data.stage import (
+        metadata_path,
+        run_bucketed_metadata,
+        run_captions,
+        run_raw_dataset,
+    )
+    from pixart_pipeline.fileio import read_parquet
+
+    keys = {}
+    for rounding in (1, 2):
+        cfg = load_config(copy_demo(tmp_path / str(rounding), config={"aspect_bucket_rounding": rounding}))
+        ds = cfg.datasets[0]
+        run_raw_dataset(cfg, ds)
+        run_captions(cfg, ds)
+        run_bucketed_metadata(cfg, ds)
+        table = read_parquet(metadata_path(cfg, ds))
+        keys[rounding] = {(b, w, h) for b, w, h in zip(*(table.column(c).to_pylist()
+                          for c in ("bucket", "target_width", "target_height"))) if b is not None}
+    # 128x192 is round(0.6667, 2) = "0.67" at 2 decimals and "0.7" at 1; 192x128 is "1.5" either way
+    assert ("0.67", 128, 192) in keys[2] and ("0.7", 128, 192) in keys[1]
+    assert ("1.5", 192, 128) in keys[1] and ("1.5", 192, 128) in keys[2]
