@@ -141,7 +141,9 @@ def _probe_tuple(path: str) -> tuple:
     return (p.width, p.height, p.status, p.note)
 
 
-def probe_many(paths: list[Path], workers: int | None = None, processes: bool | None = None) -> list[Probe]:
+def probe_many(
+    paths: list[Path] | list[str], workers: int | None = None, processes: bool | None = None
+) -> list[Probe]:
     """``probe_image`` over ``paths`` in a bounded pool; results in input order.
 
     ``workers`` defaults to the CPU count (at most 8). ``processes`` defaults to True for lists of
@@ -151,7 +153,7 @@ def probe_many(paths: list[Path], workers: int | None = None, processes: bool | 
     if not paths:
         return []
     workers = max(1, min(workers or min(os.cpu_count() or 1, 8), len(paths)))
-    strings = [str(p) for p in paths]
+    strings = [p if isinstance(p, str) else str(p) for p in paths]
     if processes is None:
         processes = len(paths) >= PROCESS_POOL_MIN and workers > 1
     if processes:
