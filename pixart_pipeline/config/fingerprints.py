@@ -91,6 +91,7 @@ def bucketed_metadata_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
         "crop_aspect": ds.crop_aspect,
         "crop_aspect_buckets": [b if isinstance(b, (int, float)) else b.model_dump() for b in ds.crop_aspect_buckets or []],
         "aspect_bucket_rounding": cfg.training.aspect_bucket_rounding or 2,
+        "max_upscale_threshold": ds.max_upscale_threshold,
         "crop_style": ds.normalised_crop_style,
         "resolution": ds.resolution,
         "resolution_type": ds.resolution_type,

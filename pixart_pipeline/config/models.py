@@ -255,6 +255,7 @@ class ImageDataset(StrictModel):
     crop: bool = False
     crop_aspect: Literal["square", "preserve", "closest", "random"] = "square"
     crop_aspect_buckets: list[Number] | list[AspectBucket] | None = None
+    max_upscale_threshold: Number | None = Field(None, ge=0)  # random + plain buckets only
     crop_style: Literal["random", "center", "centre", "corner"] = "random"
     resolution: Number = Field(1024, gt=0)
     resolution_type: Literal["area", "pixel", "pixel_area"] = "pixel_area"

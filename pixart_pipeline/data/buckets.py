@@ -332,7 +332,8 @@ def compute_geometry(
         target = (p, p)
         _, intermediary = calc(ar, res.value, original)
     else:
-        chosen = chosen_aspect(ar, ds, sha256)  # the image's own unless crop_aspect closest/random
+        # the image's own aspect unless crop_aspect closest/random
+        chosen = chosen_aspect(ar, ds, sha256, original, lambda a: calc(a, res.value, original)[0])
         target, intermediary = calc(chosen, res.value, original)
         if res.kind == "area":
             target = canonical_area_target(target, res.value, rounding)

@@ -39,6 +39,7 @@ BASE = versions(config(crop_aspect="closest", crop_aspect_buckets=[0.75, 1.0]))
     config(crop_aspect="random", crop_aspect_buckets=[0.75, 1.0]),
     config(crop_aspect="random", crop_aspect_buckets=[{"aspect": 0.75, "weight": 0.5}, {"aspect": 1.0, "weight": 0.5}]),
     config({"aspect_bucket_rounding": 3}, crop_aspect="closest", crop_aspect_buckets=[0.75, 1.0]),
+    config(crop_aspect="closest", crop_aspect_buckets=[0.75, 1.0], max_upscale_threshold=0.2),
 ])
 def test_geometry_keys_change_the_metadata_fingerprint_only(changed):
     new = versions(changed)

@@ -279,3 +279,20 @@ def test_the_metadata_stage_rounds_bucket_keys_as_configured(tmp_path):
     # 128x192 is round(0.6667, 2) = "0.67" at 2 decimals and "0.7" at 1; 192x128 is "1.5" either way
     assert ("0.67", 128, 192) in keys[2] and ("0.7", 128, 192) in keys[1]
     assert ("1.5", 192, 128) in keys[1] and ("1.5", 192, 128) in keys[2]
+
+
+def test_max_upscale_threshold_limits_random_buckets():
+    # 400x300, pixel_area 512 (E = 512). Targets: 0.75 -> (rtm(443.4), rtm(591.2)) = (448, 576);
+    # 1.0 -> (512, 512); 1.5 -> (640, 448).
+    kw = dict(crop_aspect="random", crop_aspect_buckets=[0.75, 1.0, 1.5], **CROP_512)
+    # threshold 0.6: at most 640 x 480. 0.75 (576 > 480) and 1.0 (512 > 480) are out, 1.5 fits
+    # exactly -> the closest example's geometry, for every image hash
+    for i in range(10):
+        g = geometry(400, 300, sha=f"{i:064x}", max_upscale_threshold=0.6, **kw)
+        assert g == Geometry(640, 480, 640, 448, 0, 16, "1.43")
+    # threshold 0.5: at most 600 x 450; nothing fits -> square 1.0: target 512x512, the image covered
+    # at height 512 and width ceil(400*512/300) = 683, left = int(171/2) = 85
+    assert geometry(400, 300, max_upscale_threshold=0.5, **kw) == Geometry(683, 512, 512, 512, 85, 0, "1.0")
+    # no threshold: all three are drawn over enough images
+    drawn = {geometry(400, 300, sha=f"{i:064x}", **kw).bucket for i in range(40)}
+    assert drawn == {"0.78", "1.0", "1.43"}
