@@ -16,6 +16,7 @@ dataset is in the eval split (evaluation only; never trained on).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -85,7 +86,7 @@ def build_metadata_table(
     root: Path,
     ds: ImageDataset,
     workers: int | None = None,
-    probes: dict[str, Probe] | None = None,
+    probes: Mapping[str, Probe] | None = None,
     rounding: int = 2,
     reuse: pa.Table | None = None,
 ) -> pa.Table:

@@ -30,6 +30,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
@@ -144,14 +145,22 @@ def _probe_tuple(path: str) -> tuple:
 def probe_many(
     paths: list[Path] | list[str], workers: int | None = None, processes: bool | None = None
 ) -> list[Probe]:
-    """``probe_image`` over ``paths`` in a bounded pool; results in input order.
+    """``probe_image`` over ``paths`` in a bounded pool; results in input order (see ``iter_probes``)."""
+    return list(iter_probes(paths, workers, processes))
+
+
+def iter_probes(
+    paths: list[Path] | list[str], workers: int | None = None, processes: bool | None = None
+) -> Iterator[Probe]:
+    """``probe_image`` over ``paths`` in a bounded pool, yielded in input order as they finish, so a
+    caller can work on early results while the pool probes later ones.
 
     ``workers`` defaults to the CPU count (at most 8). ``processes`` defaults to True for lists of
     ``PROCESS_POOL_MIN`` paths or more. Worker processes are started with ``spawn`` (safe beside
     threads, e.g. in a Dagster run worker) and given chunks of paths.
     """
     if not paths:
-        return []
+        return
     workers = max(1, min(workers or min(os.cpu_count() or 1, 8), len(paths)))
     strings = [p if isinstance(p, str) else str(p) for p in paths]
     if processes is None:
@@ -159,6 +168,9 @@ def probe_many(
     if processes:
         chunk = max(1, min(512, len(strings) // (workers * 8)))
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return [Probe(*t) for t in pool.map(_probe_tuple, strings, chunksize=chunk)]
+            for t in pool.map(_probe_tuple, strings, chunksize=chunk):
+                yield Probe(*t)
+        return
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [Probe(*t) for t in pool.map(_probe_tuple, strings)]
+        for t in pool.map(_probe_tuple, strings):
+            yield Probe(*t)

@@ -14,12 +14,14 @@ re-hashes only files whose (size, mtime_ns) changed, and every other sha256 hits
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pixart_pipeline.data.probe import MISSING, Probe, probe_many
+from pixart_pipeline.data.probe import MISSING, Probe, iter_probes
 from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
 
 # Bump when probe_image's answers change (new reason code, new note, different size rule).
@@ -79,29 +81,63 @@ def updated_table(table: pa.Table, new: dict[str, Probe], keep: pa.Array | list[
     return kept, changed
 
 
+class LazyProbes(Mapping):
+    """``{path: Probe}`` filled as the pool finishes: cache hits at once, the other paths in order as
+    their probes arrive. Looking paths up in the order they were given (as the metadata table does)
+    lets the caller compute rows while the pool is still probing later images."""
+
+    def __init__(self, hits: dict[str, Probe], todo: list[tuple[str, str]], probes: Iterator[Probe]):
+        self._done = dict(hits)
+        self._order = list(hits) + [p for p, _ in todo]
+        self._pending = zip(todo, probes)
+        self.new: dict[str, Probe] = {}  # {sha256: Probe} of new cacheable answers (complete after finish())
+        self.probed = len(todo)
+
+    def _pull(self) -> bool:
+        try:
+            (path, sha), probe = next(self._pending)
+        except StopIteration:
+            return False
+        self._done[path] = probe
+        if probe.status != MISSING:
+            self.new[sha] = probe
+        return True
+
+    def __getitem__(self, path: str) -> Probe:
+        while path not in self._done:
+            if not self._pull():
+                raise KeyError(path)
+        return self._done[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def finish(self) -> dict[str, Probe]:
+        """Wait for every probe; return the new cacheable answers."""
+        while self._pull():
+            pass
+        return self.new
+
+
 def probe_with_cache(
     root: Path, paths: list[str], shas: list[str], table: pa.Table, workers: int | None = None
-) -> tuple[dict[str, Probe], dict[str, Probe], int]:
-    """(``{path: Probe}`` for ``paths``, ``{sha256: Probe}`` of new cacheable answers, files opened).
-
-    Only paths whose sha256 is not in ``table`` are probed.
-    """
+) -> LazyProbes:
+    """``{path: Probe}`` for ``paths`` (a :class:`LazyProbes`); only paths whose sha256 is not in
+    ``table`` are probed (``.probed`` of them; ``.finish()`` gives the new cacheable answers)."""
     cached = lookup(table, sorted(set(shas)))
-    out: dict[str, Probe] = {}
+    hits: dict[str, Probe] = {}
     todo: list[tuple[str, str]] = []
     for path, sha in zip(paths, shas):
         hit = cached.get(sha)
         if hit is not None:
-            out[path] = hit
+            hits[path] = hit
         else:
             todo.append((path, sha))
-    new: dict[str, Probe] = {}
     base = str(root)  # plain strings: 100,000 Path objects cost a second of parsing
-    for (path, sha), probe in zip(todo, probe_many([os.path.join(base, p) for p, _ in todo], workers=workers)):
-        out[path] = probe
-        if probe.status != MISSING:
-            new[sha] = probe
-    return out, new, len(todo)
+    return LazyProbes(hits, todo, iter_probes([os.path.join(base, p) for p, _ in todo], workers=workers))
 
 
 def save_probe_table(path: Path, table: pa.Table) -> None:

@@ -206,13 +206,16 @@ def run_bucketed_metadata(
         # Only images whose content (sha256) was never probed are opened; see probe_cache.py.
         cache_file = probe_cache_path(metadata_dir(cfg, ds))
         cache = load_probe_table(cache_file)
-        probes, new, probed = probe_with_cache(root, paths, todo.column("sha256").to_pylist(), cache, workers)
-        cache, changed = updated_table(cache, new, manifest.column("sha256"))
-        if changed:
-            save_probe_table(cache_file, cache)
+        probes = probe_with_cache(root, paths, todo.column("sha256").to_pylist(), cache, workers)
+        probed = probes.probed
+    # Rows are computed in path order as probes arrive (the pool keeps probing meanwhile).
     table = build_metadata_table(
         manifest, todo, root, ds, probes=probes, rounding=cfg.training.aspect_bucket_rounding or 2, reuse=reuse
     )
+    if ds.metadata_backend != "parquet":
+        cache, changed = updated_table(cache, probes.finish(), manifest.column("sha256"))
+        if changed:
+            save_probe_table(cache_file, cache)
     table = table.replace_schema_metadata({FINGERPRINT_KEY: fingerprint})
     path = metadata_path(cfg, ds)
     atomic_write_parquet(path, table)
