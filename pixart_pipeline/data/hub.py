@@ -122,8 +122,13 @@ def mirror_snapshot(snapshot: Path, files: dict[str, str], local_dir: Path, prev
         src = snapshot / rel
         atomic_write(dest, lambda tmp, src=src: shutil.copyfile(src, tmp))
         copied += 1
+    root = os.path.realpath(local_dir)
     for rel in sorted(set(previous) - set(files)):
         dest = local_dir / rel
+        # The list comes from a file in the folder: never follow it outside the folder.
+        parent = os.path.realpath(dest.parent)
+        if parent != root and not parent.startswith(root.rstrip(os.sep) + os.sep):
+            continue
         if dest.is_file() or dest.is_symlink():
             dest.unlink()
             deleted += 1

@@ -121,3 +121,16 @@ def test_raw_dataset_from_the_hub_records_the_commit(offline, tmp_path, monkeypa
     assert result.metadata["hub_commit"] == SHA1
     rows = {r["path"]: r["status"] for r in read_parquet(result.path).to_pylist()}
     assert rows == {"a_red_square.png": "ok", "bomb.png": "decompression_bomb"}
+
+
+def test_a_tampered_marker_never_deletes_outside_the_folder(offline, tmp_path):
+    hub, local = tmp_path / "hub", tmp_path / "data"
+    add_snapshot(hub, "someone/shapes", SHA1, {"a.png": _png(64, 64)})
+    local.mkdir()
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"keep me")
+    marker = {"repo_id": "someone/shapes", "revision": "main", "sha": "0" * 40, "allow_patterns": None,
+              "files": {"../victim.png": "x"}}
+    (local / MARKER).write_text(json.dumps(marker))
+    assert download_hub_dataset("someone/shapes", None, None, local, cache_dir=hub) == SHA1
+    assert victim.exists()
