@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 from pathlib import Path
 
@@ -153,8 +154,12 @@ def generate_synthetic_dataset(folder: Path, num_images: int, seed: int) -> list
         paths.append(path)
     planned = [rel for rel, _ in plan]
     written_before = marker.get("files", []) if isinstance(marker, dict) else []
+    root = os.path.realpath(folder)
     for rel in sorted(set(written_before) - set(planned)):
         target = folder / rel
+        parent = os.path.realpath(target.parent)
+        if parent != root and not parent.startswith(root + os.sep):
+            continue  # the list comes from a file in the folder: never follow it outside
         if target.is_file() and not target.is_symlink():
             target.unlink()
     for extra in folder.glob("extra_*"):

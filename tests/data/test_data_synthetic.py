@@ -54,3 +54,17 @@ def test_shrinking_or_reseeding_leaves_exactly_the_planned_files(tmp_path):
     on_disk = sorted(p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".")
                      and "fresh" not in p.parts)
     assert on_disk == sorted(reseeded)
+
+
+def test_a_tampered_marker_never_deletes_outside_the_folder(tmp_path):
+    import json
+
+    folder = tmp_path / "shapes"
+    generate_synthetic_dataset(folder, 5, seed=0)
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"keep me")
+    marker = json.loads((folder / ".synthetic.json").read_text())
+    marker["files"].append("../victim.png")
+    (folder / ".synthetic.json").write_text(json.dumps(marker))
+    generate_synthetic_dataset(folder, 5, seed=0)
+    assert victim.exists()
