@@ -4,6 +4,7 @@ bucketing and the metadata table. Plain Python + PIL + pyarrow; no Dagster here.
 from pixart_pipeline.data.buckets import Geometry, compute_geometry
 from pixart_pipeline.data.captions import build_captions_table, captions_data_version
 from pixart_pipeline.data.hub import HubUnavailableError, download_hub_dataset
+from pixart_pipeline.data.images import to_rgb
 from pixart_pipeline.data.manifest import FolderChanges, ScanStats, folder_changes, manifest_data_version, scan_dataset
 from pixart_pipeline.data.metadata import (
     bucket_histogram,
@@ -34,4 +35,5 @@ __all__ = [
     "probe_many",
     "scan_dataset",
     "status_counts",
+    "to_rgb",
 ]
