@@ -1,0 +1,19 @@
+import pyarrow as pa
+
+from pixart_pipeline.data.digest import table_digest
+
+
+def test_digest_is_order_free_slice_free_and_tells_null_from_empty():
+    table = pa.table({"path": [f"p{i:03d}" for i in range(50)], "c": [None if i % 7 == 0 else f"c{i}" for i in range(50)]})
+    cols = ["path", "c"]
+    assert table_digest(table, cols) == table_digest(table.take(list(range(49, -1, -1))), cols)
+    part = table.slice(10, 20)  # a view into the middle of the buffers
+    assert table_digest(part, cols) == table_digest(pa.Table.from_pylist(part.to_pylist()), cols)
+    assert table_digest(part.select(["path"]), ["path"]) == table_digest(pa.table({"path": part.column("path").to_pylist()}), ["path"])
+    null, empty = pa.table({"path": ["a"], "c": [None]}), pa.table({"path": ["a"], "c": [""]})
+    assert table_digest(null, cols) != table_digest(empty, cols)
+    # Row boundaries count: ("ab", "c") and ("a", "bc") differ.
+    left = pa.table({"path": ["1", "2"], "c": ["ab", "c"]})
+    right = pa.table({"path": ["1", "2"], "c": ["a", "bc"]})
+    assert table_digest(left, cols) != table_digest(right, cols)
+    assert table_digest(table.slice(0, 0), cols) == table_digest(table.slice(0, 0), cols)
