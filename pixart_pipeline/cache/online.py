@@ -59,6 +59,7 @@ class OnlineVaeStore:
         self.load_workers = load_workers
         self._vae = None
         self._device: torch.device | None = None
+        self.encoded = 0  # items encoded by this store so far: the cost of online mode, observable
 
     def __repr__(self) -> str:
         return f"OnlineVaeStore({str(self.root)!r})"
@@ -108,6 +109,7 @@ class OnlineVaeStore:
                     if not (torch.isfinite(mean[i]).all() and torch.isfinite(std[i]).all()):
                         raise ValueError(f"{self.items[keys[p]].path}: VAE posterior has NaN/Inf (use vae_dtype fp32)")
                     out[p] = {"mean": mean[i].clone(), "std": std[i].clone()}
+                self.encoded += len(positions)
         return out  # type: ignore[return-value]
 
 

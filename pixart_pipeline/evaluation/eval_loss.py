@@ -19,13 +19,13 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pyarrow.parquet as pq
 import torch
 
 from pixart_pipeline.cache import ShardStore, pad_prompt_embeds
-from pixart_pipeline.cache.online import open_vae_store
+from pixart_pipeline.cache.online import OnlineVaeStore, open_vae_store
 from pixart_pipeline.training.loss import pixart_epsilon_loss
 
 ITEM_COLUMNS = ("vae_store", "vae_key", "text_key", "target_width", "target_height", "dataset_id")
@@ -104,26 +104,71 @@ def item_noise(seed: int, item: EvalItem, num_timesteps: int, shape: Sequence[in
     return torch.randn((num_timesteps, *shape), generator=generator, dtype=torch.float32)
 
 
-def _load_batch(items, vae_stores, text_store):
-    """Read a batch's posterior means ([B, C, h, w]) and prompt embeds (padded, with mask)."""
-    means = [vae_stores[it.vae_store].get(it.vae_key)["mean"].float() for it in items]
+def _load_batch(items, means: dict[tuple[str, str], torch.Tensor], text_store):
+    """A batch's posterior means ([B, C, h, w], read once by ``_usable``) and prompt embeds (padded, with mask)."""
     embeds = [text_store.get(it.text_key)["prompt_embeds"].float() for it in items]
     prompt_embeds, attention_mask = pad_prompt_embeds(embeds)
-    return torch.stack(means), prompt_embeds, attention_mask
+    return torch.stack([means[(it.vae_store, it.vae_key)] for it in items]), prompt_embeds, attention_mask
 
 
-def _usable(item, vae_stores, text_store, channels: int) -> str | None:
-    """None if the item can be evaluated, else the reason it cannot."""
+def _usable(item, vae_stores, text_store, channels: int) -> tuple[torch.Tensor | None, str | None]:
+    """``(posterior mean [C, h, w], None)`` if the item can be evaluated, else ``(None, the reason)``.
+
+    The mean is read here once and kept: with ``vae_cache_disable`` every read is a VAE encode.
+    """
     store = vae_stores[item.vae_store]
     if item.vae_key not in store:
-        return f"no VAE cache entry in {item.vae_store}"
+        return None, f"no VAE cache entry in {item.vae_store}"
     if item.text_key not in text_store:
-        return "no text embedding in the text store"
-    shape = tuple(store.get(item.vae_key)["mean"].shape)
+        return None, "no text embedding in the text store"
+    try:
+        mean = store.get(item.vae_key)["mean"].float()
+    except ValueError as exc:  # an online encode of an unreadable image: skip that item, not the run
+        return None, str(exc)
     expected = (channels, item.target_height // 8, item.target_width // 8)
-    if shape != expected:
-        return f"cached mean has shape {shape}, expected {expected} for {item.target_width}x{item.target_height}"
-    return None
+    if tuple(mean.shape) != expected:
+        return None, (f"cached mean has shape {tuple(mean.shape)}, expected {expected} for "
+                      f"{item.target_width}x{item.target_height}")
+    return mean, None
+
+
+@dataclass(frozen=True)
+class EvalLatents:
+    """The evaluable items, their posterior means by ``(vae_store, vae_key)``, and the skipped ones."""
+
+    usable: list[EvalItem]
+    means: dict[tuple[str, str], torch.Tensor]  # [C, h, w] float32 each
+    skipped: list[tuple[str, str]]
+
+
+def read_eval_latents(
+    items: Sequence[EvalItem],
+    text_store: ShardStore | str | Path,
+    channels: int,
+    vae_stores: Mapping[str, ShardStore | OnlineVaeStore] | None = None,
+) -> EvalLatents:
+    """Read each item's posterior mean once (with ``vae_cache_disable``: encode it once) and check it.
+
+    Items missing from a cache, with the wrong latent shape, or whose online encode fails are skipped
+    with the reason. A missing store root is a wiring mistake, not one bad item: a ``ValueError``.
+    """
+    if isinstance(text_store, (str, Path)):
+        text_store = ShardStore(Path(text_store))
+    vae_stores = dict(vae_stores or {})
+    for root in sorted({it.vae_store for it in items} - set(vae_stores)):
+        vae_stores[root] = open_vae_store(root)
+    for store, what in [(text_store, "text_store")] + [(s, "vae_store") for s in vae_stores.values()]:
+        if items and not store.root.is_dir():
+            raise ValueError(f"eval loss: {what} {store.root} does not exist (is the cache materialised?)")
+    usable, skipped, means = [], [], {}
+    for it in items:
+        mean, reason = _usable(it, vae_stores, text_store, channels)
+        if reason is None:
+            usable.append(it)
+            means[(it.vae_store, it.vae_key)] = mean
+        else:
+            skipped.append((f"{it.dataset_id}/{it.vae_key}", reason))
+    return EvalLatents(usable, means, skipped)
 
 
 @torch.no_grad()
@@ -138,11 +183,16 @@ def eval_loss_per_timestep(
     *,
     scaling_factor: float,
     batch_size: int = 8,
+    vae_stores: Mapping[str, ShardStore | OnlineVaeStore] | None = None,
+    latents: EvalLatents | None = None,
 ) -> EvalLossResult:
     """Mean ``pixart_epsilon_loss`` per timestep over ``items`` (see the module docstring).
 
     ``timesteps``: a count (evenly spaced over the scheduler's training timesteps) or explicit values.
     Items missing from a cache or with the wrong latent shape are skipped and listed, not fatal.
+    ``vae_stores``: opened stores by ``vae_store`` root (others are opened here); each item's latents
+    are read from them exactly once. ``latents``: a ``read_eval_latents`` result to reuse (base and
+    trained weights are scored on the same latents, read -- or, online, encoded -- once).
     """
     if isinstance(text_store, (str, Path)):
         text_store = ShardStore(Path(text_store))
@@ -155,18 +205,9 @@ def eval_loss_per_timestep(
     was_training = transformer.training
     transformer.eval()
 
-    vae_stores = {root: open_vae_store(root) for root in sorted({it.vae_store for it in items})}
-    # A missing store root is a wiring mistake, not one bad item: say so instead of skipping everything.
-    for store, what in [(text_store, "text_store")] + [(s, "vae_store") for s in vae_stores.values()]:
-        if items and not store.root.is_dir():
-            raise ValueError(f"eval loss: {what} {store.root} does not exist (is the cache materialised?)")
-    usable, skipped = [], []
-    for it in items:
-        reason = _usable(it, vae_stores, text_store, channels)
-        if reason is None:
-            usable.append(it)
-        else:
-            skipped.append((f"{it.dataset_id}/{it.vae_key}", reason))
+    if latents is None:
+        latents = read_eval_latents(items, text_store, channels, vae_stores)
+    usable, means, skipped = list(latents.usable), latents.means, list(latents.skipped)
 
     # Batches hold one latent size each; sorted so batching is the same on every call.
     usable.sort(key=lambda it: (it.target_height, it.target_width, it.vae_key, it.text_key))
@@ -181,10 +222,10 @@ def eval_loss_per_timestep(
             end += 1
         batch = usable[start:end]
         start = end
-        means, prompt_embeds, attention_mask = _load_batch(batch, vae_stores, text_store)
-        latents = (means * scaling_factor).to(device, dtype)  # [B, C, h, w]
+        batch_means, prompt_embeds, attention_mask = _load_batch(batch, means, text_store)
+        latents = (batch_means * scaling_factor).to(device, dtype)  # [B, C, h, w]
         # noise: [B, T, C, h, w], fixed per item
-        noise = torch.stack([item_noise(seed, it, len(timesteps), means.shape[1:]) for it in batch])
+        noise = torch.stack([item_noise(seed, it, len(timesteps), batch_means.shape[1:]) for it in batch])
         prompt_embeds = prompt_embeds.to(device, dtype)  # [B, L, D]
         attention_mask = attention_mask.to(device)  # [B, L]
         for j, t in enumerate(timesteps):

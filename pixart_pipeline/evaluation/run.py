@@ -21,6 +21,7 @@ from pixart_pipeline.evaluation.eval_loss import (
     EvalLossResult,
     eval_loss_per_timestep,
     read_eval_items,
+    read_eval_latents,
 )
 from pixart_pipeline.evaluation.report import write_report
 from pixart_pipeline.evaluation.sampling import (
@@ -113,10 +114,12 @@ def run_evaluation(spec: EvalSpec) -> EvalResult:
     if items:
         noise_scheduler = load_noise_scheduler(spec.base_model, spec.revision)
         scaling_factor = float(pipe.vae.config.scaling_factor)
+        # read (online: encode) each item's latents once, for the trained and the base loss
+        latents = read_eval_latents(items, spec.text_store, int(pipe.transformer.config.in_channels))
         loss_args = dict(
             items=items, text_store=spec.text_store, noise_scheduler=noise_scheduler,
             timesteps=spec.eval_timesteps, seed=spec.seed, device=device,
-            scaling_factor=scaling_factor, batch_size=spec.eval_batch_size,
+            scaling_factor=scaling_factor, batch_size=spec.eval_batch_size, latents=latents,
         )
         trained_loss = eval_loss_per_timestep(pipe.transformer, **loss_args)
     del pipe

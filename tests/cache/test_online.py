@@ -103,3 +103,32 @@ def test_the_dagster_vae_cache_asset_records_that_it_is_disabled(both):
     metadata = event.materialization.metadata
     assert metadata["disabled"].value in (True, "True") and metadata["encoded"].value == 0
     assert metadata["items"].value == both["result"].metadata["items"] > 0
+
+
+def test_eval_loss_encodes_each_online_item_once(both):
+    """vae_cache_disable: the eval loss encodes an item once (it used to encode it in the usability
+    check and again for its batch), and the base model's loss reuses the same latents."""
+    from pixart_pipeline.evaluation.eval_loss import EvalItem, eval_loss_per_timestep, read_eval_latents
+    from pixart_pipeline.models import load_noise_scheduler, load_transformer
+
+    cfg = both["online_cfg"]
+    rows = split_items(cfg, "train").to_pylist()[:5]
+    items = [EvalItem(r["vae_store"], r["vae_key"], r["text_key"], r["target_width"], r["target_height"],
+                      r["dataset_id"]) for r in rows]
+    root = items[0].vae_store
+    store = OnlineVaeStore(root)
+    base = base_model_path(cfg)
+    transformer = load_transformer(base, None, dtype=torch.float32)
+    args = dict(text_store=str(text_store_root(cfg)), noise_scheduler=load_noise_scheduler(base, None),
+                timesteps=2, seed=0, device="cpu", scaling_factor=vae_scaling_factor(base, None), batch_size=2)
+
+    result = eval_loss_per_timestep(transformer, items, vae_stores={root: store}, **args)
+    assert result.num_items == len(items) and not result.skipped
+    assert store.encoded == len(items)
+
+    again = OnlineVaeStore(root)
+    latents = read_eval_latents(items, args["text_store"], int(transformer.config.in_channels), {root: again})
+    first = eval_loss_per_timestep(transformer, items, latents=latents, **args)
+    second = eval_loss_per_timestep(transformer, items, latents=latents, **args)
+    assert again.encoded == len(items)  # two losses, one encode per item
+    assert first.per_timestep == second.per_timestep == result.per_timestep
