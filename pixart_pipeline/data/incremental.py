@@ -24,6 +24,8 @@ from pixart_pipeline.config import fingerprints as fp
 from pixart_pipeline.data import probe, probe_cache
 
 FINGERPRINT_KEY = b"inputs_fingerprint"
+# In the manifest: its own data version; in the captions table: the version it was built from.
+MANIFEST_VERSION_KEY = "manifest_version"
 KEY = ["path", "sha256", "caption"]
 
 
@@ -49,7 +51,14 @@ def captions_fingerprint(cfg: PipelineConfig, ds: ImageDataset) -> str:
 
 def current_rows(manifest: pa.Table, captions: pa.Table) -> pa.Table:
     """(path, sha256, caption, caption_status) of every captions row, sorted by path, with the
-    manifest's sha256 where it has the path (the manifest wins if the two ever disagree)."""
+    manifest's sha256 where it has the path (the manifest wins if the two ever disagree).
+
+    When the captions table records that it was built from this very manifest, its sha256 column
+    is the manifest's already and the join is skipped.
+    """
+    version = (manifest.schema.metadata or {}).get(MANIFEST_VERSION_KEY.encode())
+    if version and (captions.schema.metadata or {}).get(MANIFEST_VERSION_KEY.encode()) == version:
+        return captions.select(["path", "sha256", "caption", "caption_status"]).sort_by("path")
     shas = manifest.select(["path", "sha256"]).rename_columns(["path", "manifest_sha256"])
     joined = captions.join(shas, keys="path", join_type="left outer")
     sha = pc.coalesce(joined.column("manifest_sha256"), joined.column("sha256"))

@@ -30,6 +30,7 @@ from pixart_pipeline.data.metadata import (
 from pixart_pipeline.data.parquet_source import parquet_file, parquet_sizes
 from pixart_pipeline.data.incremental import (
     FINGERPRINT_KEY,
+    MANIFEST_VERSION_KEY,
     captions_fingerprint,
     current_rows,
     inputs_fingerprint,
@@ -93,17 +94,20 @@ def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) ->
     path = manifest_path(cfg, ds)
     previous = read_parquet(path) if path.exists() else None
     table, stats = scan_dataset(root, previous)
+    data_version = manifest_data_version(table)
+    # Parquet key-value metadata: the data version (later stages check they were built from this
+    # manifest) and the resolved Hub commit, so every later stage can say which revision it used.
+    meta = {MANIFEST_VERSION_KEY: data_version}
     if "hub_commit" in extra:
-        # The resolved commit travels with the manifest (parquet key-value metadata), so every later
-        # stage can say which revision of the Hub dataset it was built from.
-        table = table.replace_schema_metadata({"hub_repo_id": ds.hub_repo_id, "hub_commit": extra["hub_commit"]})
+        meta |= {"hub_repo_id": ds.hub_repo_id, "hub_commit": extra["hub_commit"]}
+    table = table.replace_schema_metadata(meta)
     atomic_write_parquet(path, table)
     log(f"manifest of {stats.total} file(s): {stats.hashed} hashed, {stats.reused} reused")
     if stats.skipped_names:
         log(f"skipped {stats.skipped_names} file(s) whose names are not valid UTF-8 (parquet cannot store them)")
     return StageResult(
         path=path,
-        data_version=manifest_data_version(table),
+        data_version=data_version,
         metadata={
             "files": stats.total,
             "hashed": stats.hashed,
@@ -163,7 +167,8 @@ def run_captions(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> St
     fingerprint = captions_fingerprint(cfg, ds)
     previous = previous_if_current(captions_path(cfg, ds), fingerprint, read_parquet)
     table = build_captions_table(manifest, cfg.dataset_dir(ds), ds, parquet, previous=previous)
-    table = table.replace_schema_metadata({FINGERPRINT_KEY: fingerprint})
+    built_from = (manifest.schema.metadata or {}).get(MANIFEST_VERSION_KEY.encode(), b"")
+    table = table.replace_schema_metadata({FINGERPRINT_KEY: fingerprint, MANIFEST_VERSION_KEY: built_from})
     path = captions_path(cfg, ds)
     atomic_write_parquet(path, table)
     statuses = dict(sorted(value_counts(table.column("caption_status")).items()))
