@@ -9,6 +9,8 @@ T5 embedding (``prompt_embeds [L, D]``) of each item; latents are sampled fresh 
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import torch
 
 from pixart_pipeline.cache import ShardStore, pad_prompt_embeds, sample_latents
 from pixart_pipeline.cache.online import open_vae_store
+from pixart_pipeline.cache.reader import prefetch
+from pixart_pipeline.training.sampler import BucketBatchSampler
 
 ITEM_COLUMNS = ("vae_store", "vae_key", "text_key", "target_width", "target_height", "dataset_id", "repeats")
 
@@ -126,10 +130,12 @@ class BatchBuilder:
         scaling_factor: float,
         caption_dropout_probability: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Latents ``[B, 4, h, w]`` (float32), prompt_embeds ``[B, Lmax, D]``, attention_mask ``[B, Lmax]``.
+        """Latents ``[B, 4, h, w]`` (float32), prompt_embeds ``[B, Lmax, D]``, attention_mask ``[B, Lmax]``:
+        ``assemble(read(indices), ...)`` on the calling thread."""
+        return self.assemble(self.read(indices), generator, scaling_factor, caption_dropout_probability)
 
-        Random draws, in this order, all from ``generator`` (CPU): caption dropout (only when its
-        probability is > 0), then the latent sample."""
+    def read(self, indices: list[int]) -> RawBatch:
+        """The cache reads of one batch (no random draw): safe to run ahead on another thread."""
         # group reads by store so each shard file is opened once
         posteriors: list[dict[str, torch.Tensor] | None] = [None] * len(indices)
         by_store: dict[str, list[int]] = {}
@@ -146,12 +152,56 @@ class BatchBuilder:
                              "does not match the items table's target sizes")
         mean = torch.stack([item["mean"] for item in posteriors]).float()  # [B, 4, h, w]
         std = torch.stack([item["std"] for item in posteriors]).float()
-
         texts = [t["prompt_embeds"] for t in self.text_store.get_many([self.items.text_key[i] for i in indices])]
+        return RawBatch(list(indices), mean, std, texts)
+
+    def assemble(
+        self,
+        raw: RawBatch,
+        generator: torch.Generator,
+        scaling_factor: float,
+        caption_dropout_probability: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The model inputs of a read batch. Random draws, in this order, all from ``generator`` (CPU):
+        caption dropout (only when its probability is > 0), then the latent sample."""
+        texts = raw.texts
         if caption_dropout_probability > 0:
-            drop = torch.rand(len(indices), generator=generator) < caption_dropout_probability  # [B] bool
+            drop = torch.rand(len(raw.indices), generator=generator) < caption_dropout_probability  # [B] bool
             texts = [self.empty_embed() if d else t for t, d in zip(texts, drop.tolist())]
         prompt_embeds, attention_mask = pad_prompt_embeds([t.float() for t in texts])
-
-        latents = sample_latents(mean, std, scaling_factor, generator)
+        latents = sample_latents(raw.mean, raw.std, scaling_factor, generator)
         return latents, prompt_embeds, attention_mask
+
+
+@dataclass(frozen=True)
+class RawBatch:
+    """One batch as read from the caches: posterior ``mean``/``std`` ``[B, 4, h, w]`` and the ``[L_i, D]``
+    prompt embeddings, before any random draw."""
+
+    indices: list[int]
+    mean: torch.Tensor
+    std: torch.Tensor
+    texts: list[torch.Tensor]
+
+
+def read_ahead(builder: BatchBuilder, sampler: BucketBatchSampler, world: int, rank: int,
+               depth: int) -> Iterator[RawBatch]:
+    """This process's raw batches from the sampler's current position on, read ``depth`` batches ahead
+    by one background thread (``cache.prefetch``), so step n+1's cache reads overlap step n.
+
+    The thread walks a *copy* of the sampler: the caller keeps advancing the real one as it consumes
+    batches, so a checkpoint saves the position of the batches trained on, never of those read ahead.
+    Only reads run ahead; every random draw stays on the caller's thread (``BatchBuilder.assemble``),
+    so the result is bit-identical to reading in place. ``depth`` 0 reads on the calling thread.
+    """
+    ahead = copy.deepcopy(sampler)
+
+    def requests() -> Iterator[list[int]]:
+        while True:  # every rank advances the sampler alike and keeps its own batch of each draw
+            yield [ahead.next_batch() for _ in range(world)][rank]
+
+    if depth == 0:
+        return (builder.read(indices) for indices in requests())
+    if builder.empty_text_key is not None and builder.empty_text_key in builder.text_store:
+        builder.empty_embed()  # read now: the reader thread and this one then never share a lazy load
+    return prefetch(builder.read, requests(), depth)

@@ -37,7 +37,7 @@ from accelerate import Accelerator
 from pixart_pipeline.fileio import atomic_write_json, atomic_write_text, tensors_sha256
 from pixart_pipeline.models import load_noise_scheduler, load_transformer
 from pixart_pipeline.training import checkpoint as ckpt
-from pixart_pipeline.training.batches import BatchBuilder, load_items, vae_scaling_factor
+from pixart_pipeline.training.batches import BatchBuilder, load_items, read_ahead, vae_scaling_factor
 from pixart_pipeline.training.ema import EMA
 from pixart_pipeline.training.export import CARD_INFO, export_pipeline, model_card
 from pixart_pipeline.training.hub import push_pipeline
@@ -239,64 +239,72 @@ def _run(spec: RunSpec, reporter: Reporter, stop_at_step: int | None, stop_reque
     reporter.info(f"training {len(items)} items, {sampler.batches_per_epoch} batches/epoch, {world} process(es), "
                   f"steps {global_step} -> {stop} of {total_steps} on {accelerator.device} "
                   f"(mixed precision: {hp.mixed_precision}, optimizer: {hp.optimizer})")
-    while global_step < stop:
-        step_start = time.perf_counter()
-        losses, grad_norm = [], None
-        lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
-        for _ in range(gas):
-            indices = [sampler.next_batch() for _ in range(world)][rank]  # every rank advances the sampler alike
-            draw = micro_step * world + rank
-            if spec.record_items:
-                seen.append([global_step + 1, draw // sampler.batches_per_epoch, *indices])
-            gen = micro_batch_generator(hp.seed, draw)
-            latents, prompt_embeds, attention_mask = builder.build(
-                indices, gen, scaling_factor, hp.caption_dropout_probability
-            )
-            noise = torch.randn(latents.shape, generator=gen)  # [B, 4, h, w]
-            if hp.noise_offset > 0:  # per-channel offset on every sample (Guttenberg, "Diffusion with Offset Noise")
-                offset = torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=gen)  # [B, 4, 1, 1]
-                noise = noise + hp.noise_offset * offset
-            timesteps = torch.randint(0, num_train_timesteps, (latents.shape[0],), generator=gen)  # [B]
-            device = accelerator.device
-            with accelerator.accumulate(transformer):
-                loss = pixart_epsilon_loss(
-                    transformer, latents.to(device), noise.to(device), timesteps.to(device),
-                    prompt_embeds.to(device), attention_mask.to(device), noise_scheduler, hp.snr_gamma,
-                ).mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(list(trainable.values()), max_norm)
-                    optimizer.step()
-                    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: no update, no schedule step
-                        lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
-            micro_step += 1
-        global_step += 1
-        if ema is not None:
-            ema.update(trainable)
+    # the cache reads of the next batches run ahead on a thread; the sampler here moves only as batches are used
+    reads = read_ahead(builder, sampler, world, rank, spec.read_ahead_batches)
+    try:
+        while global_step < stop:
+            step_start = time.perf_counter()
+            losses, grad_norm = [], None
+            lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
+            for _ in range(gas):
+                indices = [sampler.next_batch() for _ in range(world)][rank]  # every rank advances the sampler alike
+                raw = next(reads)
+                if raw.indices != indices:  # the reader walks a copy of the same deterministic sampler
+                    raise RuntimeError(f"read-ahead out of step: read {raw.indices}, sampler gives {indices}")
+                draw = micro_step * world + rank
+                if spec.record_items:
+                    seen.append([global_step + 1, draw // sampler.batches_per_epoch, *indices])
+                gen = micro_batch_generator(hp.seed, draw)
+                latents, prompt_embeds, attention_mask = builder.assemble(
+                    raw, gen, scaling_factor, hp.caption_dropout_probability
+                )
+                noise = torch.randn(latents.shape, generator=gen)  # [B, 4, h, w]
+                if hp.noise_offset > 0:  # per-channel offset on every sample (Guttenberg, "Diffusion with Offset Noise")
+                    offset = torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=gen)  # [B, 4, 1, 1]
+                    noise = noise + hp.noise_offset * offset
+                timesteps = torch.randint(0, num_train_timesteps, (latents.shape[0],), generator=gen)  # [B]
+                device = accelerator.device
+                with accelerator.accumulate(transformer):
+                    loss = pixart_epsilon_loss(
+                        transformer, latents.to(device), noise.to(device), timesteps.to(device),
+                        prompt_embeds.to(device), attention_mask.to(device), noise_scheduler, hp.snr_gamma,
+                    ).mean()
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(list(trainable.values()), max_norm)
+                        optimizer.step()
+                        if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: no update, no schedule step
+                            lr_scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.detach())
+                micro_step += 1
+            global_step += 1
+            if ema is not None:
+                ema.update(trainable)
 
-        last_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
-        step_seconds = time.perf_counter() - step_start
-        samples_per_s = batch * gas * world / step_seconds
-        row = {"step": global_step, "loss": last_loss, "lr": lr,
-               "grad_norm": None if grad_norm is None else float(grad_norm),
-               "samples_per_s": samples_per_s, "epoch": sampler.epoch, "seconds": train_seconds()}
-        if metrics is not None:
-            metrics.append(row)
-        tracker.log(row, global_step)
-        if global_step % spec.log_every_steps == 0 or global_step in (first_step + 1, stop):
-            per_step = (time.perf_counter() - loop_start) / (global_step - first_step)
-            reporter.progress(global_step, total_steps, last_loss, lr, samples_per_s,
-                              per_step * (total_steps - global_step))
-        signalled = stop_request.agreed(accelerator)
-        if global_step % spec.checkpointing_steps == 0 or global_step == stop or signalled:
-            last_checkpoint = save(accelerator, run_dir, global_step, transformer, optimizer, lr_scheduler,
-                                   sampler, ema, spec, hp, resume_path, train_seconds(), reporter)
-        if signalled:
-            reporter.warning(f"stopping on signal {stop_request.signum or 'from another process'} after step "
-                             f"{global_step}; resume from {last_checkpoint}")
-            break
+            last_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+            step_seconds = time.perf_counter() - step_start
+            samples_per_s = batch * gas * world / step_seconds
+            row = {"step": global_step, "loss": last_loss, "lr": lr,
+                   "grad_norm": None if grad_norm is None else float(grad_norm),
+                   "samples_per_s": samples_per_s, "epoch": sampler.epoch, "seconds": train_seconds()}
+            if metrics is not None:
+                metrics.append(row)
+            tracker.log(row, global_step)
+            if global_step % spec.log_every_steps == 0 or global_step in (first_step + 1, stop):
+                per_step = (time.perf_counter() - loop_start) / (global_step - first_step)
+                reporter.progress(global_step, total_steps, last_loss, lr, samples_per_s,
+                                  per_step * (total_steps - global_step))
+            signalled = stop_request.agreed(accelerator)
+            if global_step % spec.checkpointing_steps == 0 or global_step == stop or signalled:
+                last_checkpoint = save(accelerator, run_dir, global_step, transformer, optimizer, lr_scheduler,
+                                       sampler, ema, spec, hp, resume_path, train_seconds(), reporter)
+            if signalled:
+                reporter.warning(f"stopping on signal {stop_request.signum or 'from another process'} after step "
+                                 f"{global_step}; resume from {last_checkpoint}")
+                break
+    finally:
+        reads.close()  # stops the reader thread
 
     epochs = global_step * gas * world / sampler.batches_per_epoch
     if spec.record_items:

@@ -84,6 +84,9 @@ class RunSpec:
     # Write runs/<id>/ranks/rank-<r>.json (final weights hash, every batch's item indices) per process:
     # an audit of data-parallel training (the tests use it); off by default.
     record_items: bool = False
+    # Batches whose cache reads run ahead on a background thread (0: read in the training thread).
+    # Never changes what is trained: the sampler position and every random draw stay on the main thread.
+    read_ahead_batches: int = 2
 
     def __post_init__(self) -> None:
         self.validate()
@@ -110,6 +113,10 @@ class RunSpec:
             raise RunSpecError(f"{source}: 'checkpoints_total_limit' must be null or an integer >= 1, got {limit!r}")
         if not isinstance(self.record_items, bool):
             raise RunSpecError(f"{source}: 'record_items' must be true or false, got {self.record_items!r}")
+        if not _is_int(self.read_ahead_batches) or self.read_ahead_batches < 0:
+            raise RunSpecError(
+                f"{source}: 'read_ahead_batches' must be an integer >= 0, got {self.read_ahead_batches!r}"
+            )
         if not _is_int(self.log_every_steps) or self.log_every_steps < 1:
             raise RunSpecError(f"{source}: 'log_every_steps' must be an integer >= 1, got {self.log_every_steps!r}")
         resume = self.resume_from_checkpoint
