@@ -13,7 +13,12 @@ Rules (learned from SimpleTuner's ``helpers/prompts.py`` ``PromptHandler``):
 - ``instanceprompt``: every image gets ``instance_prompt``.
 - ``parquet``: the ``parquet`` block's caption column (see ``parquet_source.py`` for the lookup rules).
 
+Then SimpleTuner's modifiers: ``only_instance_prompt`` (every caption is ``instance_prompt``) and
+``prepend_instance_prompt`` (``instance_prompt + " " + caption``).
+
 A missing or empty caption is a reason code in ``caption_status``, never an exception.
+``filename``/``instanceprompt`` are computed with pyarrow string kernels (no loop per image);
+``textfile`` re-reads only sidecars whose sha256 changed since the previous table.
 """
 
 from __future__ import annotations
