@@ -16,7 +16,8 @@ from pixart_pipeline.fileio import atomic_write_parquet
 from pixart_pipeline.models import resolve_device, resolve_pretrained
 from pixart_pipeline.stage_result import StageResult, markdown_table
 from pixart_pipeline.training.export import CARD_INFO, refresh_model_card
-from pixart_pipeline.training.stage import current_run_dir, split_items
+from pixart_pipeline.training.stage import current_run_dir, read_training_result, split_items
+from pixart_pipeline.training.tracking import TRACKER_FILE, log_evaluation
 
 Log = Callable[[str], None]
 
@@ -75,15 +76,48 @@ def run_evaluation_report(cfg: PipelineConfig, device: str, log: Log = _quiet) -
     run_dir = Path(spec.pipeline_dir).parent
     if (run_dir / CARD_INFO).is_file():  # runs exported before model_card.json existed keep their card
         refresh_model_card(run_dir, metrics, samples)
+    extra = {}
+    if cfg.training.report_to == "wandb":
+        url = log_to_training_tracker(run_dir, metrics, report, Path(result.json_path).parent, log)
+        if url:
+            extra["tracker_url"] = url
     return StageResult(
         path=result.report_path,
         data_version=result.data_version,
         metadata={**{k: v for k, v in metrics.items() if not math.isnan(v)}, "pipeline_dir": spec.pipeline_dir,
-                  "clip_model": spec.clip_model or "none"},
+                  "clip_model": spec.clip_model or "none", **extra},
         markdown={"metrics": markdown_table(("metric", "value"), shown)},
         config=fp.evaluation_fields(cfg),
         images=list(result.image_paths),
     )
+
+
+def log_to_training_tracker(run_dir: Path, metrics: dict[str, float], report: dict, report_dir: Path,
+                            log: Log = _quiet) -> str | None:
+    """``report_to: wandb``: add the validation images (captioned with prompt and CLIP score), CLIP score
+    and eval losses to the training run's W&B run. Returns its URL or offline folder, or ``None``.
+
+    The report is already saved when this runs, so a W&B failure is logged as a warning, not raised:
+    evaluating again would give the same numbers.
+    """
+    images = []
+    for row in report.get("images", []):
+        score = row.get("clip_score")
+        caption = row["prompt"] if score is None else f"{row['prompt']} (CLIP score {score:.4f})"
+        images.append((report_dir / row["file"], caption))
+    steps = int(read_training_result(run_dir).get("steps", 0))
+    try:
+        url = log_evaluation(run_dir, metrics, images, steps)
+    except Exception as exc:  # noqa: BLE001 - network, auth ...: the report on disk is the result
+        log(f"WARNING: could not log the evaluation to W&B ({type(exc).__name__}: {exc}); "
+            f"the report is saved in {report_dir}")
+        return None
+    if url is None:
+        log(f"report_to is 'wandb' but {run_dir / TRACKER_FILE} does not exist (the run was trained without "
+            "W&B): the evaluation is not logged to W&B")
+    else:
+        log(f"logged {len(images)} validation image(s) and the metrics to the training run's W&B run: {url}")
+    return url
 
 
 def read_report_metrics(report_path: str | Path) -> dict[str, float]:
