@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageOps
 
 from pixart_pipeline.cache.store import EncodeStats, ShardStore, ShardWriter
+from pixart_pipeline.data.images import to_rgb
 
 VAE_DOWNSAMPLE = 8
 
@@ -46,7 +47,7 @@ def load_pixels(item: VaeItem) -> torch.Tensor:
         raise ValueError(f"crop box ({left}, {top}, {left + tw}, {top + th}) is outside the {iw}x{ih} image")
     with Image.open(item.path) as image:
         image = ImageOps.exif_transpose(image)  # the displayed orientation, as metadata measured it
-        image = image.convert("RGB")
+        image = to_rgb(image)  # alpha on white, 16-bit scaled: as the metadata's `note` column says
         image = image.resize((iw, ih), resample=Image.LANCZOS)
         image = image.crop((left, top, left + tw, top + th))
         array = np.asarray(image, dtype=np.float32)  # [H, W, 3] in [0, 255]

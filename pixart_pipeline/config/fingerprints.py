@@ -28,7 +28,7 @@ STAGE_REVISIONS = {
     # r2: one target per aspect key (area), crop_aspect closest/random; r3: note column, truncated code
     "bucketed_metadata": "r3",
     "text_embed_cache": "r1",
-    "vae_cache": "r1",
+    "vae_cache": "r2",  # r2: RGBA composited on white, 16-bit scaled (data.images.to_rgb)
     "trained_checkpoint": "r2",  # r2: noise keyed by global batch index (1 and N processes agree)
     "evaluation_report": "r1",
 }

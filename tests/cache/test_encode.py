@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -144,3 +145,18 @@ def test_load_pixels_applies_exif_orientation(tmp_path):
     assert pixels.min() >= -1 and pixels.max() <= 1
     # After the rotation the white half is on top.
     assert pixels[:, :24].mean() > 0.8 and pixels[:, 40:].mean() < -0.8
+
+
+def test_load_pixels_composites_alpha_on_white_and_scales_16_bit(tmp_path):
+    """The VAE sees what the metadata's ``note`` says: transparent -> white, 16-bit -> 8-bit range."""
+    from pixart_pipeline.cache import load_pixels
+
+    clear = tmp_path / "clear.png"
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(clear)  # fully transparent black
+    pixels = load_pixels(VaeItem("a", clear, (32, 32), (0, 0), (32, 32)))
+    assert torch.allclose(pixels, torch.ones_like(pixels))  # white, not the hidden black
+
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((32, 32), 32896, dtype=np.uint16)).save(deep)  # 32896 / 257 = 128
+    pixels = load_pixels(VaeItem("b", deep, (32, 32), (0, 0), (32, 32)))
+    torch.testing.assert_close(pixels, torch.full_like(pixels, 128 / 127.5 - 1.0))
