@@ -9,6 +9,12 @@ and with two (``torchrun --standalone --nproc_per_node 2``, gloo on the CPU), an
 per-step wall time from ``metrics.jsonl``, skipping the first ``--warmup`` steps. Each process uses
 ``--threads`` torch threads, so 2 processes use twice the cores. The 1-process run, measured in the
 same invocation, is the baseline of the ratios. Output is a markdown table for BENCHMARKS.md.
+
+``--read-ahead`` instead compares, in one process, reading each batch from the caches in the training
+thread (``read_ahead_batches: 0``, the baseline) with reading 2 batches ahead on a background thread
+(the default), alternating the two ``--rounds`` times so machine load hits both alike. With
+``--vae-cache-disable`` it first builds a private copy of the demo with ``vae_cache_disable`` (each
+read is then a VAE encode, the case where reading ahead has something to overlap) and uses its spec.
 """
 
 from __future__ import annotations
@@ -63,9 +69,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--read-ahead", action="store_true", help="compare read_ahead_batches 0 vs 2 (1 process)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--vae-cache-disable", action="store_true",
+                        help="with --read-ahead: a demo copy whose latents are encoded on the fly")
     args = parser.parse_args()
+    if args.read_ahead and args.vae_cache_disable:
+        with tempfile.TemporaryDirectory() as tmp:
+            source = online_demo_spec(Path(tmp))
+            return compare_read_ahead(RunSpec.load(source), source, args)
     source = args.run_spec or demo_spec()
     base = RunSpec.load(source)
+    if args.read_ahead:
+        return compare_read_ahead(base, source, args)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for processes in (1, 2):
@@ -87,6 +103,58 @@ def main() -> None:
     for processes, *_, command in results:
         print(f"- {processes} process(es): `python {command}`")
     print(json.dumps({"results": [r[:4] for r in results]}))
+
+
+def online_demo_spec(root: Path) -> Path:
+    """Copy config/demo under ``root`` with ``vae_cache_disable`` set, run the stages before training
+    (text cache, online VAE spec), and write its run spec; returns the spec's path."""
+    import shutil
+
+    from pixart_pipeline.cache.stage import run_text_embed_cache, run_vae_cache
+    from pixart_pipeline.config import load_config
+    from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
+    from pixart_pipeline.training.stage import prepare_training_run
+
+    folder = root / "config" / "demo"  # keeps the demo's ../../output layout inside root
+    shutil.copytree(REPO / "config" / "demo", folder)
+    config = json.loads((folder / "config.json").read_text()) | {"vae_cache_disable": True}
+    (folder / "config.json").write_text(json.dumps(config))
+    cfg = load_config(folder / "config.json")
+    for ds in cfg.datasets:
+        run_raw_dataset(cfg, ds)
+        run_captions(cfg, ds)
+        run_bucketed_metadata(cfg, ds)
+    run_text_embed_cache(cfg, "cpu")
+    for ds in cfg.datasets:
+        run_vae_cache(cfg, ds, "cpu")
+    return prepare_training_run(cfg, "cpu").spec_path
+
+
+def compare_read_ahead(base: RunSpec, source: Path, args: argparse.Namespace) -> None:
+    """1 process, ``read_ahead_batches`` 0 (baseline) vs 2, alternated ``--rounds`` times; median samples/s."""
+    import statistics
+
+    hp = base.hyperparameters | {"max_train_steps": args.steps, "num_processes": 1}
+    batch = hp.get("train_batch_size", 1) * hp.get("gradient_accumulation_steps", 1)
+    samples: dict[int, list[float]] = {0: [], 2: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for depth in (0, 2):
+                spec = RunSpec.from_dict(base.to_dict() | {
+                    "run_dir": str(Path(tmp) / f"run-{depth}-{r}"), "hyperparameters": hp,
+                    "checkpointing_steps": args.steps, "resume_from_checkpoint": "none",
+                    "log_every_steps": args.steps, "read_ahead_batches": depth})
+                out = run(spec, Path(tmp), 1, args.threads)
+                samples[depth].append(throughput(out["rows"], args.warmup, batch)[1])
+    print(f"Machine: {platform.machine()}, {os.cpu_count()} CPU(s) visible, {args.threads} torch thread(s); "
+          f"spec: {source}; {args.steps} steps x {args.rounds} rounds each, first {args.warmup} not timed\n")
+    print("| read_ahead_batches | samples/s (median) | every round | vs in-thread reads |")
+    print("|---|---|---|---|")
+    base_median = statistics.median(samples[0])
+    for depth, values in samples.items():
+        median = statistics.median(values)
+        print(f"| {depth} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {median / base_median:.2f}x |")
+    print(json.dumps({"read_ahead": {str(k): v for k, v in samples.items()}}))
 
 
 if __name__ == "__main__":

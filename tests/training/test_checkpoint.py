@@ -55,8 +55,9 @@ def test_latest_is_the_highest_complete_checkpoint(tmp_path):
 
 def test_a_save_that_fails_midway_never_becomes_latest(tmp_path):
     _save(tmp_path, 10)
-    with pytest.raises(TypeError):  # the sampler state is not JSON: fails after the weights were written
-        model, opt, sched = _tiny_training_state()
+    model, opt, sched = _tiny_training_state()
+    # the sampler state is not JSON: fails after the weights were written
+    with pytest.raises(TypeError, match="not JSON serializable"):
         ckpt.save_checkpoint(tmp_path, 20, model.state_dict(), optimizer_state_to_flat(opt),
                              scheduler_state_to_json(sched), {"epoch": object()})
     root = tmp_path / "checkpoints"
