@@ -8,7 +8,8 @@ rows it would now compute differently). The fingerprint is stored in the parquet
 When it matches, a previous row is kept iff the same (path, sha256, caption) is still there, its
 caption is not null (a null caption hides which caption status it had) and its status is not
 ``missing`` (a fact about the folder at one moment). Everything is column-wise (pyarrow hash
-semi/anti joins on the key columns), so 100,000 unchanged rows cost tens of milliseconds.
+``index_in`` on the path, then the other keys compared row by row), so 100,000 unchanged rows
+cost a few milliseconds.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pyarrow.compute as pc
 from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
 from pixart_pipeline.data import probe, probe_cache
+from pixart_pipeline.data.digest import in_order
 
 FINGERPRINT_KEY = b"inputs_fingerprint"
 # In the manifest: its own data version; in the captions table: the version it was built from.
@@ -49,16 +51,26 @@ def captions_fingerprint(cfg: PipelineConfig, ds: ImageDataset) -> str:
     return fp.stable_hash([fp.STAGE_REVISIONS["captions"], fp.captions_fields(cfg, ds), code.hexdigest()])
 
 
-def current_rows(manifest: pa.Table, captions: pa.Table) -> pa.Table:
+def built_from(manifest: pa.Table | pa.Schema, captions: pa.Table) -> bool:
+    """True when ``captions`` records that it was built from ``manifest`` (a table or its schema)."""
+    schema = manifest.schema if isinstance(manifest, pa.Table) else manifest
+    version = (schema.metadata or {}).get(MANIFEST_VERSION_KEY.encode())
+    return bool(version) and (captions.schema.metadata or {}).get(MANIFEST_VERSION_KEY.encode()) == version
+
+
+def current_rows(manifest: pa.Table | pa.Schema, captions: pa.Table) -> pa.Table:
     """(path, sha256, caption, caption_status) of every captions row, sorted by path, with the
     manifest's sha256 where it has the path (the manifest wins if the two ever disagree).
 
-    When the captions table records that it was built from this very manifest, its sha256 column
-    is the manifest's already and the join is skipped.
+    When the captions table records that it was built from this very manifest (see
+    :func:`built_from`; then the manifest's schema is enough), its sha256 column is the
+    manifest's already and the join is skipped.
     """
-    version = (manifest.schema.metadata or {}).get(MANIFEST_VERSION_KEY.encode())
-    if version and (captions.schema.metadata or {}).get(MANIFEST_VERSION_KEY.encode()) == version:
-        return captions.select(["path", "sha256", "caption", "caption_status"]).sort_by("path")
+    if built_from(manifest, captions):
+        table = captions.select(["path", "sha256", "caption", "caption_status"])
+        return table if in_order(table.column("path")) else table.sort_by("path")
+    if not isinstance(manifest, pa.Table):
+        raise ValueError("the captions table was not built from this manifest: pass the manifest table")
     shas = manifest.select(["path", "sha256"]).rename_columns(["path", "manifest_sha256"])
     joined = captions.join(shas, keys="path", join_type="left outer")
     sha = pc.coalesce(joined.column("manifest_sha256"), joined.column("sha256"))
@@ -72,11 +84,18 @@ def split_reusable(previous: pa.Table | None, current: pa.Table) -> tuple[pa.Tab
     if previous is None or previous.num_rows == 0:
         return None, current
     usable = pc.and_(pc.is_valid(previous.column("caption")), pc.not_equal(previous.column("status"), probe.MISSING))
-    prev = previous.filter(usable)
-    keys = current.select(KEY)
-    # Hash joins on the key columns (a null caption never matches, which is what we want).
-    kept = prev.join(keys, keys=KEY, join_type="left semi")
-    todo = current.join(prev.select(KEY), keys=KEY, join_type="left anti").sort_by("path")
+    prev = previous.filter(usable).combine_chunks()
+    # Paths are unique on both sides, so "(path, sha256, caption) still there" is: the path's
+    # previous row (``index_in``, one hash table over the previous paths) has the same sha256 and
+    # caption. Two Acero hash joins on the three string keys cost ten times more at 100,000 rows.
+    where = pc.index_in(current.column("path"), value_set=prev.column("path"))  # null: a new path
+    same = pc.and_(
+        pc.equal(current.column("sha256"), pc.take(prev.column("sha256"), where)),
+        pc.equal(current.column("caption"), pc.take(prev.column("caption"), where)),  # null caption: no match
+    )
+    same = pc.fill_null(same, False)
+    kept = prev.take(pc.filter(where, same))  # in ``current``'s order
+    todo = current.filter(pc.invert(same))
     return kept, todo
 
 

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from pixart_pipeline.config.models import ImageDataset
 from pixart_pipeline.data.buckets import Geometry, compute_geometry
-from pixart_pipeline.data.digest import table_digest
+from pixart_pipeline.data.digest import in_order, table_digest
 from pixart_pipeline.data.probe import Probe, probe_many
 
 # Reason codes of metadata_backend "parquet" (sizes read from the parquet, images never opened).
@@ -81,7 +81,7 @@ def sizes_from_parquet(paths: list[str], sizes: dict[str, tuple]) -> dict[str, P
 
 
 def build_metadata_table(
-    manifest: pa.Table,
+    manifest: pa.Table | None,
     captions: pa.Table,
     root: Path,
     ds: ImageDataset,
@@ -94,17 +94,23 @@ def build_metadata_table(
     ``reuse`` (earlier rows still valid, see ``incremental.py``), sorted by path.
 
     ``manifest`` supplies the sha256 of every file (the captions table carries it too; the
-    manifest wins if they ever disagree). ``probes`` (``{path: Probe}`` for every captions row) come
+    manifest wins if they ever disagree); None when ``captions`` carries the manifest's sha256
+    already (as ``incremental.current_rows`` gives it). ``probes`` (``{path: Probe}`` for every captions row) come
     from the caller's probe cache or the parquet; without them images are probed here
     (``probe_many`` with ``workers``).
     """
     root = Path(root)
-    digests = dict(zip(manifest.column("path").to_pylist(), manifest.column("sha256").to_pylist()))
-    cap = captions.sort_by("path")
+    cap = captions if in_order(captions.column("path")) else captions.sort_by("path")
+    sha_column = cap.column("sha256")
+    if manifest is not None:
+        # The manifest's sha256 of each captions row (column-wise: a dict of 100,000 manifest rows
+        # cost more than the few rows a re-run computes).
+        where = pc.index_in(cap.column("path"), value_set=manifest.column("path").combine_chunks())
+        sha_column = pc.coalesce(pc.take(manifest.column("sha256").combine_chunks(), where), sha_column)
     paths = cap.column("path").to_pylist()
     texts = cap.column("caption").to_pylist()
     caption_status = cap.column("caption_status").to_pylist()
-    shas = [digests.get(p, s) for p, s in zip(paths, cap.column("sha256").to_pylist())]
+    shas = sha_column.to_pylist()
     if probes is None:
         probes = dict(zip(paths, probe_many([root / p for p in paths], workers=workers)))
     is_eval = ds.dataset_type == "eval"

@@ -13,6 +13,7 @@ from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
@@ -31,6 +32,7 @@ from pixart_pipeline.data.parquet_source import parquet_file, parquet_sizes
 from pixart_pipeline.data.incremental import (
     FINGERPRINT_KEY,
     MANIFEST_VERSION_KEY,
+    built_from,
     captions_fingerprint,
     current_rows,
     inputs_fingerprint,
@@ -75,6 +77,13 @@ def _read_input(path: Path, stage: str) -> pa.Table:
     if not path.exists():
         raise MissingInputError(f"{path} does not exist: materialize {stage} first")
     return read_parquet(path)
+
+
+def _read_input_schema(path: Path, stage: str) -> pa.Schema:
+    """The schema (with its key-value metadata) of an input parquet, without reading its rows."""
+    if not path.exists():
+        raise MissingInputError(f"{path} does not exist: materialize {stage} first")
+    return pq.read_schema(path)
 
 
 def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> StageResult:
@@ -122,9 +131,9 @@ def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) ->
     )
 
 
-def hub_commit_of(manifest: pa.Table) -> dict[str, str]:
-    """``{"hub_commit": sha}`` when the manifest came from a Hub download, else ``{}``."""
-    meta = manifest.schema.metadata or {}
+def hub_commit_of(manifest: pa.Table | pa.Schema) -> dict[str, str]:
+    """``{"hub_commit": sha}`` when the manifest (a table or its schema) came from a Hub download, else ``{}``."""
+    meta = (manifest.schema if isinstance(manifest, pa.Table) else manifest).metadata or {}
     return {"hub_commit": meta[b"hub_commit"].decode()} if b"hub_commit" in meta else {}
 
 
@@ -165,7 +174,11 @@ def run_captions(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> St
     manifest = _read_input(manifest_path(cfg, ds), f"raw_dataset/{ds.id}")
     parquet = parquet_file(cfg, ds) if ds.caption_strategy == "parquet" else None
     fingerprint = captions_fingerprint(cfg, ds)
-    previous = previous_if_current(captions_path(cfg, ds), fingerprint, read_parquet)
+    # Only textfile reuses earlier rows (it reads sidecars); the other strategies are column-wise
+    # and cheaper to recompute than the previous table is to read.
+    previous = None
+    if ds.caption_strategy == "textfile":
+        previous = previous_if_current(captions_path(cfg, ds), fingerprint, read_parquet)
     table = build_captions_table(manifest, cfg.dataset_dir(ds), ds, parquet, previous=previous)
     built_from = (manifest.schema.metadata or {}).get(MANIFEST_VERSION_KEY.encode(), b"")
     table = table.replace_schema_metadata({FINGERPRINT_KEY: fingerprint, MANIFEST_VERSION_KEY: built_from})
@@ -196,13 +209,19 @@ def run_bucketed_metadata(
     ``workers`` bounds the probe pool (default: the CPU count, at most 8).
     """
     start = time.perf_counter()
-    manifest = _read_input(manifest_path(cfg, ds), f"raw_dataset/{ds.id}")
+    # The manifest's schema (its data version, its Hub commit) is enough when the captions table
+    # was built from this very manifest: its sha256 column is the manifest's. The 100,000-row
+    # table itself is read only when the two disagree.
+    manifest = _read_input_schema(manifest_path(cfg, ds), f"raw_dataset/{ds.id}")
     captions = _read_input(captions_path(cfg, ds), f"captions/{ds.id}")
+    if not built_from(manifest, captions):
+        manifest = read_parquet(manifest_path(cfg, ds))
+    rows = current_rows(manifest, captions)
     root = cfg.dataset_dir(ds)
     # Rows whose (path, sha256, caption) and inputs fingerprint are unchanged are kept as they were.
     fingerprint = inputs_fingerprint(cfg, ds)
     previous = previous_if_current(metadata_path(cfg, ds), fingerprint, read_parquet)
-    reuse, todo = split_reusable(previous, current_rows(manifest, captions))
+    reuse, todo = split_reusable(previous, rows)
     paths = todo.column("path").to_pylist()
     probed = 0
     if ds.metadata_backend == "parquet":
@@ -215,10 +234,10 @@ def run_bucketed_metadata(
         probed = probes.probed
     # Rows are computed in path order as probes arrive (the pool keeps probing meanwhile).
     table = build_metadata_table(
-        manifest, todo, root, ds, probes=probes, rounding=cfg.training.aspect_bucket_rounding or 2, reuse=reuse
+        None, todo, root, ds, probes=probes, rounding=cfg.training.aspect_bucket_rounding or 2, reuse=reuse
     )
     if ds.metadata_backend != "parquet":
-        cache, changed = updated_table(cache, probes.finish(), manifest.column("sha256"))
+        cache, changed = updated_table(cache, probes.finish(), rows.column("sha256"))
         if changed:
             save_probe_table(cache_file, cache)
     table = table.replace_schema_metadata({FINGERPRINT_KEY: fingerprint})
