@@ -25,7 +25,6 @@ OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_CODE"
            "WANDB_DISABLE_GIT": "true"}
 
 
-@pytest.mark.slow
 def test_evaluation_logs_images_and_metrics_to_the_training_wandb_run(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     for key, value in OFFLINE.items():
