@@ -20,13 +20,17 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pixart_pipeline.cache.store import EncodeStats
 from pixart_pipeline.fileio import atomic_write_json
 
+if TYPE_CHECKING:
+    from pixart_pipeline.config import PipelineConfig
+
 
 def launch_parallel(
-    cfg,
+    cfg: PipelineConfig,
     stage: str,
     dataset_id: str | None,
     work: list[str],

@@ -9,12 +9,15 @@ per batch at training time (``reader.pad_prompt_embeds``): the same maths, far l
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from pixart_pipeline.cache.keys import text_item_key
-from pixart_pipeline.cache.store import ShardWriter, EncodeStats, ShardStore
+from pixart_pipeline.cache.store import EncodeStats, ShardStore, ShardWriter
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def _token_counts(tokenizer, captions: list[str], max_length: int) -> list[int]:
@@ -26,7 +29,7 @@ def _token_counts(tokenizer, captions: list[str], max_length: int) -> list[int]:
 def encode_captions(
     store: ShardStore,
     captions: list[str],
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     text_encoder: torch.nn.Module,
     max_length: int,
     batch_size: int,

@@ -19,7 +19,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import pyarrow.parquet as pq
 import torch
@@ -27,6 +27,9 @@ import torch
 from pixart_pipeline.cache import ShardStore, pad_prompt_embeds
 from pixart_pipeline.cache.online import OnlineVaeStore, open_vae_store
 from pixart_pipeline.training.loss import pixart_epsilon_loss
+
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler
 
 ITEM_COLUMNS = ("vae_store", "vae_key", "text_key", "target_width", "target_height", "dataset_id")
 
@@ -176,7 +179,7 @@ def eval_loss_per_timestep(
     transformer: torch.nn.Module,
     items: Sequence[EvalItem],
     text_store: ShardStore | str | Path,
-    noise_scheduler,
+    noise_scheduler: DDPMScheduler,
     timesteps: int | Sequence[int],
     seed: int,
     device: torch.device | str,
@@ -253,7 +256,7 @@ def stable_eval_loss(
     transformer: torch.nn.Module,
     items: Sequence[EvalItem],
     text_store: ShardStore | str | Path,
-    noise_scheduler,
+    noise_scheduler: DDPMScheduler,
     timesteps: int | Sequence[int],
     seed: int,
     device: torch.device | str,

@@ -11,12 +11,15 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from PIL import Image
 
 from pixart_pipeline.fileio import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from diffusers import PixArtSigmaPipeline
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Seeds are base + PROMPT_STRIDE * prompt_index + size_index: stable when prompts/sizes are appended.
@@ -47,7 +50,7 @@ def image_seed(base_seed: int, prompt_index: int, size_index: int) -> int:
     return int(base_seed) + PROMPT_STRIDE * prompt_index + size_index
 
 
-def load_pipeline(pipeline_dir: str | Path, device: torch.device, dtype: str = "fp32"):
+def load_pipeline(pipeline_dir: str | Path, device: torch.device, dtype: str = "fp32") -> PixArtSigmaPipeline:
     """Load the exported pipeline with stock ``PixArtSigmaPipeline.from_pretrained``."""
     from diffusers import PixArtSigmaPipeline
 
@@ -65,7 +68,7 @@ def load_pipeline(pipeline_dir: str | Path, device: torch.device, dtype: str = "
 
 @torch.no_grad()
 def generate_images(
-    pipe,
+    pipe: PixArtSigmaPipeline,
     prompts: Sequence[str],
     sizes: Sequence[tuple[int, int]],
     *,

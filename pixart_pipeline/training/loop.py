@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from pixart_pipeline.config.models import TrainingConfig
 from pixart_pipeline.fileio import atomic_write_json, atomic_write_text, tensors_sha256
 from pixart_pipeline.models import load_noise_scheduler, load_transformer
 from pixart_pipeline.training import checkpoint as ckpt
@@ -80,7 +81,7 @@ class TrainResult:
     hub_url: str | None = None
 
 
-def make_accelerator(hp, device: str) -> Accelerator:
+def make_accelerator(hp: TrainingConfig, device: str) -> Accelerator:
     """An ``Accelerator`` on the requested device; refuses combinations that cannot work."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'")

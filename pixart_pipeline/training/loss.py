@@ -7,11 +7,16 @@ the first ``C`` (the epsilon prediction) and train it with MSE; the variance hal
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler
 
-def snr_from_scheduler(noise_scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+
+def snr_from_scheduler(noise_scheduler: DDPMScheduler, timesteps: torch.Tensor) -> torch.Tensor:
     """SNR(t) = alpha_bar_t / (1 - alpha_bar_t) for each timestep; float32 ``[B]``.
 
     Same quantity as ``diffusers.training_utils.compute_snr``."""
@@ -40,13 +45,13 @@ def min_snr_weights(snr: torch.Tensor, snr_gamma: float, prediction_type: str = 
 
 
 def pixart_epsilon_loss(
-    transformer,
+    transformer: torch.nn.Module,
     latents: torch.Tensor,
     noise: torch.Tensor,
     timesteps: torch.Tensor,
     prompt_embeds: torch.Tensor,
     attention_mask: torch.Tensor,
-    noise_scheduler,
+    noise_scheduler: DDPMScheduler,
     snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """Per-sample diffusion loss ``[B]`` (float32).

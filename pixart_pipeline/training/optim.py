@@ -8,14 +8,16 @@ per-parameter tensors (``exp_avg``, ``exp_avg_sq``, ``step``) go into a safetens
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from diffusers.optimization import get_scheduler
 
+from pixart_pipeline.config.models import TrainingConfig
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], hp, device: torch.device,
-                    log=print) -> torch.optim.Optimizer:
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], hp: TrainingConfig, device: torch.device,
+                    log: Callable[[str], None] = print) -> torch.optim.Optimizer:
     """SimpleTuner's ``optimizer``: ``adamw`` (``adam_*`` hyperparameters) or ``adafactor``.
 
     ``adafactor`` is ``torch.optim.Adafactor`` (Shazeer & Stern 2018, arXiv:1804.04235): factored second
@@ -58,7 +60,7 @@ def fused_adamw_supported(params: list[torch.nn.Parameter], device: torch.device
     return True, ""
 
 
-def training_steps(hp, batches_per_epoch: int, world: int) -> int:
+def training_steps(hp: TrainingConfig, batches_per_epoch: int, world: int) -> int:
     """Optimizer steps of the run: ``max_train_steps``, or fewer when ``num_train_epochs`` ends first.
 
     One optimizer step draws ``gradient_accumulation_steps * world`` batches; an epoch is
@@ -74,7 +76,7 @@ def training_steps(hp, batches_per_epoch: int, world: int) -> int:
     return min(hp.max_train_steps, by_epochs)
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, hp, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, hp: TrainingConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """``diffusers.optimization.get_scheduler`` (every schedule it offers); stepped once per optimizer
     step (not per process, not per micro-batch), so ``lr_warmup_steps`` and ``total_steps`` count
     optimizer steps. ``lr_num_cycles``/``lr_power``/``lr_step_rules`` go to the schedules that use them."""
@@ -89,7 +91,8 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, hp, total_steps: int) -
     )
 
 
-def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, hp) -> None:
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                          hp: TrainingConfig) -> None:
     """After loading a checkpoint's optimizer/scheduler state, put this run's learning rate, betas,
     weight decay and epsilon back: ``load_state_dict`` restores the checkpoint's param groups, so
     resuming another run's checkpoint would silently keep *its* learning rate. The schedule's position
@@ -159,7 +162,7 @@ def optimizer_state_from_flat(tensors: dict[str, torch.Tensor], rest: dict) -> d
     return {"state": state, "param_groups": _from_json(rest["param_groups"])}
 
 
-def scheduler_state_to_json(scheduler) -> str:
+def scheduler_state_to_json(scheduler: torch.optim.lr_scheduler.LRScheduler) -> str:
     """LambdaLR state (its lambdas are closures, which ``state_dict`` stores as ``None``)."""
     return json.dumps(_to_json(scheduler.state_dict()), sort_keys=True)
 

@@ -17,9 +17,15 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import torch
+from accelerate import Accelerator
+
+from pixart_pipeline.config.models import TrainingConfig
 from pixart_pipeline.training import checkpoint as ckpt
+from pixart_pipeline.training.ema import EMA
 from pixart_pipeline.training.optim import optimizer_state_to_flat, scheduler_state_to_json
 from pixart_pipeline.training.report import Reporter
+from pixart_pipeline.training.sampler import BucketBatchSampler
 from pixart_pipeline.training.spec import RunSpec
 
 
@@ -78,7 +84,7 @@ def set_aside_later_checkpoints(run_dir: Path, resume_path: Path | None) -> list
     return moved
 
 
-def check_resumable(state: ckpt.CheckpointState, hp, world: int) -> None:
+def check_resumable(state: ckpt.CheckpointState, hp: TrainingConfig, world: int) -> None:
     """Refuse a checkpoint whose sampler position or optimizer state cannot mean the same thing here."""
     saved_world = state.extra.get("world_size", 1)
     if saved_world != world:
@@ -102,8 +108,9 @@ def check_resumable(state: ckpt.CheckpointState, hp, world: int) -> None:
         )
 
 
-def save(accelerator, run_dir: Path, global_step: int, transformer, optimizer, lr_scheduler, sampler, ema,
-         spec: RunSpec, hp, resume_path: Path | None, train_seconds: float, reporter: Reporter) -> str:
+def save(accelerator: Accelerator, run_dir: Path, global_step: int, transformer: torch.nn.Module,
+         optimizer: torch.optim.Optimizer, lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+         sampler: BucketBatchSampler, ema: EMA | None, spec: RunSpec, hp: TrainingConfig, resume_path: Path | None, train_seconds: float, reporter: Reporter) -> str:
     """Write ``step-<global_step>`` (main process; every process waits for it) and prune old ones.
 
     Pruning keeps ``checkpoints_total_limit`` folders: the one just written, the one this run resumed

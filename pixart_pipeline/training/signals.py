@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -25,7 +26,7 @@ class StopRequest:
         self.signum = signum
 
     @contextmanager
-    def installed(self):
+    def installed(self) -> Iterator[None]:
         """Handle SIGTERM and SIGINT while training (main thread only), then restore the old handlers."""
         if threading.current_thread() is not threading.main_thread():
             yield self

@@ -11,6 +11,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 
@@ -127,7 +128,7 @@ def prepare_training_run(cfg: PipelineConfig, device: str) -> PreparedRun:
     return PreparedRun(run_dir=run_dir, spec_path=spec_path, command=command, env={"PYTHONUNBUFFERED": "1"})
 
 
-def push_if_needed(cfg: PipelineConfig, run_dir: Path, log=print) -> None:
+def push_if_needed(cfg: PipelineConfig, run_dir: Path, log: Callable[[str], None] = print) -> None:
     """A finished run whose upload failed (or that predates ``push_to_hub``) is uploaded now: the
     weights are already saved, so a retry never retrains."""
     t = cfg.training
