@@ -151,7 +151,7 @@ def metadata_data_version(table: pa.Table) -> str:
 
 def bucket_histogram(table: pa.Table) -> dict[str, int]:
     """``{bucket: number of kept images}``, buckets in increasing aspect ratio."""
-    kept = table.filter(pc.equal(table.column("status"), "ok")).column("bucket")
+    kept = pc.filter(table.column("bucket"), pc.equal(table.column("status"), "ok"))  # one column, not the table
     counts = value_counts(kept)
     return {k: counts[k] for k in sorted(counts, key=float)}
 

@@ -142,6 +142,10 @@ def _probe_tuple(path: str) -> tuple:
     return (p.width, p.height, p.status, p.note)
 
 
+def _probe_tuples(paths: list[str]) -> list[tuple]:
+    return [_probe_tuple(p) for p in paths]
+
+
 def probe_many(
     paths: list[Path] | list[str], workers: int | None = None, processes: bool | None = None
 ) -> list[Probe]:
@@ -171,6 +175,10 @@ def iter_probes(
             for t in pool.map(_probe_tuple, strings, chunksize=chunk):
                 yield Probe(*t)
         return
+    # Threads get chunks too: one future per path cost about as much as a header probe (~40 us).
+    chunk = max(1, min(64, len(strings) // (workers * 4)))
+    batches = [strings[i : i + chunk] for i in range(0, len(strings), chunk)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for t in pool.map(_probe_tuple, strings):
-            yield Probe(*t)
+        for batch in pool.map(_probe_tuples, batches):
+            for t in batch:
+                yield Probe(*t)

@@ -186,14 +186,14 @@ def run_captions(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> St
     atomic_write_parquet(path, table)
     statuses = dict(sorted(value_counts(table.column("caption_status")).items()))
     log(f"captions: {statuses}")
-    ok = table.filter(pc.equal(table.column("caption_status"), "ok"))
+    ok_captions = pc.filter(table.column("caption"), pc.equal(table.column("caption_status"), "ok"))
     return StageResult(
         path=path,
         data_version=captions_data_version(table),
         metadata={
             "images": table.num_rows,
-            "captioned": ok.num_rows,
-            "distinct_captions": len(set(ok.column("caption").to_pylist())),
+            "captioned": len(ok_captions),
+            "distinct_captions": pc.count_distinct(ok_captions).as_py(),
             "seconds": round(time.perf_counter() - start, 3),
         },
         markdown={"caption_status": markdown_table(("status", "images"), statuses)},
@@ -245,7 +245,7 @@ def run_bucketed_metadata(
     atomic_write_parquet(path, table)
     statuses = status_counts(table)
     buckets = bucket_histogram(table)
-    splits = value_counts(table.filter(pc.equal(table.column("status"), "ok")).column("split"))
+    splits = value_counts(pc.filter(table.column("split"), pc.equal(table.column("status"), "ok")))
     log(f"{table.num_rows} rows: {statuses}; buckets {buckets}")
     return StageResult(
         path=path,
