@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pixart_pipeline.config.models import ImageDataset
-from pixart_pipeline.data.digest import table_digest
+from pixart_pipeline.data.digest import in_order, table_digest
 from pixart_pipeline.data.manifest import IMAGE_EXTENSIONS, is_image_path
 from pixart_pipeline.data.parquet_source import parquet_captions
 
@@ -138,8 +138,12 @@ def build_captions_table(
 def _image_rows(manifest: pa.Table) -> pa.Table:
     """The manifest's image rows (path, sha256), sorted by path, selected with a regex kernel."""
     ext = "|".join(sorted(IMAGE_EXTENSIONS))
-    images = manifest.filter(pc.match_substring_regex(pc.utf8_lower(manifest.column("path")), rf"\.({ext})$"))
-    return images.select(["path", "sha256"]).sort_by("path")
+    table = manifest.select(["path", "sha256"])
+    is_image = pc.match_substring_regex(table.column("path"), rf"\.({ext})$", ignore_case=True)
+    if not pc.all(is_image).as_py():  # no copy when there is no sidecar to drop
+        table = table.filter(is_image)
+    # A manifest is written in path order; sort only a table that is not.
+    return table if in_order(table.column("path")) else table.sort_by("path")
 
 
 def _textfile_captions(manifest: pa.Table, root: Path, ds: ImageDataset, previous: pa.Table | None) -> pa.Table:

@@ -84,7 +84,10 @@ def split_reusable(previous: pa.Table | None, current: pa.Table) -> tuple[pa.Tab
     if previous is None or previous.num_rows == 0:
         return None, current
     usable = pc.and_(pc.is_valid(previous.column("caption")), pc.not_equal(previous.column("status"), probe.MISSING))
-    prev = previous.filter(usable).combine_chunks()
+    # Copy the 15-column table only when something must go (usually nothing does).
+    usable = pc.fill_null(usable, False)
+    prev = previous if pc.all(usable).as_py() else previous.filter(usable)
+    prev = prev.combine_chunks()
     # Paths are unique on both sides, so "(path, sha256, caption) still there" is: the path's
     # previous row (``index_in``, one hash table over the previous paths) has the same sha256 and
     # caption. Two Acero hash joins on the three string keys cost ten times more at 100,000 rows.
@@ -94,7 +97,10 @@ def split_reusable(previous: pa.Table | None, current: pa.Table) -> tuple[pa.Tab
         pc.equal(current.column("caption"), pc.take(prev.column("caption"), where)),  # null caption: no match
     )
     same = pc.fill_null(same, False)
-    kept = prev.take(pc.filter(where, same))  # in ``current``'s order
+    keep = pc.filter(where, same)  # previous row numbers, in ``current``'s (path) order
+    # Every previous row kept, and the previous table in path order: ``keep`` is 0..n-1, no copy.
+    identity = len(keep) == prev.num_rows and in_order(prev.column("path"))
+    kept = prev if identity else prev.take(keep)
     todo = current.filter(pc.invert(same))
     return kept, todo
 

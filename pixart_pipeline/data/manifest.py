@@ -165,14 +165,12 @@ def _list_folder(
     visible = [e for e in entries if e.name[0] != "."]
     plain = [e for e in visible if e.is_file(follow_symlinks=False) and e.name.lower().endswith(_LISTED_SUFFIXES)]
     try:
-        pairs = [(e.name, e.stat()) for e in plain]
+        # No S_ISREG check here: the entry is a regular file, and one replaced by a folder in the
+        # microseconds since cannot be hashed, so the scan drops it then (``hash_files``).
+        stats = [e.stat() for e in plain]
     except OSError:  # a file removed while we listed: redo this folder one entry at a time
-        pairs = []
-        for e in plain:
-            try:
-                pairs.append((e.name, e.stat()))
-            except OSError:
-                continue
+        plain, stats = _stat_each(plain)
+    names = [e.name for e in plain]
     for entry in visible:
         if entry.is_file(follow_symlinks=False):
             continue
@@ -185,23 +183,36 @@ def _list_folder(
                 continue  # a fifo, a socket, ... or an unlisted extension
             if not _inside(os.path.realpath(os.path.join(folder, name)), real_root):
                 continue
-            pairs.append((name, entry.stat()))  # follows the link (its target is inside the root)
+            st = entry.stat()  # follows the link (its target is inside the root)
         except OSError:
-            continue  # broken link or a file removed while we scanned
-    is_reg = stat.S_ISREG
-    pairs = [(name, st) for name, st in pairs if is_reg(st.st_mode)]  # not a linked folder, a fifo, ...
+            continue  # broken link
+        if stat.S_ISREG(st.st_mode):  # not a link to a folder, a fifo, ...
+            names.append(name)
+            stats.append(st)
     if storable:
-        return [rel_folder + name for name, _ in pairs], [st for _, st in pairs]
+        return [rel_folder + name for name in names], stats
     rels: list[str] = []
-    stats: list[os.stat_result] = []
-    for name, st in pairs:
+    kept: list[os.stat_result] = []
+    for name, st in zip(names, stats):
         rel = rel_folder + name
         if is_storable_path(rel):
             rels.append(rel)
-            stats.append(st)
+            kept.append(st)
         else:
             skipped.append(rel)
-    return rels, stats
+    return rels, kept
+
+
+def _stat_each(entries: list[os.DirEntry]) -> tuple[list[os.DirEntry], list[os.stat_result]]:
+    """(entries that could be stat-ed, their stats): the slow path when one vanished mid-listing."""
+    kept, stats = [], []
+    for e in entries:
+        try:
+            stats.append(e.stat())
+        except OSError:
+            continue
+        kept.append(e)
+    return kept, stats
 
 
 def hash_files(root: Path, paths: list[str], workers: int = 4) -> dict[str, str | None]:
