@@ -7,7 +7,8 @@ Builds ``--count`` unique image files (PNG and JPEG; ``--sizes small``: 384-768 
 ``run_bucketed_metadata``) on a fresh config:
 
 - cold: no manifest, no probe cache;
-- incremental: 1% more files added, all three stages re-run.
+- incremental: 1% more files added, all three stages re-run;
+- the listing + ``stat`` of every file alone (what any re-run that notices in-place edits pays).
 
 Baseline, measured in the same run: a single-threaded loop that opens each image with PIL and
 decodes it fully (``Image.open(p).load()``), over the first ``--baseline-limit`` files (its rate in
@@ -35,6 +36,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the demo-copy helper the tests use
 from demo_copy import copy_demo  # noqa: E402
 
 from pixart_pipeline.config import load_config  # noqa: E402
+from pixart_pipeline.data.manifest import list_dataset_files  # noqa: E402
 from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset  # noqa: E402
 from pixart_pipeline.data.synthetic import COLOURS, SHAPES, _draw  # noqa: E402
 
@@ -158,6 +160,10 @@ def main() -> None:
         new = max(1, args.count // 100)
         write_files(root, args.count, new, pool)
         inc_s, inc = run_stages(cfg, ds, args.workers)
+        # The floor of any re-run that must notice in-place edits: list every file and stat it.
+        t = time.perf_counter()
+        listed = len(list_dataset_files(root))
+        walk_s = time.perf_counter() - t
 
     cold_rate = args.count / cold_s
     print(f"Machine: {platform.machine()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}, "
@@ -176,6 +182,8 @@ def main() -> None:
           f"| {cold_rate:.0f} | {cold_rate / base:.2f}x | 1.00 | {cold['hashed']} | {cold['probed']} |")
     print(f"| re-run with {new} new files (1%) | {inc['rows']} | {inc_s:.2f} | {inc['split']} | {inc['rows'] / inc_s:.0f} "
           f"| {inc['rows'] / inc_s / base:.2f}x | {inc_s / cold_s:.3f} | {inc['hashed']} | {inc['probed']} |")
+    print(f"| list + stat every file, alone (part of every re-run) | {listed} | {walk_s:.2f} | | | "
+          f"| {walk_s / cold_s:.3f} | | |")
 
 
 if __name__ == "__main__":
