@@ -17,7 +17,7 @@ def build_retraining_schedule(cfg: PipelineConfig) -> dg.ScheduleDefinition:
             "unsynced (including dataset folders that changed on disk). Nothing to do -> skipped."
         ),
     )
-    def retraining_schedule(context: dg.ScheduleEvaluationContext):
+    def retraining_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
         # Imported here: planning reads the instance, which only the evaluation has.
         from pixart_pipeline.defs.build import build_definitions
         from pixart_pipeline.defs.planning import compute_plan

@@ -20,7 +20,7 @@ def build_dataset_folder_sensor(cfg: PipelineConfig) -> dg.SensorDefinition:
             "removed. With the automation sensor on, the rest of the lane follows."
         ),
     )
-    def dataset_folder_sensor(context: dg.SensorEvaluationContext):
+    def dataset_folder_sensor(context: dg.SensorEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
         requests = []
         for ds in cfg.datasets:
             changes = dataset_folder_changes(cfg, ds)
