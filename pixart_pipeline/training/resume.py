@@ -4,9 +4,11 @@ Rules a resume follows (README, "Resuming"):
 
 - ``latest`` takes the newest complete checkpoint of this run folder that verifies; a damaged one is
   skipped with a warning. An explicit folder must verify.
-- The checkpoint must come from a run with the same ``train_batch_size``, number of processes and
-  items table: the sampler position would otherwise name different batches. Such a resume is
-  refused with a message that says what changed (start a new run instead).
+- The checkpoint must come from a run with the same ``train_batch_size``, ``gradient_accumulation_steps``,
+  number of processes and items table: the sampler position would otherwise name different batches
+  (the loop counts micro-batches as ``global_step * gradient_accumulation_steps``, which keys the
+  noise of every batch). Such a resume is refused with a message that says what changed (start a new
+  run instead).
 - The checkpoint's optimizer must be the configured one (AdamW moments cannot seed Adafactor).
 - This run's learning rate, betas, weight decay and epsilon apply after loading (``apply_hyperparameters``):
   resuming another run's checkpoint with a new ``learning_rate`` uses the new one.
@@ -100,6 +102,14 @@ def check_resumable(state: ckpt.CheckpointState, hp: TrainingConfig, world: int)
             f"{hp.train_batch_size}; the sampler position would name different batches. Keep train_batch_size, "
             "or start a new run (resume_from_checkpoint 'none')"
         )
+    saved_gas = state.extra.get("gradient_accumulation_steps")  # absent in checkpoints before it was stored
+    if saved_gas is not None and int(saved_gas) != hp.gradient_accumulation_steps:
+        raise ValueError(
+            f"cannot resume {state.path}: it was written with gradient_accumulation_steps {saved_gas} but this "
+            f"run has {hp.gradient_accumulation_steps}; the sampler position and the per-batch noise are counted "
+            "in micro-batches of the old value, so a resume would not continue the same run. Keep "
+            "gradient_accumulation_steps, or start a new run (resume_from_checkpoint 'none')"
+        )
     saved_optimizer = state.extra.get("optimizer", "adamw")
     if saved_optimizer != hp.optimizer:
         raise ValueError(
@@ -126,7 +136,7 @@ def save(accelerator: Accelerator, run_dir: Path, global_step: int, transformer:
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(transformer)
         extra = {"world_size": accelerator.num_processes, "optimizer": hp.optimizer,
-                 "train_seconds": train_seconds}
+                 "gradient_accumulation_steps": hp.gradient_accumulation_steps, "train_seconds": train_seconds}
         if accelerator.scaler is not None:
             extra["grad_scaler"] = accelerator.scaler.state_dict()
         path = ckpt.save_checkpoint(
