@@ -85,27 +85,55 @@ def export_pipeline(transformer: torch.nn.Module, base_model: str, revision: str
     return out_dir
 
 
+def is_hub_repo_id(name: str) -> bool:
+    """True when ``name`` is a Hub model/dataset repo id (``org/name``) and not a local path or one
+    of our tiny test-model names: the Hub validates ``base_model`` and ``datasets`` in a card's front
+    matter, so a local folder or an unknown name there makes the card invalid."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from pixart_pipeline.config.models import TINY_CLIP_NAME, TINY_MODEL_NAME
+
+    if not name or name in (TINY_MODEL_NAME, TINY_CLIP_NAME) or name.count("/") != 1:
+        return False
+    if name.startswith(("/", ".", "~")) or Path(os.path.expanduser(name)).exists():
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def model_card(info: dict[str, Any]) -> str:
     """README.md for the exported folder: YAML front matter the Hub reads (``base_model``, ``license``,
     ``tags``, ``datasets``, ``widget`` sample images, ``model-index`` metrics when evaluation has run,
     and our ``training_config``), then what was trained, on what, how, and how to load it.
 
     ``info``: ``base_model``, ``revision``, ``steps``, ``epochs``, ``final_loss``, ``seconds``,
-    ``weights_sha256``, ``datasets``, ``num_items``, ``hyperparameters``; optional ``metrics``
-    (name -> float) and ``samples`` (list of ``{"prompt", "path"}`` relative to the card)."""
+    ``weights_sha256``, ``datasets`` (our dataset ids), ``num_items``, ``hyperparameters``; optional
+    ``hub_datasets`` (Hub dataset repo ids), ``metrics`` (name -> float) and ``samples`` (list of
+    ``{"prompt", "path"}`` relative to the card).
+
+    The front matter's ``base_model`` is written only when it is a Hub repo id, and ``datasets`` only
+    from Hub dataset ids: the Hub checks both against its repos. Local folders, tiny test models and
+    local dataset ids are named in the body instead."""
     import yaml
 
     hp = info.get("hyperparameters", {})
     base = str(info.get("base_model"))
-    front: dict[str, Any] = {
-        "base_model": base,
+    front: dict[str, Any] = {}
+    if is_hub_repo_id(base):
+        front["base_model"] = base
+    front |= {
         "license": "openrail++",  # PixArt Sigma's license, which a fine-tune inherits
         "library_name": "diffusers",
         "pipeline_tag": "text-to-image",
         "tags": ["pixart-sigma", "text-to-image", "diffusers", "full-fine-tune", "pixart_pipeline"],
-        "datasets": list(info.get("datasets", [])),
-        "training_config": {k: hp[k] for k in sorted(hp)},
     }
+    hub_datasets = [d for d in info.get("hub_datasets") or [] if is_hub_repo_id(d)]
+    if hub_datasets:
+        front["datasets"] = hub_datasets
+    front["training_config"] = {k: hp[k] for k in sorted(hp)}
     samples = info.get("samples") or []
     if samples:
         front["widget"] = [{"text": s["prompt"], "output": {"url": s["path"]}} for s in samples]
@@ -118,6 +146,8 @@ def model_card(info: dict[str, Any]) -> str:
     rows = "\n".join(f"| `{k}` | `{hp[k]}` |" for k in sorted(hp))
     ema_note = " The exported weights are the EMA of the trained ones." if hp.get("use_ema") else ""
     datasets = ", ".join(f"`{d}`" for d in info.get("datasets", [])) or "(unknown)"
+    if hub_datasets:
+        datasets += " (from the Hub: " + ", ".join(f"`{d}`" for d in hub_datasets) + ")"
     metric_rows = "\n".join(f"| {k} | {float(v):.4f} |" for k, v in sorted(metrics.items()))
     metric_text = f"\n## Evaluation\n\n| metric | value |\n|---|---|\n{metric_rows}\n" if metrics else ""
     sample_text = "".join(f"\n![{s['prompt']}]({s['path']})\n" for s in samples)
@@ -166,7 +196,8 @@ def refresh_model_card(run_dir: Path, metrics: dict[str, float], samples: list[t
     into ``model-index`` and a table, ``samples`` (prompt, image file) copied into ``pipeline/samples/``
     and shown (and listed as the Hub ``widget``). Only the card changes, never the weights."""
     import math
-    import shutil as _shutil
+
+    from pixart_pipeline.fileio import atomic_write_bytes
 
     run_dir = Path(run_dir)
     info_file = run_dir / CARD_INFO
@@ -178,7 +209,7 @@ def refresh_model_card(run_dir: Path, metrics: dict[str, float], samples: list[t
     shown = []
     for i, (prompt, image) in enumerate(samples):
         name = f"{i:02d}{Path(image).suffix or '.png'}"
-        _shutil.copyfile(image, sample_dir / name)
+        atomic_write_bytes(sample_dir / name, Path(image).read_bytes())  # a kill never leaves half an image
         shown.append({"prompt": prompt, "path": f"samples/{name}"})
     info["metrics"] = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
     info["samples"] = shown

@@ -341,10 +341,12 @@ def _export(spec: RunSpec, hp, items, final: torch.nn.Module, result: TrainResul
     """Pipeline folder + model card, ``result.json`` (the run is done), the Hub upload, the report."""
     run_dir, pipeline_path = Path(spec.run_dir), Path(result.pipeline_path)
     export_pipeline(final, spec.base_model, spec.revision, pipeline_path)
+    datasets = sorted(set(items.dataset_id))
     info = {
-        "base_model": spec.base_model, "revision": spec.revision, "steps": result.steps, "epochs": result.epochs,
-        "final_loss": result.final_loss, "seconds": result.seconds, "weights_sha256": result.weights_sha256,
-        "datasets": sorted(set(items.dataset_id)), "num_items": len(items),
+        "base_model": spec.base_model_name or spec.base_model, "revision": spec.revision, "steps": result.steps,
+        "epochs": result.epochs, "final_loss": result.final_loss, "seconds": result.seconds,
+        "weights_sha256": result.weights_sha256, "datasets": datasets, "num_items": len(items),
+        "hub_datasets": sorted({spec.hub_datasets[d] for d in datasets if d in spec.hub_datasets}),
         "hyperparameters": {k: getattr(hp, k) for k in HYPERPARAMETER_KEYS},
     }
     atomic_write_json(run_dir / CARD_INFO, info)  # evaluation adds its metrics and samples to the card later

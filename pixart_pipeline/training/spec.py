@@ -87,6 +87,11 @@ class RunSpec:
     # Batches whose cache reads run ahead on a background thread (0: read in the training thread).
     # Never changes what is trained: the sampler position and every random draw stay on the main thread.
     read_ahead_batches: int = 2
+    # For the model card only: the base model as configured (a Hub id, a local folder or a tiny name;
+    # ``base_model`` may be its resolved local folder) and dataset id -> Hub dataset repo id for the
+    # datasets downloaded from the Hub. The Hub validates both card fields, so local names stay in the body.
+    base_model_name: str | None = None
+    hub_datasets: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -98,10 +103,13 @@ class RunSpec:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise RunSpecError(f"{source}: '{name}' must be a non-empty string, got {value!r}")
-        for name in ("empty_text_key", "revision"):
+        for name in ("empty_text_key", "revision", "base_model_name"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise RunSpecError(f"{source}: '{name}' must be a string or null, got {value!r}")
+        if not isinstance(self.hub_datasets, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.hub_datasets.items()):
+            raise RunSpecError(f"{source}: 'hub_datasets' must map dataset ids to Hub repo ids, got {self.hub_datasets!r}")
         if not isinstance(self.hyperparameters, dict):
             raise RunSpecError(f"{source}: 'hyperparameters' must be an object, got {self.hyperparameters!r}")
         if not _is_int(self.checkpointing_steps) or self.checkpointing_steps < 1:

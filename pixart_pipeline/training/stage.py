@@ -116,6 +116,8 @@ def prepare_training_run(cfg: PipelineConfig, device: str) -> PreparedRun:
         ),
         device=device,
         gradient_checkpointing=t.gradient_checkpointing,
+        base_model_name=t.pretrained_model_name_or_path,
+        hub_datasets={ds.id: ds.hub_repo_id for ds in cfg.datasets if ds.hub_repo_id},
     )
     spec_path = run_dir / "run_spec.json"
     spec.save(spec_path)

@@ -206,8 +206,12 @@ def test_model_card_front_matter_parses_and_has_the_fields(make_spec):
     text = (Path(run.pipeline_path) / "README.md").read_text()
     assert text.startswith("---\n")
     front = yaml.safe_load(text.split("---\n", 2)[1])
-    assert front["base_model"] and front["license"] == "openrail++" and front["library_name"] == "diffusers"
-    assert "pixart-sigma" in front["tags"] and front["datasets"] == ["shapes"]
+    # a local base model folder and a local dataset id are not Hub ids: the Hub would reject them there
+    assert "base_model" not in front and "datasets" not in front
+    assert front["license"] == "openrail++" and front["library_name"] == "diffusers"
+    assert "pixart-sigma" in front["tags"]
+    body = text.split("---\n", 2)[2]
+    assert f"`{make_spec('card').base_model}`" in body and "`shapes`" in body  # named in the body instead
     assert front["training_config"]["learning_rate"] == 1e-3 and front["training_config"]["use_ema"] is True
     assert "# PixArt Sigma fine-tune" in text and "EMA" in text
 
@@ -293,3 +297,39 @@ def test_max_grad_norm_clips_and_zero_disables_it(make_spec):
     assert all(n > 1e-3 for n in norms)  # the logged norm is before clipping
     assert [r["grad_norm"] for r in read_metrics(Path(clipped.run_dir) / "metrics.jsonl")][0] == norms[0]
     assert clipped.weights_sha256 != free.weights_sha256
+
+
+def test_changing_gradient_accumulation_steps_then_resuming_is_refused(make_spec):
+    spec = make_spec("gas", checkpointing_steps=2, max_train_steps=4, gradient_accumulation_steps=2)
+    train(spec, stop_at_step=2)
+    saved = load_checkpoint(Path(spec.run_dir) / "checkpoints" / "step-2")
+    assert saved.extra["gradient_accumulation_steps"] == 2
+    changed = type(spec).from_dict(spec.to_dict() | {"hyperparameters": spec.hyperparameters
+                                                     | {"gradient_accumulation_steps": 1}})
+    with pytest.raises(ValueError, match="written with gradient_accumulation_steps 2 but this run has 1"):
+        train(changed)
+    assert train(spec).steps == 4  # the same value resumes
+
+
+def test_model_card_front_matter_names_only_hub_ids(tmp_path):
+    hub = model_card({"base_model": "PixArt-alpha/PixArt-Sigma-XL-2-512-MS", "datasets": ["shapes", "pets"],
+                      "hub_datasets": ["someone/pets"], "hyperparameters": {}})
+    front = yaml.safe_load(hub.split("---\n", 2)[1])
+    assert front["base_model"] == "PixArt-alpha/PixArt-Sigma-XL-2-512-MS"
+    assert front["datasets"] == ["someone/pets"]  # not the local ids
+    assert "`shapes`, `pets` (from the Hub: `someone/pets`)" in hub
+
+    local = tmp_path / "org" / "model"
+    local.mkdir(parents=True)
+    for base in ("tiny-random", str(local), "org/model/sub", "not a repo/x y"):
+        card = model_card({"base_model": base, "datasets": ["shapes"], "hyperparameters": {}})
+        front = yaml.safe_load(card.split("---\n", 2)[1])
+        assert "base_model" not in front and "datasets" not in front, base
+        assert f"`{base}`" in card and "`shapes`" in card
+    # an org/name that exists as a folder relative to the working directory is a local path, not a Hub id
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert "base_model" not in yaml.safe_load(model_card({"base_model": "org/model"}).split("---\n", 2)[1])
+    finally:
+        os.chdir(cwd)
