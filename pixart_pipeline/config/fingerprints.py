@@ -133,17 +133,35 @@ def vae_fields(cfg: PipelineConfig) -> dict:
     return fields
 
 
+def _applicable_training_keys(lr_scheduler: str, optimizer: str, use_ema: bool) -> list[str]:
+    """The training keys that only some settings read (diffusers' ``get_scheduler`` passes
+    ``num_cycles`` only to cosine_with_restarts, ``power`` only to polynomial, ``step_rules`` only to
+    piecewise_constant, and constant/piecewise_constant take no warm-up; Adafactor uses none of the
+    Adam betas/epsilon nor the fused kernel; ``ema_decay`` needs ``use_ema``). A key that cannot
+    change the weights under this config stays out, so editing it does not retrain."""
+    keys = []
+    if lr_scheduler not in ("constant", "piecewise_constant"):
+        keys.append("lr_warmup_steps")
+    keys += {"cosine_with_restarts": ["lr_num_cycles"], "polynomial": ["lr_power"],
+             "piecewise_constant": ["lr_step_rules"]}.get(lr_scheduler, [])
+    if optimizer == "adamw":
+        keys += ["adam_beta1", "adam_beta2", "adam_epsilon", "fused_optimizer"]
+    if use_ema:
+        keys.append("ema_decay")
+    return keys
+
+
 def trained_checkpoint_fields(cfg: PipelineConfig) -> dict:
     t = cfg.training
     keys = (
-        "seed learning_rate lr_scheduler lr_warmup_steps train_batch_size gradient_accumulation_steps "
-        "max_train_steps num_train_epochs lr_num_cycles lr_power lr_step_rules mixed_precision optimizer "
-        "fused_optimizer adam_beta1 adam_beta2 adam_weight_decay adam_epsilon "
-        "max_grad_norm snr_gamma noise_offset caption_dropout_probability use_ema ema_decay use_bitfit "
+        "seed learning_rate lr_scheduler train_batch_size gradient_accumulation_steps "
+        "max_train_steps num_train_epochs mixed_precision optimizer adam_weight_decay "
+        "max_grad_norm snr_gamma noise_offset caption_dropout_probability use_ema use_bitfit "
         # num_processes multiplies the global batch, so it changes the result (DESIGN.md lists it as
         # excluded; see the README).
         "num_processes"
     ).split()
+    keys += _applicable_training_keys(t.lr_scheduler, t.optimizer, t.use_ema)
     fields = {
         "transformer": model_identity(
             cfg, t.pretrained_model_name_or_path, t.revision, ("transformer", "scheduler", "vae/config.json")

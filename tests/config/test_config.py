@@ -201,6 +201,39 @@ def test_each_key_changes_exactly_its_stages_fingerprint(tmp_path, where, key, v
     assert {stage for stage in before if fp.stable_hash(before[stage]) != fp.stable_hash(after[stage])} == changed
 
 
+@pytest.mark.parametrize(
+    "setting, key, value, retrains",
+    [
+        ({"lr_scheduler": "constant"}, "lr_power", 2.0, False),
+        ({"lr_scheduler": "polynomial"}, "lr_power", 2.0, True),
+        ({"lr_scheduler": "cosine"}, "lr_num_cycles", 3, False),
+        ({"lr_scheduler": "cosine_with_restarts"}, "lr_num_cycles", 3, True),
+        ({"lr_scheduler": "constant"}, "lr_step_rules", "1:10,0.1", False),
+        ({"lr_scheduler": "piecewise_constant", "lr_step_rules": "1:10,0.5"}, "lr_step_rules", "1:10,0.1", True),
+        ({"lr_scheduler": "constant"}, "lr_warmup_steps", 50, False),
+        ({"lr_scheduler": "cosine"}, "lr_warmup_steps", 50, True),
+        ({"use_ema": False}, "ema_decay", 0.99, False),
+        ({"use_ema": True}, "ema_decay", 0.99, True),
+        ({"optimizer": "adafactor"}, "adam_beta1", 0.8, False),
+        ({"optimizer": "adafactor"}, "adam_beta2", 0.99, False),
+        ({"optimizer": "adafactor"}, "adam_epsilon", 1e-6, False),
+        ({"optimizer": "adafactor"}, "fused_optimizer", "off", False),
+        ({"optimizer": "adafactor"}, "adam_weight_decay", 0.1, True),  # Adafactor's weight decay
+        ({"optimizer": "adamw"}, "adam_beta1", 0.8, True),
+        ({"optimizer": "adamw"}, "adam_epsilon", 1e-6, True),
+        ({"optimizer": "adamw"}, "fused_optimizer", "off", True),
+    ],
+)
+def test_a_training_key_is_in_the_fingerprint_only_where_it_applies(tmp_path, setting, key, value, retrains):
+    """Changing e.g. ``lr_power`` under a constant schedule cannot change the weights, so it must not
+    unsync ``trained_checkpoint``; under ``polynomial`` it does."""
+    base = load_config(write(tmp_path, QUICKSTART_CONFIG | setting, QUICKSTART_BACKEND))
+    edited = load_config(write(tmp_path, QUICKSTART_CONFIG | setting | {key: value}, QUICKSTART_BACKEND))
+    before, after = _fields(base), _fields(edited)
+    changed = {stage for stage in before if fp.stable_hash(before[stage]) != fp.stable_hash(after[stage])}
+    assert changed == ({"train"} if retrains else set())
+
+
 def test_the_same_key_with_and_without_dashes_is_an_error(tmp_path):
     path = tmp_path / "config.json"
     (tmp_path / "multidatabackend.json").write_text(json.dumps(QUICKSTART_BACKEND))
