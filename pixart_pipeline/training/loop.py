@@ -96,7 +96,9 @@ def make_accelerator(hp: TrainingConfig, device: str) -> Accelerator:
         )
     # accelerate keeps process-wide singleton states: a second train() in one process (a notebook,
     # the tests) with another precision would be refused. Reset them; keep the distributed state
-    # when launched by torchrun (one train() per process there anyway).
+    # when launched by torchrun (one train() per process there anyway). ``_reset_state`` is private:
+    # accelerate (1.15) has no public way to drop these singletons -- its own test scripts
+    # (accelerate/test_utils) call the same method -- so if a release renames it, look here.
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=int(os.environ.get("WORLD_SIZE", "1")) == 1)
