@@ -85,12 +85,13 @@ def test_a_stage_revision_bump_never_reuses_stale_runs_or_caches(cached, monkeyp
     from pixart_pipeline.config import fingerprints as fp
 
     cfg = load_config(cached)
+    current = dict(fp.STAGE_REVISIONS)
     before = (prepare_training_run(cfg, "cpu").run_dir, text_store_root(cfg), vae_store_root(cfg, cfg.datasets[0]))
     monkeypatch.setitem(fp.STAGE_REVISIONS, "text_embed_cache", "r-next")
     monkeypatch.setitem(fp.STAGE_REVISIONS, "vae_cache", "r-next")
     assert text_store_root(cfg) != before[1] and vae_store_root(cfg, cfg.datasets[0]) != before[2]
-    monkeypatch.setitem(fp.STAGE_REVISIONS, "text_embed_cache", "r1")
-    monkeypatch.setitem(fp.STAGE_REVISIONS, "vae_cache", "r1")
+    monkeypatch.setitem(fp.STAGE_REVISIONS, "text_embed_cache", current["text_embed_cache"])
+    monkeypatch.setitem(fp.STAGE_REVISIONS, "vae_cache", current["vae_cache"])
     monkeypatch.setitem(fp.STAGE_REVISIONS, "trained_checkpoint", "r-next")
     assert prepare_training_run(cfg, "cpu").run_dir != before[0]
 
