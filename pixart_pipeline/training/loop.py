@@ -301,7 +301,7 @@ def _run(spec: RunSpec, reporter: Reporter, stop_at_step: int | None, stop_reque
             signalled = stop_request.agreed(accelerator)
             if global_step % spec.checkpointing_steps == 0 or global_step == stop or signalled:
                 last_checkpoint = save(accelerator, run_dir, global_step, transformer, optimizer, lr_scheduler,
-                                       sampler, ema, spec, hp, resume_path, train_seconds(), reporter)
+                                       sampler, ema, spec, hp, train_seconds(), reporter)
             if signalled:
                 reporter.warning(f"stopping on signal {stop_request.signum or 'from another process'} after step "
                                  f"{global_step}; resume from {last_checkpoint}")

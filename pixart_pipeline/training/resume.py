@@ -120,12 +120,14 @@ def check_resumable(state: ckpt.CheckpointState, hp: TrainingConfig, world: int)
 
 def save(accelerator: Accelerator, run_dir: Path, global_step: int, transformer: torch.nn.Module,
          optimizer: torch.optim.Optimizer, lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
-         sampler: BucketBatchSampler, ema: EMA | None, spec: RunSpec, hp: TrainingConfig, resume_path: Path | None, train_seconds: float, reporter: Reporter) -> str:
+         sampler: BucketBatchSampler, ema: EMA | None, spec: RunSpec, hp: TrainingConfig, train_seconds: float, reporter: Reporter) -> str:
     """Write ``step-<global_step>`` (main process; every process waits for it) and prune old ones.
 
-    Pruning keeps ``checkpoints_total_limit`` folders: the one just written, the one this run resumed
-    from (never deleted by this run), and the newest others. With a limit of 1 a resumed run therefore
-    keeps two folders (the resume source and the newest) until it finishes."""
+    Pruning keeps exactly ``checkpoints_total_limit`` folders: the one just written and the newest
+    others. The checkpoint this run resumed from is needed only until a newer complete (``COMPLETE``
+    marker, every file hashed) checkpoint exists -- which the one just written is -- so from then on
+    it is pruned like any other; before that nothing is pruned, so it is never deleted while it is
+    the only way back."""
     accelerator.wait_for_everyone()
     path = ckpt.checkpoints_dir(run_dir) / f"step-{global_step}"
     rng_states = [ckpt.capture_rng_state()]
@@ -151,8 +153,8 @@ def save(accelerator: Accelerator, run_dir: Path, global_step: int, transformer:
             rng_states=rng_states,
         )
         reporter.info(f"saved checkpoint {path}")
-        keep = [path] + ([resume_path] if resume_path is not None else [])
-        for gone in ckpt.prune_checkpoints(run_dir, spec.checkpoints_total_limit, protect=keep):
+        # only the new checkpoint is protected: it is newer than the resume source and complete
+        for gone in ckpt.prune_checkpoints(run_dir, spec.checkpoints_total_limit, protect=[path]):
             reporter.info(f"removed old checkpoint {gone}")
     accelerator.wait_for_everyone()
     return str(path)

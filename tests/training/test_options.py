@@ -333,3 +333,14 @@ def test_model_card_front_matter_names_only_hub_ids(tmp_path):
         assert "base_model" not in yaml.safe_load(model_card({"base_model": "org/model"}).split("---\n", 2)[1])
     finally:
         os.chdir(cwd)
+
+
+def test_total_limit_one_keeps_exactly_one_once_a_resumed_run_has_saved_a_newer_one(make_spec):
+    spec = make_spec("limit-one", checkpointing_steps=2, max_train_steps=6)
+    spec = type(spec).from_dict(spec.to_dict() | {"checkpoints_total_limit": 1})
+    root = Path(spec.run_dir) / "checkpoints"
+    train(spec, stop_at_step=4)
+    assert sorted(p.name for p in root.iterdir()) == ["step-4"]
+    finished = train(spec)  # resumes from step-4, saves step-6
+    assert finished.resumed_from == str(root / "step-4")
+    assert sorted(p.name for p in root.iterdir()) == ["step-6"]  # the resume source went once step-6 was complete
