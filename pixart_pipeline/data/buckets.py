@@ -67,7 +67,9 @@ from __future__ import annotations
 import functools
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from pixart_pipeline.config.fingerprints import PIXART_ALIGNMENT
 from pixart_pipeline.config.models import ImageDataset
@@ -202,12 +204,14 @@ def size_by_area(ar: float, area: float, original: Size) -> tuple[Size, Size]:
 
 
 @functools.lru_cache(maxsize=16)
-def _area_targets_by_key(area: float, rounding: int) -> dict[float, tuple[float, Size]]:
+def _area_targets_by_key(area: float, rounding: int) -> Mapping[float, tuple[float, Size]]:
     """``{key: (ratio, target)}`` over every rounded image ratio in ``[1/8, 8]`` (step ``10**-r``).
 
     For each key, the target of the ratio closest to the key (ties: the smaller ratio). A pure
     function of ``(area, rounding)``, cached because ``compute_geometry`` asks once per image
-    (at ``rounding`` 4 it is 80,000 size computations, about a quarter of a second).
+    (at ``rounding`` 4 it is 80,000 size computations, about a quarter of a second). Returned
+    read-only (``MappingProxyType`` over tuples): the cached object is shared by every caller, so
+    a caller that changed it would change the targets of every later image.
     """
     scale = 10**rounding
     best: dict[float, tuple[float, float, Size]] = {}
@@ -220,7 +224,7 @@ def _area_targets_by_key(area: float, rounding: int) -> dict[float, tuple[float,
         rank = (abs(ratio - key), ratio)
         if key not in best or rank < best[key][:2]:
             best[key] = (*rank, target)
-    return {key: (v[1], v[2]) for key, v in best.items()}
+    return MappingProxyType({key: (v[1], v[2]) for key, v in best.items()})
 
 
 def canonical_area_target(target: Size, area: float, rounding: int = 2) -> Size:
