@@ -86,12 +86,9 @@ def captions_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
 
 def bucketed_metadata_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
     # Not the training seed: crop boxes are seeded by each image's hash.
-    return {
+    return _aspect_choice_fields(ds) | {
         "crop": ds.crop,
-        "crop_aspect": ds.crop_aspect,
-        "crop_aspect_buckets": [b if isinstance(b, (int, float)) else b.model_dump() for b in ds.crop_aspect_buckets or []],
         "aspect_bucket_rounding": cfg.training.aspect_bucket_rounding or 2,
-        "max_upscale_threshold": ds.max_upscale_threshold,
         "crop_style": ds.normalised_crop_style,
         "resolution": ds.resolution,
         "resolution_type": ds.resolution_type,
@@ -103,6 +100,23 @@ def bucketed_metadata_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
         "metadata_backend": ds.metadata_backend,
         "dataset_type": ds.dataset_type,  # "eval" puts every image in the eval split
     } | _parquet_sizes_identity(cfg, ds)
+
+
+def _aspect_choice_fields(ds: ImageDataset) -> dict:
+    """The crop-aspect keys that can change a target (``data.buckets.compute_geometry`` and
+    ``data.aspect_choice.chosen_aspect``): ``crop_aspect`` only with ``crop``; the bucket list only
+    under ``closest``/``random``; ``max_upscale_threshold`` only under ``random`` with plain-number
+    buckets (weighted buckets are a weighted draw). Keys that cannot apply stay out, so setting
+    them does not rebucket."""
+    if not ds.crop:
+        return {}
+    fields: dict = {"crop_aspect": ds.crop_aspect}
+    buckets = ds.crop_aspect_buckets or []
+    if ds.crop_aspect in ("closest", "random") and buckets:
+        fields["crop_aspect_buckets"] = [b if isinstance(b, (int, float)) else b.model_dump() for b in buckets]
+        if ds.crop_aspect == "random" and isinstance(buckets[0], (int, float)):
+            fields["max_upscale_threshold"] = ds.max_upscale_threshold
+    return fields
 
 
 def _parquet_sizes_identity(cfg: PipelineConfig, ds: ImageDataset) -> dict:
