@@ -32,6 +32,7 @@ from PIL import Image
 from pixart_pipeline.cache import ShardStore, VaeItem, encode_captions, encode_images, pad_prompt_embeds
 from pixart_pipeline.cache.keys import vae_item_key
 from pixart_pipeline.cache.vae import load_pixels
+from pixart_pipeline.data.manifest import sha256_file
 from pixart_pipeline.models import TINY_MODEL_NAME, load_text_encoder, load_tokenizer, load_vae, resolve_pretrained
 
 MAX_LENGTH = 300
@@ -50,8 +51,9 @@ def make_images(folder: Path, n: int, rng: random.Random) -> list[VaeItem]:
         w, h = BUCKETS[i % len(BUCKETS)]
         path = folder / f"img{i}.jpg"
         Image.effect_noise((w + 64, h + 64), 40 + i % 50).convert("RGB").save(path, quality=90)
-        items.append(VaeItem(vae_item_key(f"{i:064x}", (w + 64, h + 64), (32, 32), (w, h)), path,
-                             (w + 64, h + 64), (32, 32), (w, h)))
+        sha = sha256_file(path)  # what the metadata records; load_pixels checks the bytes against it
+        items.append(VaeItem(vae_item_key(sha, (w + 64, h + 64), (32, 32), (w, h)), path,
+                             (w + 64, h + 64), (32, 32), (w, h), sha))
     return items
 
 

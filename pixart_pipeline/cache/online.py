@@ -2,8 +2,11 @@
 
 SimpleTuner's ``--vae_cache_disable`` skips the latent cache and runs the VAE inside the training
 loop. Here the ``vae_cache`` stage, when disabled, writes no latents but an *online spec*
-(``<vae store root>/online/online.json``: base model, VAE dtype, device, and each item's image path
-and geometry by key). Training and evaluation open their ``vae_store`` with ``open_vae_store``: a
+(``<vae store root>/online/online.json``: base model, VAE dtype, device, and each item's image path,
+sha256 and geometry by key). Before writing it the stage checks every image (``check_images``: the file
+exists, its bytes still have the metadata's sha256, PIL accepts its structure); an image that fails
+goes under ``failed`` with its reason instead of ``items``, so training leaves it out exactly as it
+leaves out an image the cached path failed to encode, rather than stopping at it mid-run. Training and evaluation open their ``vae_store`` with ``open_vae_store``: a
 folder holding ``online.json`` gives an ``OnlineVaeStore``, which reads like a ``ShardStore``
 (``keys``, ``in``, ``get``, ``get_many``) but encodes each request with the VAE: same pixels
 (``vae.load_pixels``), same posterior (mean, std), so the trainer's sampling is unchanged.
@@ -15,30 +18,49 @@ import json
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
 from pixart_pipeline.cache.store import ShardStore
-from pixart_pipeline.cache.vae import VaeItem, load_pixels
+from pixart_pipeline.cache.vae import VaeItem, check_source, failure_reason, load_pixels
 from pixart_pipeline.fileio import atomic_write_json
 
 ONLINE_DIR = "online"
 ONLINE_SPEC = "online.json"
 
 
+def check_images(items: Iterable[VaeItem], workers: int = 4) -> dict[str, tuple[str, str]]:
+    """``{key: (image path, reason)}`` of the items whose image cannot be encoded (``vae.check_source``).
+
+    Reads every file once (hashing releases the GIL, so a thread pool overlaps the reads); items are
+    deduplicated by key.
+    """
+    unique = sorted({it.key: it for it in items}.values(), key=lambda it: it.key)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vae-check") as pool:
+        reasons = list(pool.map(check_source, unique))
+    return {it.key: (str(it.path), r) for it, r in zip(unique, reasons) if r is not None}
+
+
 def write_online_spec(folder: Path, base_model: str, revision: str | None, dtype: str, device: str,
-                      items: list[VaeItem]) -> Path:
-    """Write the spec an ``OnlineVaeStore`` encodes from; returns its folder (the items' ``vae_store``)."""
+                      items: list[VaeItem], failed: dict[str, tuple[str, str]] | None = None) -> Path:
+    """Write the spec an ``OnlineVaeStore`` encodes from; returns its folder (the items' ``vae_store``).
+
+    Keys in ``failed`` (``check_images``) are recorded with their reason and left out of ``items``.
+    """
+    failed = failed or {}
     spec = {
         "base_model": base_model,
         "revision": revision,
         "dtype": dtype,
         "device": device,
         "items": {
-            it.key: {"path": str(it.path), "intermediary": list(it.intermediary), "crop": list(it.crop),
-                     "target": list(it.target)}
+            it.key: {"path": str(it.path), "sha256": it.sha256, "intermediary": list(it.intermediary),
+                     "crop": list(it.crop), "target": list(it.target)}
             for it in sorted(items, key=lambda it: it.key)
+            if it.key not in failed
         },
+        "failed": {key: {"path": path, "reason": reason} for key, (path, reason) in sorted(failed.items())},
     }
     atomic_write_json(folder / ONLINE_SPEC, spec)
     return folder
@@ -52,8 +74,13 @@ class OnlineVaeStore:
         spec = json.loads((self.root / ONLINE_SPEC).read_text())
         self.base_model, self.revision = spec["base_model"], spec["revision"]
         self.dtype, self.device = spec["dtype"], spec["device"]
+        stale = [key for key, v in spec["items"].items() if "sha256" not in v]
+        if stale:  # written before specs carried each image's sha256: nothing to check pixels against
+            raise ValueError(f"{self.root / ONLINE_SPEC}: item {stale[0]!r} has no sha256; "
+                             "re-materialize vae_cache to rewrite the spec")
         self.items = {
-            key: VaeItem(key, Path(v["path"]), tuple(v["intermediary"]), tuple(v["crop"]), tuple(v["target"]))
+            key: VaeItem(key, Path(v["path"]), tuple(v["intermediary"]), tuple(v["crop"]), tuple(v["target"]),
+                         v["sha256"])
             for key, v in spec["items"].items()
         }
         self.load_workers = load_workers
@@ -97,11 +124,15 @@ class OnlineVaeStore:
         out: list[dict[str, torch.Tensor] | None] = [None] * len(keys)
         with ThreadPoolExecutor(self.load_workers) as pool, torch.inference_mode():
             for positions in by_size.values():
-                try:
-                    pixels = list(pool.map(load_pixels, [self.items[keys[p]] for p in positions]))
-                except Exception as e:  # noqa: BLE001 - name the image and the reason
-                    raise ValueError(f"online VAE encoding failed for {[str(self.items[keys[p]].path) for p in positions]}: "
-                                     f"{type(e).__name__}: {e}") from e
+                futures = [(self.items[keys[p]], pool.submit(load_pixels, self.items[keys[p]])) for p in positions]
+                pixels = []
+                for item, future in futures:
+                    try:
+                        pixels.append(future.result())
+                    except Exception as e:  # noqa: BLE001 - name the image and the reason
+                        # The stage checked every image when it wrote the spec; this is a file
+                        # changed or removed since (re-materialize vae_cache to leave it out).
+                        raise ValueError(f"online VAE encoding failed for {item.path}: {failure_reason(e)}") from e
                 x = torch.stack(pixels).to(self._device, next(vae.parameters()).dtype)  # [B, 3, H, W]
                 posterior = vae.encode(x).latent_dist
                 mean, std = posterior.mean.float().cpu(), posterior.std.float().cpu()  # [B, 4, H/8, W/8]

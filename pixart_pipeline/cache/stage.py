@@ -17,7 +17,7 @@ import torch
 
 from pixart_pipeline.cache.keys import text_item_key, vae_item_key
 from pixart_pipeline.cache.maintenance import repair
-from pixart_pipeline.cache.online import ONLINE_DIR, ONLINE_SPEC, OnlineVaeStore, write_online_spec
+from pixart_pipeline.cache.online import ONLINE_DIR, ONLINE_SPEC, OnlineVaeStore, check_images, write_online_spec
 from pixart_pipeline.cache.parallel import launch_parallel
 from pixart_pipeline.cache.store import EncodeStats, ShardStore
 from pixart_pipeline.cache.text import encode_captions
@@ -193,6 +193,7 @@ def vae_items(cfg: PipelineConfig, ds: ImageDataset) -> tuple[pa.Table, list[Vae
             intermediary=(r["intermediary_width"], r["intermediary_height"]),
             crop=(r["crop_left"], r["crop_top"]),
             target=(r["target_width"], r["target_height"]),
+            sha256=r["sha256"],
         )
         for r in kept.to_pylist()
     ]
@@ -215,15 +216,23 @@ def run_vae_cache(cfg: PipelineConfig, ds: ImageDataset, device: str, log: Log =
     _, items = vae_items(cfg, ds)
     if cfg.training.vae_cache_disable:
         # Online mode (SimpleTuner's vae_cache_disable): nothing is stored; the trainer encodes each
-        # batch from the same metadata rows (cache/online.py). The data version still follows the items.
-        keys = sorted({item.key for item in items})
+        # batch from the same metadata rows (cache/online.py). Every image is checked now (exists,
+        # same sha256, readable structure) so a bad one is left out of training like a failed encode
+        # of the cached path, instead of stopping the run at its first batch. The data version
+        # follows the usable items.
+        failed = check_images(items)
+        for path, reason in failed.values():
+            log(f"not usable: {path}: {reason}")
+        keys = sorted({item.key for item in items} - set(failed))
         folder = write_online_spec(vae_store_root(cfg, ds) / ONLINE_DIR, base_model_path(cfg),
-                                   cfg.training.revision, cfg.training.resolved_vae_dtype, device, items)
-        log(f"vae cache disabled: {len(keys)} item(s) will be encoded on the fly by the trainer ({folder})")
+                                   cfg.training.revision, cfg.training.resolved_vae_dtype, device, items, failed)
+        log(f"vae cache disabled: {len(keys)} item(s) will be encoded on the fly by the trainer, "
+            f"{len(failed)} left out ({folder})")
         return StageResult(
             path=folder,
             data_version=fp.stable_hash(["disabled", keys]),
-            metadata={"disabled": True, "items": len(keys), "encoded": 0, "reused": 0, "failed": 0,
+            metadata={"disabled": True, "items": len(keys), "encoded": 0, "reused": 0, "failed": len(failed),
+                      "failed_files": [f"{p}: {r}" for p, r in sorted(failed.values())][:20],
                       "seconds": round(time.perf_counter() - start, 3)},
             config=fp.vae_fields(cfg),
         )

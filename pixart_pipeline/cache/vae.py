@@ -1,12 +1,17 @@
 """Encode images with the VAE into a ShardStore: the posterior ``mean`` and ``std``, [4, H/8, W/8].
 
 Each image is prepared exactly as its metadata row says (EXIF transpose, RGB, LANCZOS resize to the
-intermediary size, crop to the target box, scale to [-1, 1]). Storing the posterior instead of one
+intermediary size, crop to the target box, scale to [-1, 1]). The file is read once and its bytes
+are hashed before decoding: an item's key is built from the sha256 the metadata recorded, so bytes
+that no longer match (an image edited after ``bucketed_metadata``) are a reported failure, never new
+pixels stored under the old key. Storing the posterior instead of one
 sample lets training draw a fresh ``z = mean + std * eps`` every step (``reader.sample_latents``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -26,26 +31,69 @@ VAE_DOWNSAMPLE = 8
 
 @dataclass(frozen=True)
 class VaeItem:
-    """One image at one geometry. ``intermediary``/``target`` are (w, h); ``crop`` is (left, top)."""
+    """One image at one geometry. ``intermediary``/``target`` are (w, h); ``crop`` is (left, top);
+    ``sha256`` is the hex digest of the file's bytes that the metadata row (and so ``key``) was built from."""
 
     key: str
     path: Path
     intermediary: tuple[int, int]
     crop: tuple[int, int]
     target: tuple[int, int]
+    sha256: str
+
+
+class SourceChangedError(ValueError):
+    """The image file's bytes are not the ones its metadata row (and item key) was computed from."""
+
+
+def read_source(item: VaeItem) -> bytes:
+    """The bytes of ``item``'s image, read once; raises ``SourceChangedError`` when their sha256 is
+    not ``item.sha256`` (``OSError`` when the file is gone or unreadable)."""
+    data = item.path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != item.sha256:
+        raise SourceChangedError(
+            f"changed since bucketed_metadata was built (sha256 {digest[:12]}..., metadata has "
+            f"{item.sha256[:12]}...); re-materialise it"
+        )
+    return data
+
+
+def check_source(item: VaeItem) -> str | None:
+    """Why ``item`` cannot be encoded (gone, changed since the metadata, bad header), or None.
+
+    Reads and hashes the whole file and lets PIL verify its structure, without decoding pixels:
+    the up-front check of ``vae_cache_disable`` (cache/online.py), so that a bad image is left out of
+    training instead of failing a step mid-run.
+    """
+    try:
+        with Image.open(io.BytesIO(read_source(item))) as image:
+            image.verify()  # header and, for PNG, chunk CRCs; no pixel decode
+    except SourceChangedError as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a reason, not a crash
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def failure_reason(error: Exception) -> str:
+    """The text recorded for an item whose ``load_pixels`` raised ``error`` (its path is recorded beside it)."""
+    return str(error) if isinstance(error, SourceChangedError) else f"{type(error).__name__}: {error}"
 
 
 def load_pixels(item: VaeItem) -> torch.Tensor:
-    """Read, orient, resize and crop ``item``'s image: float32 [3, H, W] in [-1, 1].
+    """Read, check, orient, resize and crop ``item``'s image: float32 [3, H, W] in [-1, 1].
 
-    Raises ``ValueError`` (geometry) or whatever PIL raises for an unreadable file.
+    Raises ``ValueError`` (geometry), ``SourceChangedError`` (bytes differ from the metadata's sha256),
+    ``OSError`` or whatever PIL raises for an unreadable file.
     """
     (iw, ih), (left, top), (tw, th) = item.intermediary, item.crop, item.target
     if tw % VAE_DOWNSAMPLE or th % VAE_DOWNSAMPLE:
         raise ValueError(f"target size {tw}x{th} is not a multiple of {VAE_DOWNSAMPLE}")
     if left < 0 or top < 0 or left + tw > iw or top + th > ih:
         raise ValueError(f"crop box ({left}, {top}, {left + tw}, {top + th}) is outside the {iw}x{ih} image")
-    with Image.open(item.path) as image:
+    # One read: the bytes hashed are the bytes decoded (no window for an edit between the two).
+    with Image.open(io.BytesIO(read_source(item))) as image:
         image = ImageOps.exif_transpose(image)  # the displayed orientation, as metadata measured it
         image = to_rgb(image)  # alpha on white, 16-bit scaled: as the metadata's `note` column says
         image = image.resize((iw, ih), resample=Image.LANCZOS)
@@ -117,8 +165,8 @@ def encode_images(
                 try:
                     pixels.append(future.result())
                     ready.append(item)
-                except Exception as e:  # noqa: BLE001 - any unreadable image is reported, not fatal
-                    stats.failed.append((str(item.path), f"{type(e).__name__}: {e}"))
+                except Exception as e:  # noqa: BLE001 - any unreadable or changed image is reported, not fatal
+                    stats.failed.append((str(item.path), failure_reason(e)))
             if not ready:
                 continue
             x = torch.stack(pixels).to(device, dtype)  # [B, 3, H, W]

@@ -10,6 +10,7 @@ import torch
 from pixart_pipeline.cache import ShardStore, encode_captions, encode_images, pad_prompt_embeds, text_item_key
 from pixart_pipeline.cache.keys import vae_item_key
 from pixart_pipeline.cache.vae import VaeItem
+from pixart_pipeline.data.manifest import sha256_file
 from pixart_pipeline.models import load_noise_scheduler, load_text_encoder, load_tokenizer, load_transformer, load_vae
 from pixart_pipeline.training.loss import pixart_epsilon_loss
 
@@ -114,7 +115,8 @@ def test_nan_latents_are_reported_with_their_file_and_not_written(tmp_path, tiny
 
     path = tmp_path / "red.png"
     Image.new("RGB", (64, 64), (255, 0, 0)).save(path)
-    item = VaeItem(vae_item_key("x", (64, 64), (0, 0), (64, 64)), path, (64, 64), (0, 0), (64, 64))
+    sha = sha256_file(path)
+    item = VaeItem(vae_item_key(sha, (64, 64), (0, 0), (64, 64)), path, (64, 64), (0, 0), (64, 64), sha)
     broken = copy.deepcopy(tiny["vae"])
     with torch.no_grad():
         broken.encoder.conv_in.weight.fill_(float("inf"))

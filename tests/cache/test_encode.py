@@ -16,6 +16,7 @@ from pixart_pipeline.cache import (
     text_item_key,
     vae_item_key,
 )
+from pixart_pipeline.data.manifest import sha256_file
 from pixart_pipeline.models import load_text_encoder, load_tokenizer, load_vae
 
 CAPTIONS = [
@@ -89,8 +90,13 @@ def _image(path, size, colour):
     return path
 
 
+def _sha(path):
+    return sha256_file(path) if path.exists() else "0" * 64
+
+
 def _item(path, intermediary, crop, target):
-    return VaeItem(vae_item_key(path.name, intermediary, crop, target), path, intermediary, crop, target)
+    sha = _sha(path)
+    return VaeItem(vae_item_key(sha, intermediary, crop, target), path, intermediary, crop, target, sha)
 
 
 def test_vae_encoding_shapes_and_bad_images(tmp_path, vae):
@@ -140,7 +146,7 @@ def test_load_pixels_applies_exif_orientation(tmp_path):
     exif[0x0112] = 6
     path = tmp_path / "rotated.jpg"
     image.save(path, exif=exif, quality=100)
-    pixels = load_pixels(VaeItem("k", path, (32, 64), (0, 0), (32, 64)))
+    pixels = load_pixels(VaeItem("k", path, (32, 64), (0, 0), (32, 64), _sha(path)))
     assert pixels.shape == (3, 64, 32)  # displayed portrait size
     assert pixels.min() >= -1 and pixels.max() <= 1
     # After the rotation the white half is on top.
@@ -153,10 +159,10 @@ def test_load_pixels_composites_alpha_on_white_and_scales_16_bit(tmp_path):
 
     clear = tmp_path / "clear.png"
     Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(clear)  # fully transparent black
-    pixels = load_pixels(VaeItem("a", clear, (32, 32), (0, 0), (32, 32)))
+    pixels = load_pixels(VaeItem("a", clear, (32, 32), (0, 0), (32, 32), _sha(clear)))
     assert torch.allclose(pixels, torch.ones_like(pixels))  # white, not the hidden black
 
     deep = tmp_path / "deep.png"
     Image.fromarray(np.full((32, 32), 32896, dtype=np.uint16)).save(deep)  # 32896 / 257 = 128
-    pixels = load_pixels(VaeItem("b", deep, (32, 32), (0, 0), (32, 32)))
+    pixels = load_pixels(VaeItem("b", deep, (32, 32), (0, 0), (32, 32), _sha(deep)))
     torch.testing.assert_close(pixels, torch.full_like(pixels, 128 / 127.5 - 1.0))
