@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import warnings
 from pathlib import Path
 
 from pixart_pipeline.config import ConfigError, PipelineConfig, load_config
+from pixart_pipeline.fileio import atomic_write_bytes
 
 DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 
@@ -30,7 +30,8 @@ def _instance():
     home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists() and DAGSTER_YAML.exists():
-        shutil.copyfile(DAGSTER_YAML, home / "dagster.yaml")
+        # Atomic: seeded only while missing, so a half-written copy would never be replaced.
+        atomic_write_bytes(home / "dagster.yaml", DAGSTER_YAML.read_bytes())
     os.environ["DAGSTER_HOME"] = str(home)
     return dg.DagsterInstance.get()
 

@@ -121,3 +121,17 @@ def test_edits_give_new_keys_old_items_stay_until_prune(cached, capsys):
 
 def test_cache_without_an_action_is_a_usage_error(cached, capsys):
     assert main(["cache", "--config", str(cached)]) == 2
+
+
+def test_seeding_dagster_home_is_atomic_a_failed_copy_leaves_no_config(tmp_path, monkeypatch):
+    """The CLI seeds DAGSTER_HOME/dagster.yaml once (only when it is missing). A copy that fails
+    part-way must leave nothing, or every later run would keep the broken half-file. /proc/self/mem
+    opens fine but fails on read: a real mid-copy I/O error."""
+    import pixart_pipeline.cli as cli
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setattr(cli, "DAGSTER_YAML", Path("/proc/self/mem"))
+    with pytest.raises(OSError):
+        cli._instance()
+    assert not (home / "dagster.yaml").exists() and list(home.iterdir()) == []
