@@ -9,7 +9,9 @@ Rules (learned from SimpleTuner's ``helpers/prompts.py`` ``PromptHandler``):
   captions and samples one per step; we keep the FIRST non-empty line (stripped), so an image has
   one caption and one text-embedding. The file must be UTF-8 and at most ``MAX_CAPTION_BYTES``
   (64 KiB): a caption is a prompt of a few hundred bytes, and reading an arbitrarily large file in
-  full could exhaust memory. A larger file gets ``caption_too_large``.
+  full could exhaust memory. A larger file gets ``caption_too_large``. When no sidecar has the
+  exact name, one whose name is equal in Unicode NFC is used (an image named on macOS, which
+  stores names as NFD, beside a ``.txt`` written by a script in NFC; macOS itself would open it).
 - ``instanceprompt``: every image gets ``instance_prompt``.
 - ``parquet``: the ``parquet`` block's caption column (see ``parquet_source.py`` for the lookup rules).
 
@@ -24,6 +26,8 @@ A missing or empty caption is a reason code in ``caption_status``, never an exce
 from __future__ import annotations
 
 import os
+import unicodedata
+from collections.abc import Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -81,9 +85,28 @@ def read_capped(path: Path, limit: int = MAX_CAPTION_BYTES) -> bytes | None:
     return None if len(raw) > limit else raw
 
 
-def _textfile_caption(root: Path, path: str, listed: set[str]) -> tuple[str | None, str]:
+def sidecars_by_nfc(listed: set[str]) -> dict[str, str] | None:
+    """``{NFC name: listed name}`` of the listed ``.txt`` files, or None when every listed name is
+    ASCII (then NFC changes nothing and exact lookups suffice)."""
+    if all(p.isascii() for p in listed):
+        return None
+    return {unicodedata.normalize("NFC", p): p for p in listed if p.endswith(".txt")}
+
+
+def sidecar_for(path: str, listed: set[str], by_nfc: Mapping[str, str] | None = None) -> str | None:
+    """The listed sidecar of image ``path``: the exact ``caption_file_for`` name, else (with
+    ``by_nfc`` from :func:`sidecars_by_nfc`) the one equal to it in NFC; None when there is none."""
     sidecar = caption_file_for(path)
-    if sidecar not in listed:
+    if sidecar in listed:
+        return sidecar
+    return by_nfc.get(unicodedata.normalize("NFC", sidecar)) if by_nfc else None
+
+
+def _textfile_caption(
+    root: Path, path: str, listed: set[str], by_nfc: Mapping[str, str] | None = None
+) -> tuple[str | None, str]:
+    sidecar = sidecar_for(path, listed, by_nfc)
+    if sidecar is None:
         return None, NO_CAPTION_FILE
     try:
         raw = read_capped(root / sidecar)
@@ -101,12 +124,15 @@ def _textfile_caption(root: Path, path: str, listed: set[str]) -> tuple[str | No
     return (caption, "ok") if caption else (None, EMPTY_CAPTION)
 
 
-def caption_for(path: str, root: Path, ds: ImageDataset, listed: set[str]) -> tuple[str | None, str]:
-    """(caption, status) for one image path (relative to ``root``) under ``ds.caption_strategy``."""
+def caption_for(
+    path: str, root: Path, ds: ImageDataset, listed: set[str], by_nfc: Mapping[str, str] | None = None
+) -> tuple[str | None, str]:
+    """(caption, status) for one image path (relative to ``root``) under ``ds.caption_strategy``;
+    ``by_nfc`` (:func:`sidecars_by_nfc` of ``listed``) lets ``textfile`` match across Unicode forms."""
     if ds.caption_strategy == "filename":
         caption = caption_from_filename(path)
     elif ds.caption_strategy == "textfile":
-        return _textfile_caption(root, path, listed)
+        return _textfile_caption(root, path, listed, by_nfc)
     elif ds.caption_strategy == "instanceprompt":
         caption = ds.instance_prompt or ""
     else:  # the config model allows nothing else; keep the error explicit if it ever does
@@ -148,7 +174,13 @@ def _image_rows(manifest: pa.Table) -> pa.Table:
 
 def _textfile_captions(manifest: pa.Table, root: Path, ds: ImageDataset, previous: pa.Table | None) -> pa.Table:
     images = _image_rows(manifest)
-    sidecars = pc.replace_substring_regex(images.column("path"), r"\.[^./]*$", ".txt")  # caption_file_for
+    listed = set(manifest.column("path").to_pylist())
+    by_nfc = sidecars_by_nfc(listed)
+    if by_nfc is None:
+        sidecars = pc.replace_substring_regex(images.column("path"), r"\.[^./]*$", ".txt")  # caption_file_for
+    else:  # some name is not ASCII: resolve each sidecar through the NFC match
+        sidecars = pa.array([sidecar_for(p, listed, by_nfc) or caption_file_for(p)
+                             for p in images.column("path").to_pylist()], pa.string())
     shas = manifest.select(["path", "sha256"]).rename_columns(["sidecar", "sidecar_sha256"])
     current = images.append_column("sidecar", sidecars).join(shas, keys="sidecar", join_type="left outer")
     current = current.select(["path", "sha256", "sidecar_sha256"]).sort_by("path")
@@ -159,10 +191,9 @@ def _textfile_captions(manifest: pa.Table, root: Path, ds: ImageDataset, previou
         prev = previous.select(CAPTIONS_SCHEMA.names).cast(CAPTIONS_SCHEMA)
         kept = prev.join(current, keys=keys, join_type="left semi")  # a null sidecar sha never matches
         todo = current.join(prev.select(keys), keys=keys, join_type="left anti").sort_by("path")
-    listed = set(manifest.column("path").to_pylist())
     rows = {"path": [], "sha256": [], "caption": [], "caption_status": [], "sidecar_sha256": []}
     for path, sha, sidecar_sha in zip(*(todo.column(c).to_pylist() for c in keys)):
-        caption, status = caption_for(path, root, ds, listed)
+        caption, status = caption_for(path, root, ds, listed, by_nfc)
         for name, value in zip(rows, (path, sha, caption, status, sidecar_sha)):
             rows[name].append(value)
     fresh = apply_instance_prompt(pa.table(rows, schema=CAPTIONS_SCHEMA), ds)

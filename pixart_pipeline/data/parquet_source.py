@@ -5,6 +5,8 @@ path relative to ``instance_data_dir``, with its extension removed unless
 ``identifier_includes_extension`` is true, is looked up in ``filename_column`` (values are compared
 as strings, so an integer ``id`` column works). If no row matches the relative path, the bare file
 name (same extension rule) is tried, so a flat table still matches images kept in sub-folders.
+Both sides are compared in Unicode NFC: macOS stores file names decomposed (NFD: ``e`` + a
+combining accent) while most tools write tables composed (NFC), and the two must match.
 
 Caption value: a string is stripped; bytes are decoded as UTF-8; a list (SimpleTuner samples one
 per step) gives its first non-empty entry, the same "one caption per image" rule as ``textfile``.
@@ -15,6 +17,7 @@ An empty or null caption falls back to ``fallback_caption_column`` (SimpleTuner'
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 import pyarrow as pa
@@ -73,17 +76,24 @@ def identifier(path: str, with_extension: bool) -> str:
     return path if with_extension else os.path.splitext(path)[0]
 
 
+def _nfc(text: str) -> str:
+    # ASCII is already NFC; skipping it keeps the 100k-row case cheap.
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
 def _rows_for(paths: list[str], keys: list, with_extension: bool) -> dict[str, int]:
-    """``{image path: row index}`` by relative path, else by bare file name (first row wins)."""
+    """``{image path: row index}`` by relative path, else by bare file name (first row wins);
+    identifiers and image paths compared in NFC (the returned keys are the paths as given)."""
     index: dict[str, int] = {}
     for i, key in enumerate(keys):
         if key is not None:
-            index.setdefault(str(key), i)
+            index.setdefault(_nfc(str(key)), i)
     out = {}
     for path in paths:
-        row = index.get(identifier(path, with_extension))
+        name = _nfc(path)
+        row = index.get(identifier(name, with_extension))
         if row is None:
-            row = index.get(identifier(path.rsplit("/", 1)[-1], with_extension))
+            row = index.get(identifier(name.rsplit("/", 1)[-1], with_extension))
         if row is not None:
             out[path] = row
     return out
