@@ -15,6 +15,7 @@ cost a few milliseconds.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -105,8 +106,11 @@ def split_reusable(previous: pa.Table | None, current: pa.Table) -> tuple[pa.Tab
     return kept, todo
 
 
-def previous_if_current(path: Path, fingerprint: str, read) -> pa.Table | None:
-    """The previous metadata table at ``path`` if it was built with the same inputs fingerprint."""
+def previous_if_current(path: Path, fingerprint: str, read: Callable[[Path], pa.Table]) -> pa.Table | None:
+    """The previous metadata table at ``path`` if it was built with the same inputs fingerprint.
+
+    ``read`` loads a table (``fileio.read_parquet`` in the stages); passed in so this module
+    does not depend on the file layer."""
     if not path.exists():
         return None
     try:

@@ -139,7 +139,7 @@ def parquet_sizes(path: Path, pcfg: ParquetConfig, paths: list[str]) -> dict[str
     widths = table.column(pcfg.width_column).to_pylist()
     heights = table.column(pcfg.height_column).to_pylist()
 
-    def as_int(v):
+    def as_int(v: object) -> object:  # 640.0 -> 640; anything else as stored (checked by the caller)
         return int(v) if isinstance(v, float) and v.is_integer() else v
 
     return {p: (as_int(widths[r]), as_int(heights[r])) for p, r in rows.items()}
