@@ -47,18 +47,31 @@ HP = dict(max_train_steps=24, gradient_accumulation_steps=2, use_ema=True, capti
           lr_scheduler="cosine", lr_warmup_steps=4, snr_gamma=5.0, noise_offset=0.05)
 
 
+TRIES = 4  # a kill can land a moment later than asked (a loaded machine): retry in a fresh run folder
+
+
 @pytest.mark.slow
 def test_sigkill_between_checkpoints_then_restart_is_bit_identical(make_spec, tmp_path):
     straight = train(make_spec("straight", checkpointing_steps=5, **HP))
 
-    spec = make_spec("killed", checkpointing_steps=5, **HP)
-    path = spec.save(tmp_path / "run_spec.json")
-    metrics = Path(spec.run_dir) / "metrics.jsonl"
-    proc = subprocess.Popen(_cmd(path), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _kill_when(proc, lambda: len(read_metrics(metrics)) >= 7)  # step 7: between checkpoints 5 and 10
-    killed_at = read_metrics(metrics)[-1]["step"]
-    resume_from = ckpt.latest_checkpoint(Path(spec.run_dir))
-    assert resume_from is not None and 5 <= int(resume_from.name[5:]) < killed_at < 24
+    # Ask for a kill after step 7 (between checkpoints 5 and 10). Under load it may land later: right
+    # after a checkpoint (nothing to redo) or after the last step. Such a try proves nothing about a kill
+    # between checkpoints, so it is retried; the assertions below are about the try that did land there.
+    tries = []
+    for attempt in range(TRIES):
+        spec = make_spec(f"killed-{attempt}", checkpointing_steps=5, **HP)
+        path = spec.save(tmp_path / f"run_spec-{attempt}.json")
+        metrics = Path(spec.run_dir) / "metrics.jsonl"
+        proc = subprocess.Popen(_cmd(path), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _kill_when(proc, lambda m=metrics: len(read_metrics(m)) >= 7)
+        killed_at = read_metrics(metrics)[-1]["step"]
+        resume_from = ckpt.latest_checkpoint(Path(spec.run_dir))
+        tries.append((killed_at, resume_from and resume_from.name))
+        if resume_from is not None and int(resume_from.name[5:]) < killed_at < 24:
+            break
+    else:
+        pytest.fail(f"no kill landed between two checkpoints in {TRIES} tries (step killed, latest): {tries}")
+    assert int(resume_from.name[5:]) in (5, 10, 15, 20)  # a periodic checkpoint, steps after it lost
     assert not (Path(spec.run_dir) / "result.json").exists()
 
     done = subprocess.run(_cmd(path), env=_env(), capture_output=True, text=True, timeout=240)
@@ -80,23 +93,27 @@ def test_sigkill_between_checkpoints_then_restart_is_bit_identical(make_spec, tm
 @pytest.mark.slow
 def test_a_checkpoint_half_written_by_a_kill_is_never_latest(make_spec, tmp_path):
     """Checkpoint every step and SIGKILL while one is being written: its ``.tmp`` folder is never
-    taken as the latest, and the restart still ends bit-identical."""
+    taken as the latest, and the restart still ends bit-identical. The kill is sent once a ``.tmp``
+    folder is seen; if the save finished before the kill landed, the try is repeated."""
     hp = dict(max_train_steps=12)
     straight = train(make_spec("straight", checkpointing_steps=1, **hp))
-    spec = make_spec("half", checkpointing_steps=1, **hp)
-    path = spec.save(tmp_path / "run_spec.json")
-    root = Path(spec.run_dir) / "checkpoints"
-    caught: list[str] = []
+    tries: list[list[str]] = []
+    for attempt in range(TRIES):
+        spec = make_spec(f"half-{attempt}", checkpointing_steps=1, **hp)
+        path = spec.save(tmp_path / f"run_spec-{attempt}.json")
+        root = Path(spec.run_dir) / "checkpoints"
 
-    def writing() -> bool:
-        tmp = [p.name for p in root.glob("step-*.tmp")] if root.is_dir() else []
-        caught.extend(tmp)
-        return bool(tmp) and len(ckpt.list_checkpoints(Path(spec.run_dir))) >= 2
+        def writing(root: Path = root, run: Path = Path(spec.run_dir)) -> bool:
+            return any(root.glob("step-*.tmp")) and len(ckpt.list_checkpoints(run)) >= 2
 
-    proc = subprocess.Popen(_cmd(path), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _kill_when(proc, writing)
-    half = sorted(root.glob("step-*.tmp"))
-    assert half, f"the kill did not land mid-save (saw {caught[:3]})"  # a save is most of a step here
+        proc = subprocess.Popen(_cmd(path), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _kill_when(proc, writing)
+        half = sorted(root.glob("step-*.tmp"))
+        tries.append([p.name for p in root.iterdir()] if root.is_dir() else [])
+        if half:
+            break
+    else:
+        pytest.fail(f"no kill landed mid-save in {TRIES} tries (checkpoint folders after each): {tries}")
     half_step = int(half[0].name[5:-4])
     assert ckpt.latest_checkpoint(Path(spec.run_dir)) == root / f"step-{half_step - 1}"
     assert all(s < half_step for s, _ in ckpt.list_checkpoints(Path(spec.run_dir)))
@@ -108,7 +125,7 @@ def test_a_checkpoint_half_written_by_a_kill_is_never_latest(make_spec, tmp_path
 
 
 @pytest.mark.slow
-def test_total_limit_keeps_exactly_that_many_and_never_the_resume_source(make_spec, tmp_path):
+def test_total_limit_keeps_exactly_that_many_across_a_resume(make_spec, tmp_path):
     spec = make_spec("limit", checkpointing_steps=2, max_train_steps=12)
     spec = type(spec).from_dict(spec.to_dict() | {"checkpoints_total_limit": 2})
     path = spec.save(tmp_path / "run_spec.json")
@@ -148,21 +165,25 @@ def test_sigint_checkpoints_the_current_step_and_the_restart_is_bit_identical(ma
     a checkpoint of it is written (not only the last periodic one), exit status 130, exact resume."""
     import signal
 
-    hp = dict(max_train_steps=40, use_ema=True)
-    straight = train(make_spec("straight", checkpointing_steps=100, **hp))
-    spec = make_spec("interrupted", checkpointing_steps=100, **hp)
+    # Handshake: SIGINT goes only once metrics.jsonl shows step 3, and the run is long (400 steps, a
+    # few seconds) so the signal lands with hundreds of steps left even on a loaded machine.
+    steps = 400
+    hp = dict(max_train_steps=steps, use_ema=True)
+    straight = train(make_spec("straight", checkpointing_steps=1000, **hp))
+    spec = make_spec("interrupted", checkpointing_steps=1000, **hp)
     path = spec.save(tmp_path / "run_spec.json")
     metrics = Path(spec.run_dir) / "metrics.jsonl"
     proc = subprocess.Popen(_cmd(path), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while len(read_metrics(metrics)) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
+    assert proc.poll() is None and read_metrics(metrics)[-1]["step"] < steps - 50, "no room left for the signal"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     latest = ckpt.latest_checkpoint(Path(spec.run_dir))
     stopped_at = ckpt.load_checkpoint(latest).global_step
-    assert 3 <= stopped_at < 40 and "stopping on signal" in out and "resumable from" in err
+    assert 3 <= stopped_at < steps and "stopping on signal" in out and "resumable from" in err
 
     done = subprocess.run(_cmd(path), env=_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
