@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import uuid
 from collections import defaultdict
@@ -33,7 +34,7 @@ from pixart_pipeline.fileio import atomic_write_bytes, atomic_write_text
 
 SHARDS = "shards"
 INDEX = "index"
-VERIFIED = "verified.json"  # size/mtime/sha256 of shards that passed a check (quick re-verify)
+VERIFIED = "verified.json"  # size/mtime/ctime/sha256 of shards that passed a check (quick re-verify)
 _INDEX_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -52,6 +53,15 @@ def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def stat_stamp(st: os.stat_result, digest: str) -> list:
+    """What ``verified.json`` remembers of a shard that passed: ``[size, mtime_ns, ctime_ns, sha256]``.
+
+    ctime is in it because user space cannot set it: a rewrite that restores size and mtime still
+    differs here and is re-hashed.
+    """
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest]
 
 
 @dataclass
@@ -253,13 +263,18 @@ class ShardStore:
     def verify(self, quick: bool = False) -> list[tuple[str, str]]:
         """Check each referenced shard against the sha256 in its index; returns ``(shard, problem)``.
 
-        ``quick=True`` (what the cache stages do on every run) re-hashes only shards whose size or
-        mtime changed since they last passed, remembered in ``verified.json``; a full check
-        (``pixart-pipeline cache verify``) re-hashes everything, so it also finds silent bit rot.
+        ``quick=True`` (what the cache stages do on every run) re-hashes only shards whose size,
+        mtime or ctime changed since they last passed, remembered in ``verified.json``. Any write
+        through the file system (and ``os.utime`` itself) moves the inode's ctime, which user space
+        cannot set back, so a rewrite that restores the old mtime is still re-hashed. What it cannot
+        see is corruption below the file system (bit rot, a disk returning other bytes): only the
+        full check (``pixart-pipeline cache verify``) re-hashes everything. Either check re-stamps
+        what passed and drops the stamp of a shard that failed, so a shard the full check reported
+        is re-hashed (and dropped by ``maintenance.repair``) on the next quick check.
         """
         stamp_path = self.root / VERIFIED
         try:
-            stamps = json.loads(stamp_path.read_text()) if quick and stamp_path.exists() else {}
+            stamps = json.loads(stamp_path.read_text()) if stamp_path.exists() else {}
         except (OSError, ValueError):
             stamps = {}  # a damaged stamp file only costs a full re-hash
         problems, passed = [], {}
@@ -268,15 +283,14 @@ class ShardStore:
             if not path.exists():
                 problems.append((shard, "missing"))
                 continue
-            st = path.stat()
-            stamp = [st.st_size, st.st_mtime_ns, digest]
-            if stamps.get(shard) == stamp:
+            stamp = stat_stamp(path.stat(), digest)
+            if quick and stamps.get(shard) == stamp:
                 passed[shard] = stamp
             elif _file_sha256(path) != digest:
                 problems.append((shard, "sha256 mismatch"))
             else:
                 passed[shard] = stamp
-        if quick and passed != stamps:
+        if passed != stamps:
             try:
                 atomic_write_text(stamp_path, json.dumps(passed, sort_keys=True))
             except OSError:

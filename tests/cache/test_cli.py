@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -40,29 +41,56 @@ def _cli(capsys, *argv) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
-def test_flipped_bytes_are_found_by_verify_and_re_encoded_by_the_next_run(cached, capsys):
-    cfg = load_config(cached)
-    ds = cfg.datasets[0]
-    store = ShardStore(vae_store_root(cfg, ds))
-    n_items = len(store)
-    code, out = _cli(capsys, "cache", "verify", "--config", str(cached))
-    assert code == 0 and "All shards match" in out
-
-    shard = next((store.root / "shards").glob("*.safetensors"))
+def _flip(shard: Path, keep_mtime: bool) -> None:
+    """Flip bits inside tensor data; with ``keep_mtime`` put the old mtime back (os.utime), so only
+    re-reading the bytes (or the moved ctime) can tell."""
+    before = shard.stat()
     data = bytearray(shard.read_bytes())
-    data[-20:-10] = bytes(b ^ 0xFF for b in data[-20:-10])  # flip bits inside tensor data
+    data[-20:-10] = bytes(b ^ 0xFF for b in data[-20:-10])
     shard.write_bytes(bytes(data))
+    if keep_mtime:
+        os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert (shard.stat().st_size, shard.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
 
-    code, out = _cli(capsys, "cache", "verify", "--config", str(cached))
-    assert code == 1 and f"BAD {shard}: sha256 mismatch" in out
 
-    result = run_vae_cache(cfg, ds, "cpu")  # what the vae_cache asset runs
+def _assert_repaired(result, n_items: int, shard: Path, cached: Path, capsys) -> None:
     assert result.metadata["repaired_items"] > 0
     assert result.metadata["encoded"] == result.metadata["repaired_items"]
     assert result.metadata["items"] == n_items and not shard.exists()
     assert _cli(capsys, "cache", "verify", "--config", str(cached))[0] == 0
-    fresh = ShardStore(store.root)
+    fresh = ShardStore(shard.parent.parent)
     fresh.get_many(sorted(fresh.keys()))  # every item readable again
+
+
+def test_flipped_bytes_with_the_old_mtime_are_found_by_verify_and_re_encoded_by_the_next_run(cached, capsys):
+    cfg = load_config(cached)
+    ds = cfg.datasets[0]
+    store = ShardStore(vae_store_root(cfg, ds))
+    n_items = len(store)
+    assert run_vae_cache(cfg, ds, "cpu").metadata["encoded"] == 0  # a re-run: every shard now stamped
+    code, out = _cli(capsys, "cache", "verify", "--config", str(cached))
+    assert code == 0 and "All shards match" in out
+
+    shard = next((store.root / "shards").glob("*.safetensors"))
+    _flip(shard, keep_mtime=True)
+    code, out = _cli(capsys, "cache", "verify", "--config", str(cached))  # the full check re-hashes
+    assert code == 1 and f"BAD {shard}: sha256 mismatch" in out and "next cache run" in out
+    _assert_repaired(run_vae_cache(cfg, ds, "cpu"), n_items, shard, cached, capsys)  # what the asset runs
+
+
+@pytest.mark.parametrize("keep_mtime", [False, True], ids=["new-mtime", "old-mtime"])
+def test_the_cache_asset_alone_re_encodes_a_rewritten_shard(cached, capsys, keep_mtime):
+    """Without `cache verify`: the asset's quick check re-hashes a shard whose size, mtime or ctime
+    moved since it last passed (a rewrite moves ctime even when the old mtime is put back)."""
+    cfg = load_config(cached)
+    ds = cfg.datasets[0]
+    store = ShardStore(vae_store_root(cfg, ds))
+    n_items = len(store)
+    assert run_vae_cache(cfg, ds, "cpu").metadata["encoded"] == 0  # a re-run: every shard now stamped
+    assert (store.root / "verified.json").exists()
+    shard = next((store.root / "shards").glob("*.safetensors"))
+    _flip(shard, keep_mtime)
+    _assert_repaired(run_vae_cache(cfg, ds, "cpu"), n_items, shard, cached, capsys)
 
 
 def _bytes(out: str) -> int:

@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 
 from pixart_pipeline.cache import ShardStore, pad_prompt_embeds, sample_latents, text_item_key, vae_item_key
+from pixart_pipeline.cache.store import stat_stamp
 
 
 def _item(seed: int, length: int = 3) -> dict[str, torch.Tensor]:
@@ -185,7 +186,7 @@ def test_prefetch_yields_in_order_bounded_and_reraises(tmp_path):
     assert out == [0, 1]
 
 
-def test_quick_verify_rehashes_only_changed_shards_full_verify_finds_silent_rot(tmp_path):
+def test_quick_verify_rehashes_rewritten_shards_even_with_their_old_mtime(tmp_path):
     store = ShardStore(tmp_path / "fp")
     shard_id = store.write({"a": _item(0)})
     path = tmp_path / "fp" / "shards" / f"{shard_id}.safetensors"
@@ -195,18 +196,42 @@ def test_quick_verify_rehashes_only_changed_shards_full_verify_finds_silent_rot(
     # A rewrite (new mtime) is re-hashed by the quick check.
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
-    stat = path.stat()
     path.write_bytes(bytes(data))
     assert store.verify(quick=True) == [(path.name, "sha256 mismatch")]
 
-    # Bit rot that keeps size and mtime is only found by the full check (`cache verify`).
+    # A rewrite that puts the stamped size and mtime back is re-hashed too: the write (and utime
+    # itself) moved the inode's ctime, which user space cannot set back.
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     assert store.verify(quick=True) == []
-    stamp = json.loads((tmp_path / "fp" / "verified.json").read_text())[path.name]  # [size, mtime_ns, sha]
+    before = path.stat()
     data[-2] ^= 0xFF
     path.write_bytes(bytes(data))
-    os.utime(path, ns=(stat.st_atime_ns, stamp[1]))  # the stamped mtime again: invisible to quick
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert store.verify(quick=True) == [(path.name, "sha256 mismatch")]
+
+
+def test_silent_rot_is_found_by_the_full_check_and_then_by_the_next_quick_check(tmp_path):
+    """Corruption below the file system (a disk returning other bytes) changes no size, mtime or
+    ctime: the quick check trusts its stamp; `cache verify` (full) re-hashes, reports the shard and
+    clears its stamp, so the next quick check (what the cache asset runs) drops it."""
+    store = ShardStore(tmp_path / "fp")
+    shard_id = store.write({"a": _item(0)})
+    path = tmp_path / "fp" / "shards" / f"{shard_id}.safetensors"
     assert store.verify(quick=True) == []
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    # Simulate rot that no stat field shows: the stamp says these very stat values passed.
+    stamps_path = tmp_path / "fp" / "verified.json"
+    stamps = json.loads(stamps_path.read_text())
+    stamps[path.name] = stat_stamp(path.stat(), stamps[path.name][-1])
+    stamps_path.write_text(json.dumps(stamps))
+    assert store.verify(quick=True) == []  # the quick check reads nothing it has a stamp for
+
     assert store.verify() == [(path.name, "sha256 mismatch")]
+    assert path.name not in json.loads(stamps_path.read_text())
+    assert store.verify(quick=True) == [(path.name, "sha256 mismatch")]
     assert store.drop_shard(path.name) == ["a"] and "a" not in ShardStore(tmp_path / "fp")
