@@ -42,7 +42,7 @@ from pixart_pipeline.training.batches import BatchBuilder, load_items, read_ahea
 from pixart_pipeline.training.ema import EMA
 from pixart_pipeline.training.export import CARD_INFO, export_pipeline, model_card
 from pixart_pipeline.training.hub import push_pipeline
-from pixart_pipeline.training.loss import pixart_epsilon_loss
+from pixart_pipeline.training.loss import draw_noise, pixart_epsilon_loss
 from pixart_pipeline.training.metrics import MetricsLog, read_metrics
 from pixart_pipeline.training.optim import (
     apply_hyperparameters,
@@ -116,6 +116,20 @@ def make_accelerator(hp: TrainingConfig, device: str) -> Accelerator:
     return accelerator
 
 
+def trainable_transformer(spec: RunSpec, hp: TrainingConfig) -> torch.nn.Module:
+    """The base transformer in float32, in train mode, set up as the run asks: only bias terms
+    trainable with ``use_bitfit`` (BitFit, arXiv:2106.10199), activation (gradient) checkpointing on
+    with ``spec.gradient_checkpointing`` (diffusers recomputes each block's forward in the backward)."""
+    transformer = load_transformer(spec.base_model, spec.revision, dtype=torch.float32)
+    if hp.use_bitfit:
+        for name, param in transformer.named_parameters():
+            param.requires_grad_(name.endswith(".bias") or name == "bias")
+    if spec.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    return transformer
+
+
 def micro_batch_generator(seed: int, draw: int) -> torch.Generator:
     """CPU generator for the ``draw``-th batch of the run (global over processes): a pure function of
     ``(seed, draw)``, so any split of the same batches over processes draws the same noise."""
@@ -170,7 +184,7 @@ def _run(spec: RunSpec, reporter: Reporter, stop_at_step: int | None, stop_reque
     total_steps = training_steps(hp, sampler.batches_per_epoch, world)
 
     # -- model, schedule, optimizer
-    transformer = load_transformer(spec.base_model, spec.revision, dtype=torch.float32)
+    transformer = trainable_transformer(spec, hp)
     noise_scheduler = load_noise_scheduler(spec.base_model, spec.revision)
     scaling_factor = vae_scaling_factor(spec.base_model, spec.revision)
     patch = transformer.config.patch_size
@@ -178,12 +192,6 @@ def _run(spec: RunSpec, reporter: Reporter, stop_at_step: int | None, stop_reque
         if (width // 8) % patch or (height // 8) % patch:
             raise ValueError(f"{spec.items}: bucket {width}x{height} gives {width // 8}x{height // 8} latents, "
                              f"not divisible by the transformer's patch size {patch}; use multiples of {8 * patch} px")
-    if hp.use_bitfit:  # BitFit (arXiv:2106.10199): train only the bias terms
-        for name, param in transformer.named_parameters():
-            param.requires_grad_(name.endswith(".bias") or name == "bias")
-    if spec.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    transformer.train()
     trainable = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
     optimizer = build_optimizer(trainable.values(), hp, accelerator.device, log=reporter.info)
     lr_scheduler = build_lr_scheduler(optimizer, hp, total_steps)
@@ -261,10 +269,7 @@ def _run(spec: RunSpec, reporter: Reporter, stop_at_step: int | None, stop_reque
                 latents, prompt_embeds, attention_mask = builder.assemble(
                     raw, gen, scaling_factor, hp.caption_dropout_probability
                 )
-                noise = torch.randn(latents.shape, generator=gen)  # [B, 4, h, w]
-                if hp.noise_offset > 0:  # per-channel offset on every sample (Guttenberg, "Diffusion with Offset Noise")
-                    offset = torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=gen)  # [B, 4, 1, 1]
-                    noise = noise + hp.noise_offset * offset
+                noise = draw_noise(latents.shape, gen, hp.noise_offset)  # [B, 4, h, w]
                 timesteps = torch.randint(0, num_train_timesteps, (latents.shape[0],), generator=gen)  # [B]
                 device = accelerator.device
                 with accelerator.accumulate(transformer):

@@ -44,6 +44,21 @@ def min_snr_weights(snr: torch.Tensor, snr_gamma: float, prediction_type: str = 
     raise ValueError(f"min-SNR weighting supports 'epsilon' and 'v_prediction', not {prediction_type!r}")
 
 
+def draw_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator, noise_offset: float = 0.0) -> torch.Tensor:
+    """The diffusion noise of one batch, float32 ``shape`` = ``[B, C, h, w]``, from ``generator`` (CPU).
+
+    ``noise_offset > 0`` adds ``noise_offset`` times one more normal draw per sample and channel
+    (``[B, C, 1, 1]``, constant over the image): Guttenberg's "Diffusion with Offset Noise", as in
+    SimpleTuner / diffusers' ``--noise_offset``; it lets the model learn to change an image's mean
+    brightness. With 0 it is exactly ``torch.randn(shape, generator=generator)`` and the extra draw
+    is not made, so the generator's later draws (timesteps) are unchanged."""
+    noise = torch.randn(shape, generator=generator)
+    if noise_offset > 0:
+        offset = torch.randn((shape[0], shape[1], 1, 1), generator=generator)  # [B, C, 1, 1]
+        noise = noise + noise_offset * offset
+    return noise
+
+
 def pixart_epsilon_loss(
     transformer: torch.nn.Module,
     latents: torch.Tensor,
