@@ -37,7 +37,9 @@ def _env() -> dict[str, str]:
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(make_spec, tmp_path):
     # 8 items, batch 2 -> 4 batches per epoch; a 2-process step draws 2 of them, so 2 steps per epoch
-    spec = make_spec("ddp", max_train_steps=8, num_processes=2, checkpointing_steps=4)
+    # cosine with warm-up (not constant): the schedule must step once per optimizer step on every rank
+    schedule = {"lr_scheduler": "cosine", "lr_warmup_steps": 3}
+    spec = make_spec("ddp", max_train_steps=8, num_processes=2, checkpointing_steps=4, **schedule)
     spec = type(spec).from_dict(spec.to_dict() | {"record_items": True})
     path = spec.save(tmp_path / "ddp.json")
     done = subprocess.run(_torchrun(path), env=_env(), capture_output=True, text=True, timeout=240)
@@ -64,9 +66,15 @@ def test_two_processes_match_one_process_with_the_same_global_batch(make_spec, t
         assert not set(by_rank[0]) & set(by_rank[1])  # ... on exactly one rank
 
     # one process accumulating 2 batches per step draws the same batches and noise: same loss and weights
-    single = train(make_spec("single", max_train_steps=8, gradient_accumulation_steps=2, checkpointing_steps=4))
+    single = train(make_spec("single", max_train_steps=8, gradient_accumulation_steps=2, checkpointing_steps=4,
+                             **schedule))
     two = [r["loss"] for r in read_metrics(run / "metrics.jsonl")]
     one = [r["loss"] for r in read_metrics(Path(single.run_dir) / "metrics.jsonl")]
+    # the same learning rate at every step: warm-up 0, 1/3, 2/3 of 1e-3, then the cosine decay
+    lrs = [r["lr"] for r in read_metrics(run / "metrics.jsonl")]
+    assert lrs == [r["lr"] for r in read_metrics(Path(single.run_dir) / "metrics.jsonl")]
+    assert lrs[:4] == pytest.approx([0.0, 1e-3 / 3, 2e-3 / 3, 1e-3]) and lrs[4:] == sorted(lrs[4:], reverse=True)
+    assert lrs[-1] < lrs[4]
     assert len(two) == len(one) == 8
     assert torch.allclose(torch.tensor(two), torch.tensor(one), rtol=1e-4, atol=1e-6), (two, one)
     name = "diffusion_pytorch_model.safetensors"
