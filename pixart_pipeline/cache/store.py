@@ -34,6 +34,7 @@ from pixart_pipeline.fileio import atomic_write_bytes, atomic_write_text
 
 SHARDS = "shards"
 INDEX = "index"
+CRASH_HOLD_ENV = "PIXART_CACHE_CRASH_HOLD"  # crash-test hook, see ShardStore._crash_test_hold
 VERIFIED = "verified.json"  # size/mtime/ctime/sha256 of shards that passed a check (quick re-verify)
 _INDEX_SCHEMA = pa.schema(
     [
@@ -176,7 +177,9 @@ class ShardStore:
         (self.root / SHARDS).mkdir(parents=True, exist_ok=True)
         (self.root / INDEX).mkdir(parents=True, exist_ok=True)
         # Shard first, then the index part that makes its items visible.
+        self._crash_test_hold("before-shard", shard_id)
         atomic_write_bytes(self.root / SHARDS / f"{shard_id}.safetensors", blob)
+        self._crash_test_hold("before-index", shard_id)
         sink = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pydict(rows, schema=_INDEX_SCHEMA), sink)
         atomic_write_bytes(self.root / INDEX / f"{shard_id}.parquet", sink.getvalue().to_pybytes())
@@ -193,6 +196,25 @@ class ShardStore:
                     ),
                 )
         return shard_id
+
+    def _crash_test_hold(self, point: str, shard_id: str) -> None:
+        """Test hook for the crash tests (tests/cache/test_crash.py); a no-op unless the environment
+        sets ``PIXART_CACHE_CRASH_HOLD="<point>:<n>:<ready file>"``.
+
+        Then the write of the shard that finds ``n`` index parts in the store stops at ``point``
+        (``before-shard``: nothing of it on disk; ``before-index``: the shard in place, its index
+        part not yet), writes ``shard_id`` to ``<ready file>`` and sleeps, so the test can SIGKILL
+        the process exactly there instead of hoping a timed kill lands in that window.
+        """
+        hold = os.environ.get(CRASH_HOLD_ENV)
+        if not hold:
+            return
+        want_point, n, ready = hold.split(":", 2)
+        if want_point != point or len(self._index_parts()) != int(n):
+            return
+        atomic_write_text(Path(ready), shard_id)
+        time.sleep(600)  # killed here by the test
+        raise RuntimeError(f"{CRASH_HOLD_ENV}: held at {point} for 600 s and nobody killed this process")
 
     # -- read
     def _entry(self, key: str) -> _Entry:

@@ -16,15 +16,17 @@ from safetensors import safe_open
 
 from demo_copy import copy_demo
 from pixart_pipeline.cache.stage import run_vae_cache, vae_items, vae_store_root
-from pixart_pipeline.cache.store import ShardStore
+from pixart_pipeline.cache.store import CRASH_HOLD_ENV, ShardStore
 from pixart_pipeline.config import load_config
 from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
 
-# A child process encoding a dataset's VAE items with the real encoder, two items per shard. After
-# each shard it sleeps a little (the log callback runs right after a flush), so the parent can see
-# shards land and kill it at an arbitrary point of the next batch.
+# A child process encoding a dataset's VAE items with the real encoder, two items per shard.
+# argv: config [go file] [barrier folder]. With a go file it waits for it before encoding (a common
+# start line); with a barrier folder, after its first shard is indexed (the log callback runs right
+# after a flush) it waits until two files are there: its own and the other writer's.
 CHILD = """
-import sys, time
+import os, sys, time
+from pathlib import Path
 from pixart_pipeline.cache.stage import base_model_path, vae_items, vae_store_root
 from pixart_pipeline.cache.store import ShardStore
 from pixart_pipeline.cache.vae import encode_images
@@ -36,10 +38,20 @@ ds = cfg.datasets[0]
 vae = load_vae(base_model_path(cfg))
 items = vae_items(cfg, ds)[1]
 print("ready", flush=True)
-while len(sys.argv) > 3 and not __import__("os").path.exists(sys.argv[3]):
-    time.sleep(0.01)  # start line: both writers begin together
+go = Path(sys.argv[2]) if len(sys.argv) > 2 else None
+while go and not go.exists():
+    time.sleep(0.01)
+barrier = Path(sys.argv[3]) if len(sys.argv) > 3 else None
+
+def after_flush(_):
+    if barrier and not (barrier / str(os.getpid())).exists():
+        (barrier / str(os.getpid())).touch()
+        deadline = time.monotonic() + 120
+        while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
 stats = encode_images(ShardStore(vae_store_root(cfg, ds)), items, vae, batch_size=2, device="cpu",
-                      items_per_shard=2, log=lambda _: time.sleep(float(sys.argv[2])))
+                      items_per_shard=2, log=after_flush)
 print("encoded", stats.encoded, "reused", stats.reused, flush=True)
 """
 
@@ -55,10 +67,9 @@ def dataset(tmp_path) -> Path:
     return path
 
 
-def _child(config: Path, pause_s: float, go: Path | None = None) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    extra = [str(go)] if go else []
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(config), str(pause_s), *extra],
+def _child(config: Path, *extra: Path, env: dict | None = None) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(config), *map(str, extra)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -72,38 +83,47 @@ def _read_everything(root: Path) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_encode_keeps_every_written_item_and_the_next_run_encodes_the_rest(dataset):
+@pytest.mark.parametrize(
+    ("point", "shards_before"),
+    [("before-index", 0), ("before-index", 2), ("before-shard", 1)],
+    ids=["first-shard-unindexed", "third-shard-unindexed", "second-shard-unwritten"],
+)
+def test_sigkill_mid_encode_keeps_every_written_item_and_the_next_run_encodes_the_rest(
+    dataset, point, shards_before
+):
+    """SIGKILL exactly where a crash hurts most: with a shard in place but its index part not yet
+    written (the writer's test hook holds it there), or before a shard is written at all."""
     cfg = load_config(dataset)
     ds = cfg.datasets[0]
     root = vae_store_root(cfg, ds)
     n_items = len({item.key for item in vae_items(cfg, ds)[1]})
-    child = _child(dataset, pause_s=0.5)
-    seen = []
-    deadline = time.monotonic() + 120
+    ready = dataset.parent / "held"
+    child = _child(dataset, env={CRASH_HOLD_ENV: f"{point}:{shards_before}:{ready}"})
     try:
-        # A reader polls while the writer runs: it must never see a partial shard.
-        while time.monotonic() < deadline and child.poll() is None:
-            seen.append(_read_everything(root) if root.exists() else 0)
-            if seen[-1] >= 4:
-                break
-            time.sleep(0.02)
-        assert child.poll() is None, f"the child finished before it was killed: {child.communicate()}"
+        deadline = time.monotonic() + 120
+        while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ready.exists() and child.poll() is None, f"the child never reached the hold: {child.communicate()}"
+        held = root / "shards" / f"{ready.read_text()}.safetensors"
+        assert held.exists() == (point == "before-index")
+        # A reader while the writer is held: only the indexed shards' items, every one readable.
+        assert _read_everything(root) == 2 * shards_before
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
     finally:
         if child.poll() is None:
             child.kill()
     assert child.returncode == -signal.SIGKILL
-    assert seen == sorted(seen)  # items only ever appear, never vanish
 
     survived = _read_everything(root)
-    assert 4 <= survived < n_items and ShardStore(root).verify() == []
+    assert survived == 2 * shards_before and ShardStore(root).verify() == []
+    assert held.exists() == (point == "before-index")  # an orphan: on disk, in no index part
     result = run_vae_cache(cfg, ds, "cpu")  # the next materialisation
-    assert result.metadata["reused"] == survived
+    assert result.metadata["reused"] == survived and result.metadata["repaired_items"] == 0
     assert result.metadata["encoded"] == n_items - survived
     assert _read_everything(root) == n_items and ShardStore(root).verify() == []
-    ShardStore(root).prune(min_age_s=0)  # a shard killed before its index part is an orphan: removed
-    assert _read_everything(root) == n_items
+    ShardStore(root).prune(min_age_s=0)  # the orphan shard of the killed write is removed
+    assert not held.exists() and _read_everything(root) == n_items
 
 
 @pytest.mark.slow
@@ -112,8 +132,9 @@ def test_two_processes_encoding_into_one_store_both_succeed_and_readers_see_each
     ds = cfg.datasets[0]
     root = vae_store_root(cfg, ds)
     keys = {item.key for item in vae_items(cfg, ds)[1]}
-    go = dataset.parent / "go"
-    children = [_child(dataset, pause_s=0.05, go=go) for _ in range(2)]
+    go, barrier = dataset.parent / "go", dataset.parent / "barrier"
+    barrier.mkdir()
+    children = [_child(dataset, go, barrier) for _ in range(2)]
     for child in children:
         assert child.stdout.readline().strip() == "ready", child.stderr.read()[-2000:]
     go.touch()
@@ -121,18 +142,20 @@ def test_two_processes_encoding_into_one_store_both_succeed_and_readers_see_each
     for child, (out, err) in zip(children, outs):
         assert child.returncode == 0, err[-2000:]
         assert "encoded" in out
+    assert len(list(barrier.iterdir())) == 2  # both wrote a shard before either wrote a second
 
     store = ShardStore(root)
     assert store.keys() == keys and len(store) == len(keys)  # each item exactly once in the index
     assert _read_everything(root) == len(keys) and store.verify() == []
-    # Both started before either had written, so both wrote every item: on disk each item is there
-    # twice, equal, and the index (first part in name order) hands readers one copy.
+    # The barrier makes the overlap certain: whichever writer listed its work first listed every
+    # item, including the other's first shard, and never re-checks; so some items are on disk twice,
+    # equal, and the index (first part in name order) hands readers one copy.
     rows = pq.read_table(root / "index").select(["key", "shard"]).to_pylist()
     copies: dict[str, list[str]] = {}
     for row in rows:
         copies.setdefault(row["key"], []).append(row["shard"])
     assert set(copies) == keys and all(1 <= len(v) <= 2 for v in copies.values())
-    assert sum(len(v) == 2 for v in copies.values()) > 0, "the two writers did not overlap"
+    assert sum(len(v) == 2 for v in copies.values()) >= 2, "the two writers did not overlap"
     for key, shards in copies.items():
         tensors = []
         for shard in shards:
