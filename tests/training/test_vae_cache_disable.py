@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from demo_copy import copy_demo, edit_json
@@ -47,3 +48,11 @@ def test_a_vae_cache_disable_run_trains_bit_identical_weights_to_the_cached_run(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     losses = lambda run: [r["loss"] for r in read_metrics(Path(run.run_dir) / "metrics.jsonl")]  # noqa: E731
     assert losses(online) == losses(cached) and len(losses(cached)) == 4
+
+    # the model card of a Dagster-prepared run: tiny-random and a local dataset are not Hub ids
+    spec = RunSpec.load(prepared.spec_path)
+    assert (spec.base_model_name, spec.hub_datasets) == ("tiny-random", {})
+    card = (Path(online.run_dir) / "pipeline" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n", 2)[1])
+    assert "base_model" not in front and "datasets" not in front
+    assert "`tiny-random`" in card and f"`{ds.id}`" in card
