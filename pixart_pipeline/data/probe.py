@@ -17,20 +17,28 @@ PNG costs a header read, not 30 GB of memory. Between 1x and 2x the limit Pillow
 the image is kept (the VAE stage opens it with the same Pillow and the same limit).
 
 ``probe_many`` runs probes in a bounded pool: threads for small lists, worker processes for large
-ones (header parsing is pure Python and holds the GIL). Results are small tuples, so memory is the
-result list itself.
+ones (header parsing is pure Python and holds the GIL). Submission is bounded too: paths go to the
+pool in chunks, at most ``IN_FLIGHT_PER_WORKER`` chunks per worker submitted and not yet consumed,
+and a new chunk is submitted only when the caller takes a finished one. ``Executor.map`` would
+submit every chunk up front (a work item, a future and an argument tuple per path, held to the
+end) and, with a caller slower than the pool, keep every finished result until the caller gets to
+it. So the pool's own memory is bounded by the window, whatever the number of files; what grows
+with the dataset is only what the caller keeps (the table).
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import struct
 import warnings
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
@@ -52,6 +60,11 @@ DECOMPRESSION_BOMB = "decompression_bomb"
 # Lists at least this long are probed in worker processes; shorter ones in threads (a process
 # pool costs ~0.3 s to start; below a few thousand images threads finish before that pays off).
 PROCESS_POOL_MIN = 2000
+# Chunks submitted to the pool and not yet taken by the caller, per worker: one running and one
+# queued keeps every worker busy (a chunk is 64-512 paths, milliseconds of work).
+IN_FLIGHT_PER_WORKER = 2
+T = TypeVar("T")
+R = TypeVar("R")
 # What Pillow's plugins raise on malformed headers (struct.error: a short read while unpacking).
 _PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
                struct.error, ZeroDivisionError, KeyError)
@@ -146,6 +159,24 @@ def _probe_tuples(paths: list[str]) -> list[tuple]:
     return [_probe_tuple(p) for p in paths]
 
 
+def bounded_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
+    """``fn`` over ``items`` in ``pool``, yielded in input order, with at most ``window`` tasks
+    submitted and not yet yielded (``Executor.map`` submits all of them at once).
+
+    The next task is submitted before a result is yielded, so the pool stays busy while the caller
+    works on that result.
+    """
+    if window < 1:
+        raise ValueError(f"window must be at least 1, got {window}")
+    todo = iter(items)
+    pending: deque = deque(pool.submit(fn, item) for item in itertools.islice(todo, window))
+    while pending:
+        result = pending.popleft().result()
+        for item in itertools.islice(todo, 1):
+            pending.append(pool.submit(fn, item))
+        yield result
+
+
 def probe_many(
     paths: list[Path] | list[str], workers: int | None = None, processes: bool | None = None
 ) -> list[Probe]:
@@ -154,31 +185,38 @@ def probe_many(
 
 
 def iter_probes(
-    paths: list[Path] | list[str], workers: int | None = None, processes: bool | None = None
+    paths: list[Path] | list[str],
+    workers: int | None = None,
+    processes: bool | None = None,
+    chunk: int | None = None,
+    window: int | None = None,
 ) -> Iterator[Probe]:
     """``probe_image`` over ``paths`` in a bounded pool, yielded in input order as they finish, so a
     caller can work on early results while the pool probes later ones.
 
     ``workers`` defaults to the CPU count (at most 8). ``processes`` defaults to True for lists of
     ``PROCESS_POOL_MIN`` paths or more. Worker processes are started with ``spawn`` (safe beside
-    threads, e.g. in a Dagster run worker) and given chunks of paths.
+    threads, e.g. in a Dagster run worker). Paths go to the pool in chunks of ``chunk`` (default:
+    up to 512 for processes, 64 for threads; one task per path would cost as much as the probe),
+    at most ``window`` chunks (default ``IN_FLIGHT_PER_WORKER * workers``) in flight at a time.
     """
     if not paths:
         return
     workers = max(1, min(workers or min(os.cpu_count() or 1, 8), len(paths)))
-    strings = [p if isinstance(p, str) else str(p) for p in paths]
     if processes is None:
         processes = len(paths) >= PROCESS_POOL_MIN and workers > 1
+    if chunk is None:
+        cap, per_worker = (512, 8) if processes else (64, 4)
+        chunk = max(1, min(cap, len(paths) // (workers * per_worker)))
+    window = window or IN_FLIGHT_PER_WORKER * workers
+    # Chunks are sliced as they are submitted (plain strings: cheap to send to a worker process).
+    chunks = ([p if isinstance(p, str) else str(p) for p in paths[i : i + chunk]]
+              for i in range(0, len(paths), chunk))
     if processes:
-        chunk = max(1, min(512, len(strings) // (workers * 8)))
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for t in pool.map(_probe_tuple, strings, chunksize=chunk):
-                yield Probe(*t)
-        return
-    # Threads get chunks too: one future per path cost about as much as a header probe (~40 us).
-    chunk = max(1, min(64, len(strings) // (workers * 4)))
-    batches = [strings[i : i + chunk] for i in range(0, len(strings), chunk)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for batch in pool.map(_probe_tuples, batches):
+        pool: Executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers)
+    with pool:
+        for batch in bounded_map(pool, _probe_tuples, chunks, window):
             for t in batch:
                 yield Probe(*t)
