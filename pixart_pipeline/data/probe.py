@@ -70,7 +70,7 @@ _PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFErro
                struct.error, ZeroDivisionError, KeyError)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per image: slots take about a third less memory than a __dict__
 class Probe:
     """Displayed (post-EXIF) size of an image, or ``None`` sizes and a reason code; ``note`` says
     what the VAE stage will do that is not obvious (first frame only, alpha on white, ...)."""
