@@ -28,7 +28,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], hp: TrainingConfig, de
     ``fused_optimizer``: ``on`` uses AdamW's fused kernel and is an error where this torch build has
     none for ``device``; ``auto`` uses it where available and otherwise falls back, saying so, to the
     ``foreach`` implementation; ``off`` never fuses. Fused and unfused AdamW agree to float rounding,
-    not bit for bit, so the choice is part of the run's identity.
+    not necessarily bit for bit, so the choice is part of the run's identity.
     """
     params = list(params)
     if hp.optimizer == "adafactor":
