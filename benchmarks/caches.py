@@ -91,7 +91,7 @@ def bench_encode(tmp: Path, n_text: int, n_images: int, rng: random.Random) -> l
     ours_text = timed(lambda: encode_captions(ShardStore(tmp / "text"), texts, tokenizer, encoder, MAX_LENGTH,
                                               batch_size=64, device="cpu"))
     base_text = timed(naive_text)
-    ours_vae = timed(lambda: encode_images(ShardStore(tmp / "vae"), items, vae, batch_size=16, device="cpu"))
+    ours_vae = timed(lambda: encode_images(ShardStore(tmp / "vae"), items, vae, batch_size=4, device="cpu"))
     base_vae = timed(naive_vae)
     return [
         ("(a) T5 encode, captions/s", n_text / base_text, n_text / ours_text),
