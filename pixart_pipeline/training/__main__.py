@@ -36,7 +36,22 @@ def main(argv: list[str] | None = None) -> int:
                 reporter.context.log.error(str(exc))
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        finally:
+            _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Destroy torchrun's process group before the interpreter exits.
+
+    Left alive, gloo's C++ worker threads are destroyed during interpreter teardown, which can end
+    a rank that finished early (every rank but 0, which exports) in ``std::terminate`` (SIGABRT,
+    "terminate called without an active exception") and fail a run that had succeeded.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,3 @@
-import time
 
 from pixart_pipeline.data.captions import caption_from_filename
 from pixart_pipeline.data.synthetic import BROKEN_NAME, TINY_NAME, generate_synthetic_dataset
@@ -8,10 +7,9 @@ def _bytes(paths):
     return {p.name: p.read_bytes() for p in paths}
 
 
-def test_deterministic_and_fast(tmp_path):
-    start = time.perf_counter()
+def test_deterministic(tmp_path):
+    # Speed belongs in benchmarks/, not in a wall-clock assertion that a busy disk can fail.
     a = generate_synthetic_dataset(tmp_path / "a", 40, seed=0)
-    assert time.perf_counter() - start < 1.0
     b = generate_synthetic_dataset(tmp_path / "b", 40, seed=0)
     assert len(a) == 42 and _bytes(a) == _bytes(b)
     c = generate_synthetic_dataset(tmp_path / "c", 40, seed=1)
