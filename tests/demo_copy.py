@@ -35,3 +35,17 @@ def copy_demo(
     if dataset:
         edit_json(folder / "multidatabackend.json", dataset, index=0)
     return folder / "config.json"
+
+
+def run_stages_before_training(cfg) -> None:
+    """Every stage the trainer reads, for each dataset, in order (what `sync` would run first)."""
+    from pixart_pipeline.cache.stage import run_text_embed_cache, run_vae_cache
+    from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
+
+    for ds in cfg.datasets:
+        run_raw_dataset(cfg, ds)
+        run_captions(cfg, ds)
+        run_bucketed_metadata(cfg, ds)
+    run_text_embed_cache(cfg, "cpu")
+    for ds in cfg.datasets:
+        run_vae_cache(cfg, ds, "cpu")

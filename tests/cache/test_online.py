@@ -9,14 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from demo_copy import copy_demo, edit_json
+from demo_copy import copy_demo, edit_json, run_stages_before_training
 from pixart_pipeline.cache.online import OnlineVaeStore, open_vae_store
 from pixart_pipeline.cache.stage import (
-    base_model_path, run_text_embed_cache, run_vae_cache, text_store_root, vae_store_root,
+    base_model_path, run_vae_cache, text_store_root, vae_store_root,
 )
 from pixart_pipeline.cache.store import ShardStore
 from pixart_pipeline.config import load_config
-from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
 from pixart_pipeline.training.batches import BatchBuilder, load_items, vae_scaling_factor
 from pixart_pipeline.training.stage import prepare_training_run, split_items
 
@@ -28,11 +27,7 @@ def both(tmp_path_factory):
                      config={"max_train_steps": 3, "checkpointing_steps": 100, "train_batch_size": 2})
     cfg = load_config(path)
     ds = cfg.datasets[0]
-    run_raw_dataset(cfg, ds)
-    run_captions(cfg, ds)
-    run_bucketed_metadata(cfg, ds)
-    run_text_embed_cache(cfg, "cpu")
-    run_vae_cache(cfg, ds, "cpu")
+    run_stages_before_training(cfg)
     cached_items = split_items(cfg, "train")
     bytes_before = ShardStore(vae_store_root(cfg, ds)).stats()["bytes"]
     edit_json(path, {"vae_cache_disable": True})

@@ -20,7 +20,7 @@ from pixart_pipeline.data.stage import (
 )
 from pixart_pipeline.fileio import read_parquet
 from pixart_pipeline.training.stage import prepare_training_run
-from demo_copy import copy_demo, edit_json
+from demo_copy import copy_demo, edit_json, run_stages_before_training
 
 
 
@@ -29,12 +29,7 @@ def cached(tmp_path_factory) -> Path:
     """The demo (16 images) through every stage before training."""
     path = copy_demo(tmp_path_factory.mktemp("stages"), dataset={"synthetic_num_images": 16})
     cfg = load_config(path)
-    ds = cfg.datasets[0]
-    run_raw_dataset(cfg, ds)
-    run_captions(cfg, ds)
-    run_bucketed_metadata(cfg, ds)
-    run_text_embed_cache(cfg, "cpu")
-    run_vae_cache(cfg, ds, "cpu")
+    run_stages_before_training(cfg)
     return path
 
 

@@ -9,10 +9,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from demo_copy import copy_demo, edit_json
-from pixart_pipeline.cache.stage import run_text_embed_cache, run_vae_cache
+from demo_copy import copy_demo, edit_json, run_stages_before_training
+from pixart_pipeline.cache.stage import run_vae_cache
 from pixart_pipeline.config import load_config
-from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
 from pixart_pipeline.training.loop import train
 from pixart_pipeline.training.metrics import read_metrics
 from pixart_pipeline.training.spec import RunSpec
@@ -27,11 +26,7 @@ def test_a_vae_cache_disable_run_trains_bit_identical_weights_to_the_cached_run(
                              "lr_warmup_steps": 0})
     cfg = load_config(path)
     ds = cfg.datasets[0]
-    run_raw_dataset(cfg, ds)
-    run_captions(cfg, ds)
-    run_bucketed_metadata(cfg, ds)
-    run_text_embed_cache(cfg, "cpu")
-    run_vae_cache(cfg, ds, "cpu")
+    run_stages_before_training(cfg)
     cached = train(RunSpec.load(prepare_training_run(cfg, "cpu").spec_path))
 
     edit_json(path, {"vae_cache_disable": True})
