@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import save as safetensors_save
 
 from pixart_pipeline.cache.mapped import ShardMaps
-from pixart_pipeline.fileio import atomic_write_bytes, atomic_write_text
+from pixart_pipeline.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 
 SHARDS = "shards"
 INDEX = "index"
@@ -46,14 +46,6 @@ _INDEX_SCHEMA = pa.schema(
         ("shard_sha256", pa.string()),
     ]
 )
-
-
-def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def stat_stamp(st: os.stat_result, digest: str) -> list:
@@ -308,7 +300,7 @@ class ShardStore:
             stamp = stat_stamp(path.stat(), digest)
             if quick and stamps.get(shard) == stamp:
                 passed[shard] = stamp
-            elif _file_sha256(path) != digest:
+            elif sha256_file(path) != digest:
                 problems.append((shard, "sha256 mismatch"))
             else:
                 passed[shard] = stamp

@@ -14,7 +14,6 @@ string column, so it is skipped and counted (``ScanStats.skipped_names``) instea
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pixart_pipeline.data.digest import table_digest
+from pixart_pipeline.fileio import sha256_file  # noqa: F401  (re-exported: callers hash the files the manifest lists)
 
 IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"})
 CAPTION_EXTENSIONS = frozenset({"txt"})
@@ -236,15 +236,6 @@ def hash_files(root: Path, paths: list[str], workers: int = 4) -> dict[str, str 
     parts = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return dict(zip(paths, (d for part in pool.map(batch, parts) for d in part)))
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def scan_dataset(
