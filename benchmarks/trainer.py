@@ -30,7 +30,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the demo-copy helpers the tests use
 
+from demo_copy import copy_demo, run_stages_before_training  # noqa: E402
 from pixart_pipeline.training.metrics import read_metrics  # noqa: E402
 from pixart_pipeline.training.spec import RunSpec  # noqa: E402
 
@@ -108,25 +110,11 @@ def main() -> None:
 def online_demo_spec(root: Path) -> Path:
     """Copy config/demo under ``root`` with ``vae_cache_disable`` set, run the stages before training
     (text cache, online VAE spec), and write its run spec; returns the spec's path."""
-    import shutil
-
-    from pixart_pipeline.cache.stage import run_text_embed_cache, run_vae_cache
     from pixart_pipeline.config import load_config
-    from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
     from pixart_pipeline.training.stage import prepare_training_run
 
-    folder = root / "config" / "demo"  # keeps the demo's ../../output layout inside root
-    shutil.copytree(REPO / "config" / "demo", folder)
-    config = json.loads((folder / "config.json").read_text()) | {"vae_cache_disable": True}
-    (folder / "config.json").write_text(json.dumps(config))
-    cfg = load_config(folder / "config.json")
-    for ds in cfg.datasets:
-        run_raw_dataset(cfg, ds)
-        run_captions(cfg, ds)
-        run_bucketed_metadata(cfg, ds)
-    run_text_embed_cache(cfg, "cpu")
-    for ds in cfg.datasets:
-        run_vae_cache(cfg, ds, "cpu")
+    cfg = load_config(copy_demo(root, config={"vae_cache_disable": True}))
+    run_stages_before_training(cfg)
     return prepare_training_run(cfg, "cpu").spec_path
 
 
