@@ -67,7 +67,7 @@ from __future__ import annotations
 import functools
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -304,6 +304,8 @@ def crop_box(intermediary: Size, target: Size, style: str, sha256: str) -> tuple
         return 0, 0
     if style in ("center", "centre"):
         return int(max_left / 2), int(max_top / 2)
+    if max_left == max_top == 0:
+        return 0, 0  # the only draw; skips seeding a generator (most uncropped images)
     # Seeded by the image content, never by the training seed: same bytes -> same crop forever.
     # (A str seed goes through sha512 inside ``random``: stable across processes and platforms.)
     rng = random.Random(f"crop-{sha256}")
@@ -319,6 +321,42 @@ def compute_geometry(
 
     Reason codes: ``"invalid_size"`` (an edge <= 0), ``"extreme_aspect"`` (``w / h`` outside
     ``[1/8, 8]``, see :data:`MAX_ASPECT`), ``"too_small"`` (below ``minimum_image_size``).
+    """
+    sized = _sizes(width, height, ds, sha256, rounding)
+    return sized if isinstance(sized, str) else _placed(sized, ds, sha256, rounding)
+
+
+def geometry_function(ds: ImageDataset, rounding: int = 2) -> Callable[[int, int, str], Geometry | str]:
+    """``compute_geometry`` for one dataset, remembering the sizes of each (width, height) seen.
+
+    Only ``crop_aspect: random`` makes the target size depend on the image's bytes; otherwise the
+    sizes are a function of (width, height) alone, and datasets repeat a handful of sizes (camera
+    formats, exports), so at 100,000 images most calls skip the bucket arithmetic. The crop box is
+    still computed per image (``crop_style: random`` seeds it by the sha256). The memory lives and
+    dies with the returned function (one table build).
+    """
+    if ds.crop and ds.crop_aspect == "random" and ds.crop_aspect_buckets:
+        return functools.partial(_geometry_with, ds=ds, rounding=rounding)
+    sizes: dict[Size, tuple[Size, Size] | str] = {}
+
+    def geometry(width: int, height: int, sha256: str) -> Geometry | str:
+        key = (width, height)
+        sized = sizes.get(key)
+        if sized is None:
+            sized = sizes[key] = _sizes(width, height, ds, sha256, rounding)
+        return sized if isinstance(sized, str) else _placed(sized, ds, sha256, rounding)
+
+    return geometry
+
+
+def _geometry_with(width: int, height: int, sha256: str, *, ds: ImageDataset, rounding: int) -> Geometry | str:
+    return compute_geometry(width, height, ds, sha256, rounding)
+
+
+def _sizes(width: int, height: int, ds: ImageDataset, sha256: str, rounding: int) -> tuple[Size, Size] | str:
+    """(intermediary, target) of an image, or a reason code: everything but the crop box.
+
+    ``sha256`` matters only for ``crop_aspect: random`` (the seeded draw of the aspect).
     """
     if width <= 0 or height <= 0:
         return INVALID_SIZE
@@ -349,7 +387,12 @@ def compute_geometry(
             intermediary = cover_exact(original, target)
     if ds.crop and res.downsample is not None and is_too_large(width, height, res):
         _, intermediary = calc(ar, res.downsample, original)
-    intermediary = cover(intermediary, target)
+    return cover(intermediary, target), target
+
+
+def _placed(sizes: tuple[Size, Size], ds: ImageDataset, sha256: str, rounding: int) -> Geometry:
+    """The :class:`Geometry` of (intermediary, target) with its crop box (rule 9)."""
+    intermediary, target = sizes
     left, top = crop_box(intermediary, target, ds.normalised_crop_style, sha256)
     return Geometry(
         intermediary_width=intermediary[0],

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pixart_pipeline.config.models import ImageDataset
-from pixart_pipeline.data.buckets import Geometry, compute_geometry
+from pixart_pipeline.data.buckets import geometry_function
 from pixart_pipeline.data.digest import in_order, table_digest
 from pixart_pipeline.data.probe import Probe, probe_many
 
@@ -114,29 +114,28 @@ def build_metadata_table(
     if probes is None:
         probes = dict(zip(paths, probe_many([root / p for p in paths], workers=workers)))
     is_eval = ds.dataset_type == "eval"
-
-    rows: dict[str, list] = {name: [] for name in METADATA_SCHEMA.names}
+    geometry_of = geometry_function(ds, rounding)
+    no_geometry = (None,) * len(GEOMETRY_COLUMNS)
+    out = []  # one tuple per row, in METADATA_SCHEMA's column order
     for path, sha, text, cstatus in zip(paths, shas, texts, caption_status):
         probe = probes[path]
-        geometry: Geometry | None = None
+        geometry = no_geometry
         if not probe.ok:
             status = probe.status
         elif cstatus != "ok":
             status = cstatus
         else:
-            result = compute_geometry(probe.width, probe.height, ds, sha, rounding)
-            status = result if isinstance(result, str) else "ok"
-            geometry = result if isinstance(result, Geometry) else None
-        rows["path"].append(path)
-        rows["sha256"].append(sha)
-        rows["width"].append(probe.width)
-        rows["height"].append(probe.height)
-        rows["caption"].append(text)
-        rows["status"].append(status)
-        for name in GEOMETRY_COLUMNS:
-            rows[name].append(getattr(geometry, name) if geometry else None)
-        rows["split"].append("eval" if is_eval else split_for(sha, ds.eval_split_fraction))
-        rows["note"].append(probe.note or None)
+            result = geometry_of(probe.width, probe.height, sha)
+            if isinstance(result, str):
+                status = result
+            else:
+                status = "ok"
+                geometry = (result.intermediary_width, result.intermediary_height, result.target_width,
+                            result.target_height, result.crop_left, result.crop_top, result.bucket)
+        split = "eval" if is_eval else split_for(sha, ds.eval_split_fraction)
+        out.append((path, sha, probe.width, probe.height, text, status, *geometry, split, probe.note or None))
+    columns = list(zip(*out)) if out else [()] * len(METADATA_SCHEMA)
+    rows = dict(zip(METADATA_SCHEMA.names, columns))
     table = pa.table(rows, schema=METADATA_SCHEMA)
     if reuse is not None and reuse.num_rows:
         table = pa.concat_tables([reuse.select(METADATA_SCHEMA.names).cast(METADATA_SCHEMA), table])

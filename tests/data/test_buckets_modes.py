@@ -296,3 +296,34 @@ def test_max_upscale_threshold_limits_random_buckets():
     # no threshold: all three are drawn over enough images
     drawn = {geometry(400, 300, sha=f"{i:064x}", **kw).bucket for i in range(40)}
     assert drawn == {"0.78", "1.0", "1.43"}
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.get("crop_aspect", "nocrop") if m["crop"] else "nocrop")
+@pytest.mark.parametrize("style", ["random", "center", "corner"])
+def test_the_memoised_geometry_function_equals_compute_geometry_image_by_image(mode, style):
+    """The metadata stage computes geometry through ``geometry_function``, which remembers the sizes
+    per (width, height): repeated sizes with different contents must still get their own random crop
+    (and, under crop_aspect random, their own aspect draw), exactly as ``compute_geometry`` gives them."""
+    from pixart_pipeline.data.buckets import geometry_function
+
+    ds = ImageDataset(id="t", instance_data_dir=".", resolution=512, resolution_type="pixel_area",
+                      **{**mode, "crop_style": style})
+    geometry_of = geometry_function(ds, 2)
+    rng = random.Random(7)
+    crops, targets = set(), set()
+    for i in range(200):
+        w, h = SIZES[i % len(SIZES)]  # every size seen 25 times, each time with other bytes
+        sha = f"{rng.getrandbits(256):064x}"
+        expected = compute_geometry(w, h, ds, sha, 2)
+        assert geometry_of(w, h, sha) == expected, (w, h, sha)
+        if (w, h) == (4000, 3000):
+            crops.add((expected.crop_left, expected.crop_top))
+            targets.add((expected.target_width, expected.target_height))
+    # The comparison above means something: random crops (and random aspects) do vary per image.
+    # (Without crop the intermediary is still a few px larger than the aligned target.)
+    if style == "random":
+        assert len(crops) > 1
+    if style == "corner":
+        assert crops == {(0, 0)}
+    assert (len(targets) > 1) == (mode.get("crop_aspect") == "random")
+    assert geometry_of(0, 10, "00" * 32) == compute_geometry(0, 10, ds, "00" * 32, 2) == "invalid_size"
