@@ -139,7 +139,10 @@ def build_metadata_table(
     table = pa.table(rows, schema=METADATA_SCHEMA)
     if reuse is not None and reuse.num_rows:
         table = pa.concat_tables([reuse.select(METADATA_SCHEMA.names).cast(METADATA_SCHEMA), table])
-        table = table.sort_by("path")
+        # New files often sort after every earlier one (a new folder, numbered names): then the
+        # concatenation is in order already and the 15-column sort is skipped.
+        if not in_order(table.column("path")):
+            table = table.sort_by("path")
     return table
 
 
