@@ -24,7 +24,7 @@ from pixart_pipeline.config.models import (
 # Bump when a stage's code changes what it writes.
 STAGE_REVISIONS = {
     "raw_dataset": "r1",
-    "captions": "r1",
+    "captions": "r2",  # r2: every textfile line / parquet list entry kept (the captions column)
     # r2: one target per aspect key (area), crop_aspect closest/random; r3: note column, truncated code
     "bucketed_metadata": "r3",
     "text_embed_cache": "r1",

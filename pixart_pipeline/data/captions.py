@@ -5,15 +5,23 @@ Rules (learned from SimpleTuner's ``helpers/prompts.py`` ``PromptHandler``):
 - ``filename``: the file's stem with every ``_`` replaced by a space
   (``a_red_circle.png`` -> ``"a red circle"``). Nothing else is stripped or changed.
 - ``textfile``: the sibling file with the same stem and a ``.txt`` extension
-  (``os.path.splitext(path)[0] + ".txt"``). SimpleTuner splits a multi-line file into several
-  captions and samples one per step; we keep the FIRST non-empty line (stripped), so an image has
-  one caption and one text-embedding. The file must be UTF-8 and at most ``MAX_CAPTION_BYTES``
+  (``os.path.splitext(path)[0] + ".txt"``). Every line is a caption (SimpleTuner's
+  ``prepare_instance_prompt_from_textfile`` splits the file on newlines; its sampler picks one
+  caption per draw). Each line is stripped and blank or whitespace-only lines are dropped;
+  duplicates stay (they weigh that caption, as in SimpleTuner's random choice). The file must be UTF-8 and at most ``MAX_CAPTION_BYTES``
   (64 KiB): a caption is a prompt of a few hundred bytes, and reading an arbitrarily large file in
   full could exhaust memory. A larger file gets ``caption_too_large``. When no sidecar has the
   exact name, one whose name is equal in Unicode NFC is used (an image named on macOS, which
   stores names as NFD, beside a ``.txt`` written by a script in NFC; macOS itself would open it).
 - ``instanceprompt``: every image gets ``instance_prompt``.
-- ``parquet``: the ``parquet`` block's caption column (see ``parquet_source.py`` for the lookup rules).
+- ``parquet``: the ``parquet`` block's caption column (see ``parquet_source.py`` for the lookup rules);
+  a list value gives one caption per non-empty entry.
+
+An image may so have several captions. ``caption`` is always the first usable one (the metadata
+table, the data version of single-caption datasets and evaluation use it); the ``captions`` column
+(textfile and parquet tables only: the other strategies give one caption by construction) holds
+all of them when there are two or more, else null. The text cache encodes every one and the
+trainer picks one per draw (``training.batches.caption_choice``).
 
 Then SimpleTuner's modifiers: ``only_instance_prompt`` (every caption is ``instance_prompt``) and
 ``prepend_instance_prompt`` (``instance_prompt + " " + caption``).
@@ -25,9 +33,11 @@ A missing or empty caption is a reason code in ``caption_status``, never an exce
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -44,6 +54,9 @@ CAPTIONS_SCHEMA = pa.schema(
     [("path", pa.string()), ("sha256", pa.string()), ("caption", pa.string()), ("caption_status", pa.string()),
      ("sidecar_sha256", pa.string())]
 )
+# textfile and parquet tables add ``captions``: every usable caption of the image when it has two or
+# more (``caption`` is the first of them), null otherwise, so single-caption rows cost nothing.
+MULTI_SCHEMA = CAPTIONS_SCHEMA.append(pa.field("captions", pa.list_(pa.string())))
 FINGERPRINT_KEY = b"inputs_fingerprint"
 # Reason codes (``caption_status`` when not "ok").
 NO_CAPTION_FILE = "no_caption_file"
@@ -67,12 +80,20 @@ def caption_file_for(path: str) -> str:
     return os.path.splitext(path)[0] + ".txt"
 
 
+def caption_lines(text: str) -> list[str]:
+    """Every line of a caption file that is not blank, stripped, in file order (duplicates kept)."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def first_caption_line(text: str) -> str | None:
     """First non-empty (after stripping) line of a caption file, or None."""
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()
-    return None
+    lines = caption_lines(text)
+    return lines[0] if lines else None
+
+
+def several(captions: list[str]) -> list[str] | None:
+    """The ``captions`` cell of an image: its captions when there are two or more, else null."""
+    return list(captions) if len(captions) > 1 else None
 
 
 def read_capped(path: Path, limit: int = MAX_CAPTION_BYTES) -> bytes | None:
@@ -102,26 +123,34 @@ def sidecar_for(path: str, listed: set[str], by_nfc: Mapping[str, str] | None = 
     return by_nfc.get(unicodedata.normalize("NFC", sidecar)) if by_nfc else None
 
 
-def _textfile_caption(
+def textfile_captions(
     root: Path, path: str, listed: set[str], by_nfc: Mapping[str, str] | None = None
-) -> tuple[str | None, str]:
+) -> tuple[list[str], str]:
+    """(every caption line of image ``path``'s sidecar, status); no captions unless status is ok."""
     sidecar = sidecar_for(path, listed, by_nfc)
     if sidecar is None:
-        return None, NO_CAPTION_FILE
+        return [], NO_CAPTION_FILE
     try:
         raw = read_capped(root / sidecar)
     except FileNotFoundError:
-        return None, NO_CAPTION_FILE
+        return [], NO_CAPTION_FILE
     except OSError:
-        return None, CAPTION_UNREADABLE
+        return [], CAPTION_UNREADABLE
     if raw is None:
-        return None, CAPTION_TOO_LARGE
+        return [], CAPTION_TOO_LARGE
     try:
         text = raw.decode("utf-8-sig")  # tolerate a BOM written by Windows editors
     except UnicodeDecodeError:
-        return None, CAPTION_NOT_UTF8
-    caption = first_caption_line(text)
-    return (caption, "ok") if caption else (None, EMPTY_CAPTION)
+        return [], CAPTION_NOT_UTF8
+    lines = caption_lines(text)
+    return (lines, "ok") if lines else ([], EMPTY_CAPTION)
+
+
+def _textfile_caption(
+    root: Path, path: str, listed: set[str], by_nfc: Mapping[str, str] | None = None
+) -> tuple[str | None, str]:
+    lines, status = textfile_captions(root, path, listed, by_nfc)
+    return (lines[0] if lines else None), status
 
 
 def caption_for(
@@ -148,7 +177,7 @@ def build_captions_table(
     previous: pa.Table | None = None,
 ) -> pa.Table:
     """One row per image file of ``manifest`` (sidecars excluded): path, sha256, caption,
-    caption_status, sidecar_sha256.
+    caption_status, sidecar_sha256, and for ``textfile``/``parquet`` captions (see ``MULTI_SCHEMA``).
 
     ``parquet_path`` (the resolved ``parquet.path``) is required by ``caption_strategy: "parquet"``.
     ``previous``: the last captions table built with the same inputs (the caller checks the
@@ -187,16 +216,21 @@ def _textfile_captions(manifest: pa.Table, root: Path, ds: ImageDataset, previou
     keys = ["path", "sha256", "sidecar_sha256"]
     kept = None
     todo = current
-    if previous is not None and previous.num_rows and "sidecar_sha256" in previous.column_names:
-        prev = previous.select(CAPTIONS_SCHEMA.names).cast(CAPTIONS_SCHEMA)
-        kept = prev.join(current, keys=keys, join_type="left semi")  # a null sidecar sha never matches
+    # A table written before the ``captions`` column existed kept only first lines: never reused.
+    if previous is not None and previous.num_rows and set(MULTI_SCHEMA.names) <= set(previous.column_names):
+        prev = previous.select(MULTI_SCHEMA.names).cast(MULTI_SCHEMA)
+        # Acero joins carry no list column, so the semi join picks row numbers (a null sidecar sha
+        # never matches) and ``take`` copies those rows.
+        numbered = prev.select(keys).append_column("row", pa.array(range(prev.num_rows), pa.int64()))
+        kept = prev.take(numbered.join(current, keys=keys, join_type="left semi").column("row"))
         todo = current.join(prev.select(keys), keys=keys, join_type="left anti").sort_by("path")
-    rows = {"path": [], "sha256": [], "caption": [], "caption_status": [], "sidecar_sha256": []}
+    rows: dict[str, list] = {name: [] for name in MULTI_SCHEMA.names}
     for path, sha, sidecar_sha in zip(*(todo.column(c).to_pylist() for c in keys)):
-        caption, status = caption_for(path, root, ds, listed, by_nfc)
-        for name, value in zip(rows, (path, sha, caption, status, sidecar_sha)):
+        lines, status = textfile_captions(root, path, listed, by_nfc)
+        first = lines[0] if lines else None
+        for name, value in zip(rows, (path, sha, first, status, sidecar_sha, several(lines))):
             rows[name].append(value)
-    fresh = apply_instance_prompt(pa.table(rows, schema=CAPTIONS_SCHEMA), ds)
+    fresh = apply_instance_prompt(pa.table(rows, schema=MULTI_SCHEMA), ds)
     if kept is None or kept.num_rows == 0:
         return fresh
     return pa.concat_tables([kept, fresh]).sort_by("path")
@@ -206,16 +240,26 @@ def apply_instance_prompt(table: pa.Table, ds: ImageDataset) -> pa.Table:
     """SimpleTuner's two caption modifiers, applied to every row with an ``ok`` caption:
     ``only_instance_prompt`` replaces the caption by ``instance_prompt`` (its ``use_captions=False``;
     then every image is ``ok``, as with the ``instanceprompt`` strategy), ``prepend_instance_prompt``
-    gives ``instance_prompt + " " + caption`` (missing/empty captions stay reason codes)."""
+    gives ``instance_prompt + " " + caption`` (missing/empty captions stay reason codes), to each
+    caption of a ``captions`` list too."""
     if not (ds.only_instance_prompt or ds.prepend_instance_prompt):
         return table
+    multi = "captions" in table.column_names
     if ds.only_instance_prompt:
         prompt = pa.array([ds.instance_prompt] * table.num_rows, pa.string())
         ok = pa.array(["ok"] * table.num_rows, pa.string())
-        return table.set_column(2, "caption", prompt).set_column(3, "caption_status", ok)
+        table = table.set_column(2, "caption", prompt).set_column(3, "caption_status", ok)
+        if multi:  # one caption per image: the instance prompt
+            table = table.set_column(5, "captions", pa.nulls(table.num_rows, pa.list_(pa.string())))
+        return table
     is_ok = pc.equal(table.column("caption_status"), "ok")
     prefixed = pc.binary_join_element_wise(ds.instance_prompt, table.column("caption"), " ")
-    return table.set_column(2, "caption", pc.if_else(is_ok, prefixed, table.column("caption")))
+    table = table.set_column(2, "caption", pc.if_else(is_ok, prefixed, table.column("caption")))
+    if multi and table.column("captions").null_count < table.num_rows:
+        lists = [None if v is None else [f"{ds.instance_prompt} {c}" for c in v]
+                 for v in table.column("captions").to_pylist()]
+        table = table.set_column(5, "captions", pa.array(lists, pa.list_(pa.string())))
+    return table
 
 
 def _strategy_captions(manifest: pa.Table, root: Path, ds: ImageDataset, parquet_path: Path | None) -> pa.Table:
@@ -229,20 +273,18 @@ def _strategy_captions(manifest: pa.Table, root: Path, ds: ImageDataset, parquet
         if parquet_path is None:
             raise ValueError(f"dataset {ds.id!r}: caption_strategy 'parquet' needs the parquet file's path")
         from_parquet = parquet_captions(parquet_path, ds.parquet, [p for p in paths if is_image_path(p)])
-    rows = {"path": [], "sha256": [], "caption": [], "caption_status": [], "sidecar_sha256": []}
+    rows: dict[str, list] = {name: [] for name in MULTI_SCHEMA.names}
     for path, digest in sorted(zip(paths, digests)):
         if not is_image_path(path):
             continue
         if from_parquet is not None:
-            caption, status = from_parquet[path]
+            texts, status = from_parquet[path]
         else:
             caption, status = caption_for(path, root, ds, listed)
-        rows["path"].append(path)
-        rows["sha256"].append(digest)
-        rows["caption"].append(caption)
-        rows["caption_status"].append(status)
-        rows["sidecar_sha256"].append(None)
-    return pa.table(rows, schema=CAPTIONS_SCHEMA)
+            texts = [caption] if caption is not None else []
+        for name, value in zip(rows, (path, digest, texts[0] if texts else None, status, None, several(texts))):
+            rows[name].append(value)
+    return pa.table(rows, schema=MULTI_SCHEMA)
 
 
 def _columnwise_captions(manifest: pa.Table, ds: ImageDataset) -> pa.Table:
@@ -267,11 +309,37 @@ def _columnwise_captions(manifest: pa.Table, ds: ImageDataset) -> pa.Table:
                     schema=CAPTIONS_SCHEMA)
 
 
+def usable_captions(table: pa.Table) -> Iterator[tuple[str, list[str]]]:
+    """(path, every usable caption in order) of each ``ok`` row of a captions table; the first is
+    its ``caption``. Tables without a ``captions`` column (or rows where it is null) give one."""
+    ok = table.filter(pc.equal(table.column("caption_status"), "ok"))
+    firsts = ok.column("caption").to_pylist()
+    lists = ok.column("captions").to_pylist() if "captions" in ok.column_names else [None] * ok.num_rows
+    for path, first, more in zip(ok.column("path").to_pylist(), firsts, lists):
+        yield path, (more if more else [first])
+
+
+def multi_caption_rows(table: pa.Table) -> list[tuple[str, list[str]]]:
+    """(path, captions) of the rows with two or more captions, sorted by path."""
+    if "captions" not in table.column_names or table.column("captions").null_count == table.num_rows:
+        return []
+    multi = table.filter(pc.is_valid(table.column("captions")))
+    return sorted(zip(multi.column("path").to_pylist(), multi.column("captions").to_pylist()))
+
+
 def captions_data_version(table: pa.Table) -> str:
-    """Digest (16 hex chars) of the (path, caption, caption_status) rows sorted by path.
+    """Digest (16 hex chars) of the (path, caption, caption_status) rows sorted by path, and of every
+    caption of the images that have several.
 
     The image's ``sha256`` is left out on purpose: text embeddings depend on the caption only, so
     editing an image's pixels must not make the text-embedding cache look out of date. A null
-    caption and an empty one differ (see ``digest.py``).
+    caption and an empty one differ (see ``digest.py``). A table where no image has several captions
+    keeps the digest of the three columns alone, so single-caption datasets keep their version;
+    editing any caption of a multi-caption image changes it (the text cache must encode it).
     """
-    return table_digest(table, ["path", "caption", "caption_status"])
+    base = table_digest(table, ["path", "caption", "caption_status"])
+    multi = multi_caption_rows(table)
+    if not multi:
+        return base
+    blob = json.dumps([base, multi], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(b"captions-lists-v1" + blob.encode()).hexdigest()[:16]

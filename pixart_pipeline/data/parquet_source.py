@@ -8,9 +8,11 @@ name (same extension rule) is tried, so a flat table still matches images kept i
 Both sides are compared in Unicode NFC: macOS stores file names decomposed (NFD: ``e`` + a
 combining accent) while most tools write tables composed (NFC), and the two must match.
 
-Caption value: a string is stripped; bytes are decoded as UTF-8; a list (SimpleTuner samples one
-per step) gives its first non-empty entry, the same "one caption per image" rule as ``textfile``.
-An empty or null caption falls back to ``fallback_caption_column`` (SimpleTuner's rule), then is
+Caption value: a string is stripped; bytes are decoded as UTF-8; a list gives one caption per
+entry (SimpleTuner's ``prepare_instance_prompt_from_parquet`` keeps every entry, stripped; its
+sampler picks one per draw), in order, with null and blank entries dropped (SimpleTuner keeps an
+entry that is empty after stripping and may train on it) and nested lists flattened. A value with
+no usable caption falls back to ``fallback_caption_column`` (SimpleTuner's rule), then is
 ``empty_caption``. An image with no row is ``not_in_parquet``.
 """
 
@@ -99,20 +101,21 @@ def _rows_for(paths: list[str], keys: list, with_extension: bool) -> dict[str, i
     return out
 
 
-def _first_text(value) -> str | None:
+def _texts(value) -> list[str]:
+    """Every usable caption of one cell: stripped, non-empty, in order (lists flattened)."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
     if isinstance(value, (list, tuple)):
-        texts = [_first_text(v) for v in value]
-        return next((t for t in texts if t), None)
+        return [t for v in value for t in _texts(v)]
     if value is None:
-        return None
+        return []
     text = str(value).strip()
-    return text or None
+    return [text] if text else []
 
 
-def parquet_captions(path: Path, pcfg: ParquetConfig, paths: list[str]) -> dict[str, tuple[str | None, str]]:
-    """``{image path: (caption, caption_status)}`` for every one of ``paths``."""
+def parquet_captions(path: Path, pcfg: ParquetConfig, paths: list[str]) -> dict[str, tuple[list[str], str]]:
+    """``{image path: (captions, caption_status)}`` for every one of ``paths``; ``captions`` holds
+    every usable caption of the image (the first is its ``caption``), empty unless the status is ok."""
     columns = [pcfg.filename_column, pcfg.caption_column]
     if pcfg.fallback_caption_column:
         columns.append(pcfg.fallback_caption_column)
@@ -124,10 +127,10 @@ def parquet_captions(path: Path, pcfg: ParquetConfig, paths: list[str]) -> dict[
     for p in paths:
         row = rows.get(p)
         if row is None:
-            out[p] = (None, NOT_IN_PARQUET)
+            out[p] = ([], NOT_IN_PARQUET)
             continue
-        text = _first_text(captions[row]) or (_first_text(fallback[row]) if fallback else None)
-        out[p] = (text, "ok") if text else (None, EMPTY_CAPTION)
+        texts = _texts(captions[row]) or (_texts(fallback[row]) if fallback else [])
+        out[p] = (texts, "ok") if texts else ([], EMPTY_CAPTION)
     return out
 
 

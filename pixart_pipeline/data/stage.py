@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
-from pixart_pipeline.data.captions import build_captions_table, captions_data_version
+from pixart_pipeline.data.captions import build_captions_table, captions_data_version, multi_caption_rows
 from pixart_pipeline.data.hub import download_hub_dataset
 from pixart_pipeline.data.manifest import FolderChanges, folder_changes, manifest_data_version, scan_dataset
 from pixart_pipeline.data.metadata import (
@@ -187,13 +187,18 @@ def run_captions(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> St
     statuses = dict(sorted(value_counts(table.column("caption_status")).items()))
     log(f"captions: {statuses}")
     ok_captions = pc.filter(table.column("caption"), pc.equal(table.column("caption_status"), "ok"))
+    distinct = pc.count_distinct(ok_captions).as_py()
+    multi = multi_caption_rows(table)  # images with several captions (textfile lines, parquet lists)
+    if multi:
+        distinct = len(set(ok_captions.to_pylist()).union(*(captions for _, captions in multi)))
     return StageResult(
         path=path,
         data_version=captions_data_version(table),
         metadata={
             "images": table.num_rows,
             "captioned": len(ok_captions),
-            "distinct_captions": pc.count_distinct(ok_captions).as_py(),
+            "distinct_captions": distinct,
+            "multi_caption_images": len(multi),
             "seconds": round(time.perf_counter() - start, 3),
         },
         markdown={"caption_status": markdown_table(("status", "images"), statuses)},

@@ -1,0 +1,141 @@
+"""Several captions per image (textfile lines, parquet list entries), through the real stage functions:
+every usable caption is kept in ``captions``, ``caption`` stays the first, and the data version follows
+every caption while single-caption datasets keep the version they had."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pixart_pipeline.config import load_config
+from pixart_pipeline.data.captions import captions_data_version, caption_lines, usable_captions
+from pixart_pipeline.data.digest import table_digest
+from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
+from pixart_pipeline.fileio import read_parquet
+from tests.demo_copy import copy_demo
+
+# Three captions between blank, whitespace-only and CRLF lines; each line is stripped.
+THREE_LINES = "a red circle\n\n   \n  on a white table  \r\n\ta photo of a circle\n \t\n"
+THREE = ["a red circle", "on a white table", "a photo of a circle"]
+
+
+def _textfile_dataset(tmp_path, **dataset):
+    config = copy_demo(tmp_path, dataset={"type": "local", "instance_data_dir": "imgs", "crop": False,
+                                          "caption_strategy": "textfile", **dataset})
+    cfg = load_config(config)
+    root = cfg.dataset_dir(cfg.datasets[0])
+    root.mkdir(parents=True)
+    for name, text in (("multi", THREE_LINES), ("one", "just one line\n\n"), ("two", "first\nsecond\n")):
+        Image.new("RGB", (64, 64), (len(name) * 40, 0, 0)).save(root / f"{name}.png")
+        (root / f"{name}.txt").write_text(text, encoding="utf-8")
+    return cfg, root
+
+
+def _rows(cfg):
+    ds = cfg.datasets[0]
+    run_raw_dataset(cfg, ds)
+    result = run_captions(cfg, ds)
+    table = read_parquet(result.path)
+    return result, table, {r["path"]: r for r in table.to_pylist()}
+
+
+def test_caption_lines_strips_and_drops_blank_lines():
+    assert caption_lines(THREE_LINES) == THREE
+    assert caption_lines(" \n\t\n") == []
+    assert caption_lines("dup\ndup\n") == ["dup", "dup"]  # duplicates weigh that caption, as in SimpleTuner
+
+
+def test_textfile_lines_are_separate_captions(tmp_path):
+    cfg, _ = _textfile_dataset(tmp_path)
+    result, table, rows = _rows(cfg)
+    assert (rows["multi.png"]["caption"], rows["multi.png"]["captions"]) == (THREE[0], THREE)
+    assert (rows["two.png"]["caption"], rows["two.png"]["captions"]) == ("first", ["first", "second"])
+    # one usable caption: ``caption`` alone, no list
+    assert (rows["one.png"]["caption"], rows["one.png"]["captions"]) == ("just one line", None)
+    assert dict(usable_captions(table)) == {"multi.png": THREE, "two.png": ["first", "second"],
+                                            "one.png": ["just one line"]}
+    assert result.metadata["multi_caption_images"] == 2
+    assert result.metadata["distinct_captions"] == len(THREE) + 2 + 1
+    # the metadata table keeps one caption per image: the first
+    metadata = read_parquet(run_bucketed_metadata(cfg, cfg.datasets[0]).path)
+    assert dict(zip(metadata.column("path").to_pylist(), metadata.column("caption").to_pylist())) == {
+        "multi.png": THREE[0], "two.png": "first", "one.png": "just one line"}
+
+
+def test_editing_the_second_line_changes_the_data_version_and_reruns_reread_only_changed_sidecars(tmp_path):
+    cfg, root = _textfile_dataset(tmp_path)
+    before, _, _ = _rows(cfg)
+    (root / "multi.txt").write_text(THREE_LINES.replace("on a white table", "on a black table"), encoding="utf-8")
+    # same size and mtime: the manifest keeps the old sha256, so that row must be reused as it was
+    st = (root / "two.txt").stat()
+    (root / "two.txt").write_text("FIRST\nSECOND\n")
+    os.utime(root / "two.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    after, _, rows = _rows(cfg)
+    assert rows["multi.png"]["caption"] == THREE[0]  # first line unchanged ...
+    assert rows["multi.png"]["captions"][1] == "on a black table"
+    assert after.data_version != before.data_version  # ... but the version follows the second line
+    assert rows["two.png"]["captions"] == ["first", "second"]  # reused, not re-read
+    again, _, _ = _rows(cfg)
+    assert again.data_version == after.data_version
+
+
+def test_single_caption_tables_keep_the_three_column_digest(tmp_path):
+    cfg, root = _textfile_dataset(tmp_path)
+    (root / "multi.txt").write_text("only this\n")
+    (root / "two.txt").write_text("\nand this\n \n")
+    result, table, rows = _rows(cfg)
+    assert table.column("captions").null_count == table.num_rows
+    assert result.data_version == table_digest(table, ["path", "caption", "caption_status"])
+    # a filename table has no captions column at all, and the same rule
+    filename = load_config(copy_demo(tmp_path / "f", dataset={"type": "local", "instance_data_dir": str(root),
+                                                              "caption_strategy": "filename"}))
+    result, table, _ = _rows(filename)
+    assert "captions" not in table.column_names
+    assert result.data_version == table_digest(table, ["path", "caption", "caption_status"])
+    assert captions_data_version(table.sort_by([("path", "descending")])) == result.data_version
+
+
+def test_prepend_and_only_instance_prompt_apply_to_every_caption(tmp_path):
+    cfg, _ = _textfile_dataset(tmp_path, instance_prompt="sks", prepend_instance_prompt=True)
+    _, _, rows = _rows(cfg)
+    assert rows["multi.png"]["caption"] == "sks a red circle"
+    assert rows["multi.png"]["captions"] == [f"sks {c}" for c in THREE]
+    cfg, _ = _textfile_dataset(tmp_path / "only", instance_prompt="sks", only_instance_prompt=True)
+    _, table, rows = _rows(cfg)
+    assert {(r["caption"], r["captions"]) for r in rows.values()} == {("sks", None)}
+
+
+def test_parquet_list_entries_are_separate_captions(tmp_path):
+    config = copy_demo(tmp_path, dataset={"type": "local", "instance_data_dir": "imgs", "crop": False,
+                                          "caption_strategy": "parquet",
+                                          "parquet": {"path": "captions.parquet", "fallback_caption_column": "tags"}})
+    cfg = load_config(config)
+    root = cfg.dataset_dir(cfg.datasets[0])
+    root.mkdir(parents=True)
+    for name in ("1.png", "2.png", "3.png", "4.png"):
+        Image.new("RGB", (64, 64)).save(root / name)
+    table = pa.table({
+        "id": [1, 2, 3, 4],
+        # nulls and blank entries dropped; every other entry, stripped, in order
+        "description": [[" a cat ", None, "  ", "a sitting cat"], ["two", "two", "three"], ["", None], ["one"]],
+        "tags": ["x", "y", "tag fallback", "z"],
+    })
+    pq.write_table(table, config.parent / "captions.parquet")
+    first, captions_table, rows = _rows(cfg)
+    got = {p: (r["caption"], r["captions"], r["caption_status"]) for p, r in rows.items()}
+    assert got == {
+        "1.png": ("a cat", ["a cat", "a sitting cat"], "ok"),
+        "2.png": ("two", ["two", "two", "three"], "ok"),  # a repeated entry weighs that caption
+        "3.png": ("tag fallback", None, "ok"),  # no usable entry: the fallback column
+        "4.png": ("one", None, "ok"),
+    }
+    # editing the second entry of a list changes the version
+    table = table.set_column(1, "description", pa.array(
+        [["a cat", "a standing cat"], ["two", "two", "three"], ["", None], ["one"]]))
+    pq.write_table(table, config.parent / "captions.parquet")
+    second, _, rows = _rows(cfg)
+    assert rows["1.png"]["captions"] == ["a cat", "a standing cat"]
+    assert second.data_version != first.data_version
