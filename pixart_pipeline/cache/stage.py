@@ -24,6 +24,7 @@ from pixart_pipeline.cache.text import encode_captions
 from pixart_pipeline.cache.vae import VaeItem, encode_images
 from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
+from pixart_pipeline.data.captions import usable_captions
 from pixart_pipeline.data.stage import captions_path, metadata_path
 from pixart_pipeline.fileio import read_parquet
 from pixart_pipeline.models import (
@@ -82,17 +83,20 @@ def base_model_path(cfg: PipelineConfig) -> str:
 
 
 def caption_sources(cfg: PipelineConfig) -> dict[str, str]:
-    """Every usable caption of every dataset (plus the empty prompt) -> the first image it came from."""
+    """Every usable caption of every dataset (plus the empty prompt) -> the first image it came from.
+
+    Every caption of an image with several (textfile lines, parquet list entries) is included: the
+    trainer may draw any of them, so each needs its embedding before training starts.
+    """
     sources = {EMPTY_PROMPT: "the empty prompt (caption dropout)"}
     for ds in cfg.datasets:
         path = captions_path(cfg, ds)
         if not path.exists():
             raise MissingInputError(f"{path} does not exist: materialize captions/{ds.id} first")
-        table = read_parquet(path)
-        ok = table.filter(pc.equal(table.column("caption_status"), "ok"))
         root = cfg.dataset_dir(ds)
-        for caption, image in zip(ok.column("caption").to_pylist(), ok.column("path").to_pylist()):
-            sources.setdefault(caption, str(root / image))
+        for image, captions in usable_captions(read_parquet(path)):
+            for caption in captions:
+                sources.setdefault(caption, str(root / image))
     return sources
 
 
