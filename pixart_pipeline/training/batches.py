@@ -1,7 +1,11 @@
 """Training items and batches, read from the caches (no image or text encoder is loaded).
 
 The items parquet has one row per training image: ``vae_store`` (root of its VAE ShardStore),
-``vae_key``, ``text_key``, ``target_width``, ``target_height``, ``dataset_id``, ``repeats``.
+``vae_key``, ``text_key``, ``target_width``, ``target_height``, ``dataset_id``, ``repeats``, and
+optionally ``text_keys``: the keys of all the image's captions when it has several (null otherwise).
+Such an image trains on one of them per draw, chosen by :func:`caption_choice` (SimpleTuner picks
+one caption at random each time its sampler yields the image); without a draw number (``build``
+called directly) and in evaluation, ``text_key`` (the first caption) is used.
 A batch is built from the latent posterior (``mean``, ``std``, each ``[4, H/8, W/8]``) and the
 T5 embedding (``prompt_embeds [L, D]``) of each item; latents are sampled fresh every step,
 ``z = (mean + std * eps) * scaling_factor``, as SimpleTuner does from its cached distribution.
@@ -10,6 +14,7 @@ T5 embedding (``prompt_embeds [L, D]``) of each item; latents are sampled fresh 
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +40,24 @@ class Items:
     target: list[tuple[int, int]]  # (width, height): the bucket
     dataset_id: list[str]
     repeats: list[int]
+    # per item: the keys of all its captions when it has several, else None (``text_key`` only)
+    text_keys: list[tuple[str, ...] | None] | None = None
 
     def __len__(self) -> int:
         return len(self.vae_key)
+
+    def choices(self, i: int) -> tuple[str, ...] | None:
+        """Item ``i``'s caption keys when it has several, else None."""
+        return self.text_keys[i] if self.text_keys is not None else None
+
+
+def caption_choice(seed: int, draw: int, slot: int, item: int, count: int) -> int:
+    """Which of item ``item``'s ``count`` captions it trains on at position ``slot`` of global batch
+    ``draw`` (the sampler's stream, over all processes): uniform, and a pure function of these
+    numbers, so a resumed run, a read-ahead thread and any number of processes choose alike. The
+    slot tells apart two draws of one item in the same batch (repeats)."""
+    digest = hashlib.sha256(f"pixart-caption:{seed}:{draw}:{slot}:{item}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % count
 
 
 def load_items(path: str | Path) -> Items:
@@ -62,6 +82,12 @@ def load_items(path: str | Path) -> Items:
     for row, r in enumerate(cols["repeats"]):
         if r < 0:
             raise ValueError(f"{path}: row {row} has repeats {r}; it must be >= 0")
+    text_keys = None
+    if "text_keys" in table.column_names:
+        text_keys = [None if keys is None else tuple(keys) for keys in table.column("text_keys").to_pylist()]
+        for row, keys in enumerate(text_keys):
+            if keys is not None and (not keys or any(not isinstance(k, str) or not k for k in keys)):
+                raise ValueError(f"{path}: row {row} has text_keys {list(keys)}; it must be null or non-empty keys")
     return Items(
         vae_store=[str(s) for s in cols["vae_store"]],
         vae_key=[str(k) for k in cols["vae_key"]],
@@ -69,6 +95,7 @@ def load_items(path: str | Path) -> Items:
         target=[(int(w), int(h)) for w, h in zip(cols["target_width"], cols["target_height"])],
         dataset_id=[str(d) for d in cols["dataset_id"]],
         repeats=[int(r) for r in cols["repeats"]],
+        text_keys=text_keys,
     )
 
 
@@ -92,8 +119,9 @@ def _describe_missing(missing: list[str], what: str, where: str) -> str:
 class BatchBuilder:
     """Turns a list of item indices into ``(latents, prompt_embeds, attention_mask)``."""
 
-    def __init__(self, items: Items, text_store: str | Path, empty_text_key: str | None) -> None:
+    def __init__(self, items: Items, text_store: str | Path, empty_text_key: str | None, seed: int = 0) -> None:
         self.items = items
+        self.seed = int(seed)  # the training seed: caption choices (caption_choice)
         # open_vae_store: a ShardStore, or the on-the-fly encoder when vae_cache_disable is set
         self.vae_stores = {root: open_vae_store(root) for root in sorted(set(items.vae_store))}
         self.text_store = ShardStore(Path(text_store))
@@ -109,7 +137,8 @@ class BatchBuilder:
             if missing:
                 raise ValueError(_describe_missing(missing, "VAE item", f"the VAE cache {root}"))
         have = self.text_store.keys()
-        missing = sorted(set(self.items.text_key) - have)
+        wanted = set(self.items.text_key).union(*(self.items.choices(i) or () for i in range(len(self.items))))
+        missing = sorted(wanted - have)
         if missing:
             raise ValueError(_describe_missing(missing, "text", f"the text cache {self.text_store_root}"))
         if need_empty and self.empty_text_key not in have:
@@ -129,13 +158,27 @@ class BatchBuilder:
         generator: torch.Generator,
         scaling_factor: float,
         caption_dropout_probability: float = 0.0,
+        draw: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Latents ``[B, 4, h, w]`` (float32), prompt_embeds ``[B, Lmax, D]``, attention_mask ``[B, Lmax]``:
-        ``assemble(read(indices), ...)`` on the calling thread."""
-        return self.assemble(self.read(indices), generator, scaling_factor, caption_dropout_probability)
+        ``assemble(read(indices, draw), ...)`` on the calling thread."""
+        return self.assemble(self.read(indices, draw), generator, scaling_factor, caption_dropout_probability)
 
-    def read(self, indices: list[int]) -> RawBatch:
-        """The cache reads of one batch (no random draw): safe to run ahead on another thread."""
+    def text_keys_for(self, indices: list[int], draw: int | None) -> list[str]:
+        """The caption key each item of global batch ``draw`` trains on: one of its captions by
+        :func:`caption_choice`, or its first caption (``text_key``) when it has one or ``draw`` is None."""
+        keys = []
+        for slot, i in enumerate(indices):
+            choices = self.items.choices(i)
+            if choices is None or draw is None:
+                keys.append(self.items.text_key[i])
+            else:
+                keys.append(choices[caption_choice(self.seed, draw, slot, i, len(choices))])
+        return keys
+
+    def read(self, indices: list[int], draw: int | None = None) -> RawBatch:
+        """The cache reads of global batch ``draw`` (its caption choices are a pure function of it; no
+        other random draw): safe to run ahead on another thread."""
         # group reads by store so each shard file is opened once
         posteriors: list[dict[str, torch.Tensor] | None] = [None] * len(indices)
         by_store: dict[str, list[int]] = {}
@@ -152,8 +195,9 @@ class BatchBuilder:
                              "does not match the items table's target sizes")
         mean = torch.stack([item["mean"] for item in posteriors]).float()  # [B, 4, h, w]
         std = torch.stack([item["std"] for item in posteriors]).float()
-        texts = [t["prompt_embeds"] for t in self.text_store.get_many([self.items.text_key[i] for i in indices])]
-        return RawBatch(list(indices), mean, std, texts)
+        text_keys = self.text_keys_for(indices, draw)
+        texts = [t["prompt_embeds"] for t in self.text_store.get_many(text_keys)]
+        return RawBatch(list(indices), mean, std, texts, text_keys, draw)
 
     def assemble(
         self,
@@ -182,6 +226,8 @@ class RawBatch:
     mean: torch.Tensor
     std: torch.Tensor
     texts: list[torch.Tensor]
+    text_keys: list[str] | None = None  # the caption key of each item (chosen for this draw)
+    draw: int | None = None  # the global batch number it was read for
 
 
 def read_ahead(builder: BatchBuilder, sampler: BucketBatchSampler, world: int, rank: int,
@@ -196,12 +242,16 @@ def read_ahead(builder: BatchBuilder, sampler: BucketBatchSampler, world: int, r
     """
     ahead = copy.deepcopy(sampler)
 
-    def requests() -> Iterator[list[int]]:
+    def requests() -> Iterator[tuple[list[int], int]]:
         while True:  # every rank advances the sampler alike and keeps its own batch of each draw
-            yield [ahead.next_batch() for _ in range(world)][rank]
+            draw = ahead.epoch * ahead.batches_per_epoch + ahead.position + rank  # global batch number
+            yield [ahead.next_batch() for _ in range(world)][rank], draw
+
+    def read(request: tuple[list[int], int]) -> RawBatch:
+        return builder.read(*request)
 
     if depth == 0:
-        return (builder.read(indices) for indices in requests())
+        return (read(request) for request in requests())
     if builder.empty_text_key is not None and builder.empty_text_key in builder.text_store:
         builder.empty_embed()  # read now: the reader thread and this one then never share a lazy load
-    return prefetch(builder.read, requests(), depth)
+    return prefetch(read, requests(), depth)

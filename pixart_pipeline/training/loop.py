@@ -8,7 +8,8 @@ weighted). AdamW or Adafactor, clipped gradients, a diffusers LR schedule, optio
 
 Batches are numbered globally: micro-step ``m`` of process ``r`` (of ``W``) takes batch
 ``d = m * W + r`` of the sampler's stream, and every random draw of that batch comes from a CPU
-generator seeded by ``(seed, d)``. So W processes with accumulation ``g`` draw exactly the batches
+generator seeded by ``(seed, d)`` (an image with several captions trains on the one that
+``batches.caption_choice`` picks from ``(seed, d, its slot, the item)``). So W processes with accumulation ``g`` draw exactly the batches
 and noise of one process with accumulation ``g * W``: same data, same loss to float rounding
 (DDP averages the gradients in another order). The sampler's order is a function of
 ``(seed, epoch)``, so with the weights, optimizer moments, LR-schedule state and sampler position
@@ -170,7 +171,7 @@ def _run(spec: RunSpec, reporter: Reporter, stop_at_step: int | None, stop_reque
 
     # -- data: fail early if the caches do not hold every item
     items = load_items(spec.items)
-    builder = BatchBuilder(items, spec.text_store, spec.empty_text_key)
+    builder = BatchBuilder(items, spec.text_store, spec.empty_text_key, seed=hp.seed)
     builder.check_complete(need_empty=hp.caption_dropout_probability > 0)
     sampler = BucketBatchSampler(
         items.target, hp.train_batch_size, hp.seed, items.repeats,
@@ -242,6 +243,7 @@ def _run(spec: RunSpec, reporter: Reporter, stop_at_step: int | None, stop_reque
     first_step, loop_start = global_step, time.perf_counter()
     last_loss, last_checkpoint, samples_per_s = None, (str(resume_path) if resume_path else None), 0.0
     seen: list[list[int]] = []  # [step, epoch, *item indices] per micro-batch (record_items)
+    captions_seen: list[list[str]] = []  # the caption key each item trained on, per micro-batch (record_items)
     signalled = False
 
     def train_seconds() -> float:
@@ -260,11 +262,14 @@ def _run(spec: RunSpec, reporter: Reporter, stop_at_step: int | None, stop_reque
             for _ in range(gas):
                 indices = [sampler.next_batch() for _ in range(world)][rank]  # every rank advances the sampler alike
                 raw = next(reads)
-                if raw.indices != indices:  # the reader walks a copy of the same deterministic sampler
-                    raise RuntimeError(f"read-ahead out of step: read {raw.indices}, sampler gives {indices}")
                 draw = micro_step * world + rank
+                # the reader walks a copy of the same deterministic sampler; it chose captions for ``draw``
+                if raw.indices != indices or raw.draw != draw:
+                    raise RuntimeError(f"read-ahead out of step: read batch {raw.draw} {raw.indices}, "
+                                       f"sampler gives batch {draw} {indices}")
                 if spec.record_items:
                     seen.append([global_step + 1, draw // sampler.batches_per_epoch, *indices])
+                    captions_seen.append(list(raw.text_keys))
                 gen = micro_batch_generator(hp.seed, draw)
                 latents, prompt_embeds, attention_mask = builder.assemble(
                     raw, gen, scaling_factor, hp.caption_dropout_probability
@@ -316,7 +321,7 @@ def _run(spec: RunSpec, reporter: Reporter, stop_at_step: int | None, stop_reque
 
     epochs = global_step * gas * world / sampler.batches_per_epoch
     if spec.record_items:
-        _record_rank(run_dir, rank, accelerator.unwrap_model(transformer), seen)
+        _record_rank(run_dir, rank, accelerator.unwrap_model(transformer), seen, captions_seen)
     if global_step < total_steps:  # stopped early on request
         tracker.finish()
         return TrainResult(str(run_dir), global_step, last_loss, train_seconds(), samples_per_s, None, None,
@@ -380,7 +385,10 @@ def _export(spec: RunSpec, hp, items, final: torch.nn.Module, result: TrainResul
     return result
 
 
-def _record_rank(run_dir: Path, rank: int, model: torch.nn.Module, seen: list[list[int]]) -> None:
-    """``ranks/rank-<r>.json``: this process's final weights hash and the batches it trained on."""
+def _record_rank(run_dir: Path, rank: int, model: torch.nn.Module, seen: list[list[int]],
+                 captions: list[list[str]]) -> None:
+    """``ranks/rank-<r>.json``: this process's final weights hash, the batches it trained on this
+    session and the caption key each of their items trained on (``text_keys``, parallel to ``batches``)."""
     atomic_write_json(run_dir / "ranks" / f"rank-{rank}.json",
-                      {"rank": rank, "weights_sha256": tensors_sha256(model.state_dict()), "batches": seen})
+                      {"rank": rank, "weights_sha256": tensors_sha256(model.state_dict()), "batches": seen,
+                       "text_keys": captions})

@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pixart_pipeline.cache.stage import (
     EMPTY_PROMPT, base_model_path, text_key, text_store_root, vae_items, vae_source,
 )
-from pixart_pipeline.config import PipelineConfig
+from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
-from pixart_pipeline.data.stage import readiness
+from pixart_pipeline.data.captions import multi_caption_rows
+from pixart_pipeline.data.stage import captions_path, readiness
 from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
 from pixart_pipeline.stage_result import InsufficientDataError, MissingInputError, StageResult
 from pixart_pipeline.training.metrics import read_metrics
@@ -42,19 +44,37 @@ class PreparedRun:
         return (self.run_dir / RESULT_FILE).exists() and (self.run_dir / "pipeline").is_dir()
 
 
+def caption_lists(cfg: PipelineConfig, ds: ImageDataset) -> dict[str, list[str]]:
+    """``{image path: its captions}`` of the dataset's images that have several (``captions/<id>``);
+    empty for a table without a ``captions`` column (filename, instanceprompt)."""
+    path = captions_path(cfg, ds)
+    if not path.exists():
+        raise MissingInputError(f"{path} does not exist: materialize captions/{ds.id} first")
+    if "captions" not in pq.read_schema(path).names:
+        return {}
+    return dict(multi_caption_rows(pq.read_table(path, columns=["path", "captions"])))
+
+
 def split_items(cfg: PipelineConfig, split: str) -> pa.Table:
     """One row per cached item of a split: where its latents and caption embedding live.
 
-    Items whose VAE encoding failed (reported by the vae_cache stage) are left out.
+    ``text_key`` is the image's first caption (what evaluation uses); ``text_keys`` lists the keys of
+    all its captions when it has several (null otherwise), and the trainer draws one of them per
+    batch. Lists are taken from the captions table only when its first caption is the metadata's
+    ``caption`` (the two tables are in step). Items whose VAE encoding failed (reported by the
+    vae_cache stage) are left out.
     """
     rows = []
     for ds in cfg.datasets:
         kept, items = vae_items(cfg, ds)
         store = vae_source(cfg, ds)  # a ShardStore, or the online encoder (vae_cache_disable)
         present = store.keys()
+        lists = caption_lists(cfg, ds)
         for row, item in zip(kept.to_pylist(), items):
             if row["split"] != split or item.key not in present:
                 continue
+            captions = lists.get(row["path"])
+            in_step = bool(captions) and captions[0] == row["caption"]
             rows.append(
                 {
                     "vae_store": str(store.root),
@@ -64,13 +84,14 @@ def split_items(cfg: PipelineConfig, split: str) -> pa.Table:
                     "target_height": row["target_height"],
                     "dataset_id": ds.id,
                     "repeats": ds.repeats,
+                    "text_keys": [text_key(cfg, c) for c in captions] if in_step else None,
                     "path": row["path"],
                 }
             )
     schema = pa.schema(
         [("vae_store", pa.string()), ("vae_key", pa.string()), ("text_key", pa.string()),
          ("target_width", pa.int64()), ("target_height", pa.int64()), ("dataset_id", pa.string()),
-         ("repeats", pa.int64()), ("path", pa.string())]
+         ("repeats", pa.int64()), ("text_keys", pa.list_(pa.string())), ("path", pa.string())]
     )
     table = pa.Table.from_pylist(rows, schema=schema)
     return table.sort_by([("dataset_id", "ascending"), ("vae_key", "ascending")])
@@ -85,8 +106,13 @@ def _draws_per_bucket(items: pa.Table) -> dict[str, int]:
 
 
 def _table_hash(table: pa.Table) -> str:
-    cols = [c for c in table.column_names if c != "path"]
-    return fp.stable_hash(sorted(map(tuple, zip(*(table.column(c).to_pylist() for c in cols)))))
+    # ``text_keys`` counts only where some image has several captions: runs of single-caption
+    # datasets keep the run folder they had before the column existed. A null list hashes as [].
+    cols = [c for c in table.column_names if c != "path"
+            and not (c == "text_keys" and table.column(c).null_count == table.num_rows)]
+    values = [[[] if v is None else v for v in table.column(c).to_pylist()] if c == "text_keys"
+              else table.column(c).to_pylist() for c in cols]
+    return fp.stable_hash(sorted(map(tuple, zip(*values))))
 
 
 def prepare_training_run(cfg: PipelineConfig, device: str) -> PreparedRun:
