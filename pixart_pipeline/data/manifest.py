@@ -19,12 +19,13 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pixart_pipeline.data.digest import table_digest
+from pixart_pipeline.data.progress import Progress
 from pixart_pipeline.fileio import sha256_file  # noqa: F401  (re-exported: callers hash the files the manifest lists)
 
 IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"})
@@ -215,10 +216,13 @@ def _stat_each(entries: list[os.DirEntry]) -> tuple[list[os.DirEntry], list[os.s
     return kept, stats
 
 
-def hash_files(root: Path, paths: list[str], workers: int = 4) -> dict[str, str | None]:
+def hash_files(
+    root: Path, paths: list[str], workers: int = 4, progress: Progress | None = None
+) -> dict[str, str | None]:
     """``{path: sha256}`` of files under ``root``, hashed in a thread pool (hashlib releases the GIL
     on large buffers, so threads overlap reads and hashing). A file that disappeared since it was
-    listed (or cannot be read any more) maps to None instead of failing the whole scan."""
+    listed (or cannot be read any more) maps to None instead of failing the whole scan.
+    ``progress`` is advanced as chunks of files finish."""
 
     def one(rel: str) -> str | None:
         try:
@@ -234,17 +238,23 @@ def hash_files(root: Path, paths: list[str], workers: int = 4) -> dict[str, str 
     workers = max(1, workers)
     chunk = max(1, min(64, len(paths) // (workers * 4)))
     parts = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+    digests: list[str | None] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(zip(paths, (d for part in pool.map(batch, parts) for d in part)))
+        for part in pool.map(batch, parts):
+            digests += part
+            if progress is not None:
+                progress.advance(len(part))
+    return dict(zip(paths, digests))
 
 
 def scan_dataset(
-    root: Path, previous: pa.Table | None = None, workers: int = 4
+    root: Path, previous: pa.Table | None = None, workers: int = 4, log: Callable[[str], None] | None = None
 ) -> tuple[pa.Table, ScanStats]:
     """Manifest of ``root``; hashes only files that are new or whose (size, mtime_ns) changed.
 
     ``previous`` is the last manifest of the same root (or None). Rows are sorted by path. Files
     whose path is not valid UTF-8 are left out and counted in ``ScanStats.skipped_names``.
+    ``log`` gets a progress line each tenth of the hashing (see ``progress.py``).
     """
     root = Path(root)
     skipped: list[str] = []
@@ -264,7 +274,7 @@ def scan_dataset(
     to_hash = joined.filter(missing).column("path").to_pylist()
     vanished = 0
     if to_hash:
-        fresh = hash_files(root, to_hash, workers)
+        fresh = hash_files(root, to_hash, workers, Progress(log, "hashing", len(to_hash)) if log else None)
         hashed = pa.array([fresh[p] for p in to_hash], pa.string())  # in the filtered (path) order
         if len(to_hash) == joined.num_rows:
             digests = hashed

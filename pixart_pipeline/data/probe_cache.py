@@ -14,7 +14,7 @@ re-hashes only files whose (size, mtime_ns) changed, and every other sha256 hits
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pixart_pipeline.data.probe import MISSING, Probe, iter_probes
+from pixart_pipeline.data.progress import Progress
 from pixart_pipeline.fileio import atomic_write, read_parquet
 
 # Bump when probe_image's answers change (new reason code, new note, different size rule).
@@ -86,8 +87,12 @@ class LazyProbes(Mapping):
     their probes arrive. Looking paths up in the order they were given (as the metadata table does)
     lets the caller compute rows while the pool is still probing later images."""
 
-    def __init__(self, hits: dict[str, Probe], todo: list[tuple[str, str]], probes: Iterator[Probe]):
+    def __init__(
+        self, hits: dict[str, Probe], todo: list[tuple[str, str]], probes: Iterator[Probe],
+        progress: Progress | None = None,
+    ):
         self._done = dict(hits)
+        self._progress = progress
         self._order = list(hits) + [p for p, _ in todo]
         self._pending = zip(todo, probes)
         self.new: dict[str, Probe] = {}  # {sha256: Probe} of new cacheable answers (complete after finish())
@@ -99,6 +104,8 @@ class LazyProbes(Mapping):
         except StopIteration:
             return False
         self._done[path] = probe
+        if self._progress is not None:
+            self._progress.advance()
         if probe.status != MISSING:
             self.new[sha] = probe
         return True
@@ -123,10 +130,12 @@ class LazyProbes(Mapping):
 
 
 def probe_with_cache(
-    root: Path, paths: list[str], shas: list[str], table: pa.Table, workers: int | None = None
+    root: Path, paths: list[str], shas: list[str], table: pa.Table, workers: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> LazyProbes:
     """``{path: Probe}`` for ``paths`` (a :class:`LazyProbes`); only paths whose sha256 is not in
-    ``table`` are probed (``.probed`` of them; ``.finish()`` gives the new cacheable answers)."""
+    ``table`` are probed (``.probed`` of them; ``.finish()`` gives the new cacheable answers).
+    ``log`` gets a progress line each tenth of the probing (see ``progress.py``)."""
     cached = lookup(table, sorted(set(shas)))
     hits: dict[str, Probe] = {}
     todo: list[tuple[str, str]] = []
@@ -137,7 +146,8 @@ def probe_with_cache(
         else:
             todo.append((path, sha))
     base = str(root)  # plain strings: 100,000 Path objects cost a second of parsing
-    return LazyProbes(hits, todo, iter_probes([os.path.join(base, p) for p, _ in todo], workers=workers))
+    progress = Progress(log, "probing", len(todo)) if log else None
+    return LazyProbes(hits, todo, iter_probes([os.path.join(base, p) for p, _ in todo], workers=workers), progress)
 
 
 def save_probe_table(path: Path, table: pa.Table) -> None:

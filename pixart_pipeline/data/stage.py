@@ -102,7 +102,7 @@ def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) ->
         raise MissingInputError(f"dataset {ds.id!r}: instance_data_dir {root} is not a folder")
     path = manifest_path(cfg, ds)
     previous = read_parquet(path) if path.exists() else None
-    table, stats = scan_dataset(root, previous)
+    table, stats = scan_dataset(root, previous, log=log)
     data_version = manifest_data_version(table)
     # Parquet key-value metadata: the data version (later stages check they were built from this
     # manifest) and the resolved Hub commit, so every later stage can say which revision it used.
@@ -235,7 +235,7 @@ def run_bucketed_metadata(
         # Only images whose content (sha256) was never probed are opened; see probe_cache.py.
         cache_file = probe_cache_path(metadata_dir(cfg, ds))
         cache = load_probe_table(cache_file)
-        probes = probe_with_cache(root, paths, todo.column("sha256").to_pylist(), cache, workers)
+        probes = probe_with_cache(root, paths, todo.column("sha256").to_pylist(), cache, workers, log=log)
         probed = probes.probed
     # Rows are computed in path order as probes arrive (the pool keeps probing meanwhile).
     table = build_metadata_table(

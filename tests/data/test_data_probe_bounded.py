@@ -47,3 +47,37 @@ def test_process_pool_probes_a_file_only_after_the_caller_took_earlier_results(t
         if i + window + 1 < n:
             image.save(paths[i + window + 1])
     assert statuses == ["ok"] * n
+
+
+def test_long_passes_log_progress_each_tenth_and_stay_quiet_on_small_ones(tmp_path):
+    """Hashing and probing 100,000 files on a network share take minutes: the run log must show them
+    moving. A pass logs ``done/total`` each tenth (never more often than every 1,000 items)."""
+    from PIL import Image
+
+    from pixart_pipeline.data.manifest import scan_dataset
+    from pixart_pipeline.data.probe_cache import CACHE_SCHEMA, probe_with_cache
+    from pixart_pipeline.data.progress import Progress
+
+    lines: list[str] = []
+    progress = Progress(lines.append, "probing", 25_000)
+    for _ in range(25_000):
+        progress.advance()
+    assert [line.split(" (")[0] for line in lines] == [f"probing: {n}/25000" for n in range(2500, 25_000, 2500)]
+    assert all(line.endswith("/s)") for line in lines)
+
+    lines.clear()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    table, _ = scan_dataset(tmp_path, log=lines.append)
+    probes = probe_with_cache(tmp_path, ["a.png"], table.column("sha256").to_pylist(), CACHE_SCHEMA.empty_table(),
+                              workers=1, log=lines.append)
+    assert probes["a.png"].ok and probes.finish()
+    assert lines == []  # one file: nothing between start and end
+
+    lines.clear()
+    for i in range(1200):
+        (tmp_path / f"f{i}.txt").write_text(str(i))
+    scan_dataset(tmp_path, log=lines.append)
+    # 1,201 files (the image too: its mtime did not change, but no previous manifest was given):
+    # one line once 1,000 are done (hashing advances a chunk of files at a time).
+    assert len(lines) == 1 and lines[0].startswith("hashing: ") and lines[0].split(" (")[0].endswith("/1201")
+    assert 1000 <= int(lines[0].split(": ")[1].split("/")[0]) < 1201
