@@ -50,9 +50,11 @@ def caption_lists(cfg: PipelineConfig, ds: ImageDataset) -> dict[str, list[str]]
     path = captions_path(cfg, ds)
     if not path.exists():
         raise MissingInputError(f"{path} does not exist: materialize captions/{ds.id} first")
-    if "captions" not in pq.read_schema(path).names:
-        return {}
-    return dict(multi_caption_rows(pq.read_table(path, columns=["path", "captions"])))
+    # ParquetFile, not pq.read_table (which imports pyarrow.dataset; see fileio.read_parquet): two columns only
+    with pq.ParquetFile(path) as reader:
+        if "captions" not in reader.schema_arrow.names:
+            return {}
+        return dict(multi_caption_rows(reader.read(columns=["path", "captions"])))
 
 
 def split_items(cfg: PipelineConfig, split: str) -> pa.Table:
