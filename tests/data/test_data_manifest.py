@@ -108,3 +108,25 @@ def test_a_file_gone_before_hashing_is_left_out_not_a_crash(tmp_path):
     (tmp_path / "here.png").write_bytes(b"x")
     digests = hash_files(tmp_path, ["here.png", "gone.png"], workers=2)
     assert digests["gone.png"] is None and len(digests["here.png"]) == 64
+
+
+def test_a_file_replaced_by_a_folder_or_made_unreadable_hashes_to_none(tmp_path):
+    """Between listing and hashing a file can become a folder (``os.open`` succeeds on a folder; the
+    read fails) or lose its permissions: each maps to None, the others still hash, no descriptor leaks."""
+    import hashlib
+    import os
+
+    from pixart_pipeline.data.manifest import hash_files
+
+    (tmp_path / "was_a_file.png").mkdir()
+    (tmp_path / "big.png").write_bytes(b"y" * (3 << 20))  # several 1 MiB reads
+    locked = tmp_path / "locked.png"
+    locked.write_bytes(b"z")
+    locked.chmod(0)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    digests = hash_files(tmp_path, ["was_a_file.png", "big.png", "locked.png"], workers=2)
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert digests["was_a_file.png"] is None
+    assert digests["big.png"] == hashlib.sha256(b"y" * (3 << 20)).hexdigest()
+    # root ignores file modes: then the locked file is simply read
+    assert digests["locked.png"] in (None if os.geteuid() else hashlib.sha256(b"z").hexdigest(),)
