@@ -32,6 +32,7 @@ import itertools
 import multiprocessing
 import os
 import struct
+import sys
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -177,6 +178,21 @@ def bounded_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window
         yield result
 
 
+def spawn_can_start() -> bool:
+    """Whether ``spawn`` can start worker processes from this process.
+
+    A spawned worker re-imports the parent's ``__main__`` from its file. A program read from stdin
+    (``python - < script.py``) has ``__main__.__file__ == "<stdin>"``, which does not exist: every
+    worker dies at start and the pool raises ``BrokenProcessPool``. ``python -m ...``, ``python -c``,
+    notebooks and real script files are fine.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None:
+        return True  # imported by module name (python -m), or no main at all
+    main_file = getattr(main, "__file__", None)
+    return main_file is None or os.path.isfile(main_file)
+
+
 def probe_many(
     paths: list[Path] | list[str], workers: int | None = None, processes: bool | None = None
 ) -> list[Probe]:
@@ -196,7 +212,8 @@ def iter_probes(
 
     ``workers`` defaults to the CPU count (at most 8). ``processes`` defaults to True for lists of
     ``PROCESS_POOL_MIN`` paths or more. Worker processes are started with ``spawn`` (safe beside
-    threads, e.g. in a Dagster run worker). Paths go to the pool in chunks of ``chunk`` (default:
+    threads, e.g. in a Dagster run worker); where spawn cannot start them, threads are used
+    (:func:`spawn_can_start`). Paths go to the pool in chunks of ``chunk`` (default:
     up to 512 for processes, 64 for threads; one task per path would cost as much as the probe),
     at most ``window`` chunks (default ``IN_FLIGHT_PER_WORKER * workers``) in flight at a time.
     """
@@ -205,6 +222,7 @@ def iter_probes(
     workers = max(1, min(workers or min(os.cpu_count() or 1, 8), len(paths)))
     if processes is None:
         processes = len(paths) >= PROCESS_POOL_MIN and workers > 1
+    processes = processes and spawn_can_start()
     if chunk is None:
         cap, per_worker = (512, 8) if processes else (64, 4)
         chunk = max(1, min(cap, len(paths) // (workers * per_worker)))

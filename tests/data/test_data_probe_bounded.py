@@ -81,3 +81,24 @@ def test_long_passes_log_progress_each_tenth_and_stay_quiet_on_small_ones(tmp_pa
     # one line once 1,000 are done (hashing advances a chunk of files at a time).
     assert len(lines) == 1 and lines[0].startswith("hashing: ") and lines[0].split(" (")[0].endswith("/1201")
     assert 1000 <= int(lines[0].split(": ")[1].split("/")[0]) < 1201
+
+
+def test_a_program_read_from_stdin_probes_in_threads_instead_of_crashing(tmp_path):
+    """``python - < script.py`` has a ``__main__`` that spawned workers cannot re-import: the process
+    pool used to die at start with ``BrokenProcessPool``. Now such a program probes in threads."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    for i in range(6):
+        Image.new("RGB", (10 + i, 20)).save(tmp_path / f"{i}.png")
+    script = (
+        "import sys\n"
+        "from pixart_pipeline.data.probe import iter_probes, spawn_can_start\n"
+        f"paths = [{str(tmp_path)!r} + f'/{{i}}.png' for i in range(6)]\n"
+        "print(spawn_can_start(), [p.width for p in iter_probes(paths, workers=2, processes=True)])\n"
+    )
+    out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "[10,", "11,", "12,", "13,", "14,", "15]"]
