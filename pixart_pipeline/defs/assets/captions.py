@@ -1,4 +1,5 @@
-"""`captions/<id>`: one caption per image, by the dataset's `caption_strategy`."""
+"""`captions/<id>`: each image's captions (one, or several textfile lines / parquet list entries), by the
+dataset's `caption_strategy`."""
 
 
 import dagster as dg
@@ -26,9 +27,10 @@ def build_captions_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.AssetsDefi
         kinds={"parquet"},
         description=(
             f"Captions of dataset `{ds.id}` (strategy `{ds.caption_strategy}`): one row per image, with a "
-            "reason code where no caption could be made. Its own asset so that a geometry change "
-            "(resolution, crop) never makes the text-embed cache unsynced. Data version: hash of "
-            "(path, caption)."
+            "reason code where no caption could be made; every line of a textfile caption (every entry of "
+            "a parquet list) is kept, and training draws one per step. Its own asset so that a geometry "
+            "change (resolution, crop) never makes the text-embed cache unsynced. Data version: hash of "
+            "(path, caption, status) and of every caption of the images that have several."
         ),
     )
     def captions(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
