@@ -1,12 +1,13 @@
 """Re-using the previous bucketed metadata: a re-run computes rows only for images that changed.
 
-A metadata row is a pure function of (path, image sha256, caption, caption status) and of the
-stage's inputs fingerprint: the ``bucketed_metadata`` config fields, the stage revision, the probe
-version and the source of every module of the data package (so editing the code never reuses
-rows it would now compute differently). The fingerprint is stored in the parquet's key-value metadata.
+A metadata row is a pure function of (path, image sha256, caption, caption status, the image's
+caption list when it has several) and of the stage's inputs fingerprint: the ``bucketed_metadata``
+config fields, the stage revision, the probe version and the source of every module of the data
+package (so editing the code never reuses rows it would now compute differently). The fingerprint
+is stored in the parquet's key-value metadata.
 
-When it matches, a previous row is kept iff the same (path, sha256, caption) is still there, its
-caption is not null (a null caption hides which caption status it had) and its status is not
+When it matches, a previous row is kept iff the same (path, sha256, caption, caption list) is still
+there, its caption is not null (a null caption hides which caption status it had) and its status is not
 ``missing`` (a fact about the folder at one moment). Everything is column-wise (pyarrow hash
 ``index_in`` on the path, then the other keys compared row by row), so 100,000 unchanged rows
 cost a few milliseconds.
@@ -29,7 +30,6 @@ from pixart_pipeline.data.digest import in_order
 FINGERPRINT_KEY = b"inputs_fingerprint"
 # In the manifest: its own data version; in the captions table: the version it was built from.
 MANIFEST_VERSION_KEY = "manifest_version"
-KEY = ["path", "sha256", "caption"]
 
 
 def inputs_fingerprint(cfg: PipelineConfig, ds: ImageDataset) -> str:
@@ -67,8 +67,9 @@ def current_rows(manifest: pa.Table | pa.Schema, captions: pa.Table) -> pa.Table
     :func:`built_from`; then the manifest's schema is enough), its sha256 column is the
     manifest's already and the join is skipped.
     """
+    more = ["captions"] if "captions" in captions.column_names else []
     if built_from(manifest, captions):
-        table = captions.select(["path", "sha256", "caption", "caption_status"])
+        table = captions.select(["path", "sha256", "caption", "caption_status", *more])
         return table if in_order(table.column("path")) else table.sort_by("path")
     if not isinstance(manifest, pa.Table):
         raise ValueError("the captions table was not built from this manifest: pass the manifest table")
@@ -76,7 +77,8 @@ def current_rows(manifest: pa.Table | pa.Schema, captions: pa.Table) -> pa.Table
     joined = captions.join(shas, keys="path", join_type="left outer")
     sha = pc.coalesce(joined.column("manifest_sha256"), joined.column("sha256"))
     table = pa.table({"path": joined.column("path"), "sha256": sha, "caption": joined.column("caption"),
-                      "caption_status": joined.column("caption_status")})
+                      "caption_status": joined.column("caption_status"),
+                      **{c: joined.column(c) for c in more}})
     return table.sort_by("path")
 
 
@@ -97,13 +99,27 @@ def split_reusable(previous: pa.Table | None, current: pa.Table) -> tuple[pa.Tab
         pc.equal(current.column("sha256"), pc.take(prev.column("sha256"), where)),
         pc.equal(current.column("caption"), pc.take(prev.column("caption"), where)),  # null caption: no match
     )
-    same = pc.fill_null(same, False)
+    same = _same_caption_lists(pc.fill_null(same, False), current, prev, where)
     keep = pc.filter(where, same)  # previous row numbers, in ``current``'s (path) order
     # Every previous row kept, and the previous table in path order: ``keep`` is 0..n-1, no copy.
     identity = len(keep) == prev.num_rows and in_order(prev.column("path"))
     kept = prev if identity else prev.take(keep)
     todo = current.filter(pc.invert(same))
     return kept, todo
+
+
+def _same_caption_lists(same: pa.Array, current: pa.Table, prev: pa.Table, where: pa.Array) -> pa.Array:
+    """``same`` and-ed with "the image's caption list is unchanged" (both null for one caption).
+
+    Only datasets with several captions per image pay for it (a Python comparison of the lists;
+    Arrow has no equality kernel for list columns)."""
+    now = current.column("captions") if "captions" in current.column_names else None
+    before = prev.column("captions") if "captions" in prev.column_names else None
+    if (now is None or now.null_count == len(now)) and (before is None or before.null_count == len(before)):
+        return same
+    now_lists = now.to_pylist() if now is not None else [None] * current.num_rows
+    before_lists = pc.take(before, where).to_pylist() if before is not None else [None] * current.num_rows
+    return pa.array([s and a == b for s, a, b in zip(same.to_pylist(), now_lists, before_lists)], pa.bool_())
 
 
 def previous_if_current(path: Path, fingerprint: str, read: Callable[[Path], pa.Table]) -> pa.Table | None:

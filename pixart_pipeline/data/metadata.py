@@ -48,6 +48,9 @@ METADATA_SCHEMA = pa.schema(
         ("bucket", pa.string()),
         ("split", pa.string()),
         ("note", pa.string()),
+        # Every caption of an image that has several (textfile lines, parquet list entries; the
+        # trainer draws one per step), null for one: ``caption`` is the first.
+        ("captions", pa.list_(pa.string())),
     ]
 )
 GEOMETRY_COLUMNS = (
@@ -111,13 +114,14 @@ def build_metadata_table(
     texts = cap.column("caption").to_pylist()
     caption_status = cap.column("caption_status").to_pylist()
     shas = sha_column.to_pylist()
+    lists = cap.column("captions").to_pylist() if "captions" in cap.column_names else [None] * cap.num_rows
     if probes is None:
         probes = dict(zip(paths, probe_many([root / p for p in paths], workers=workers)))
     is_eval = ds.dataset_type == "eval"
     geometry_of = geometry_function(ds, rounding)
     no_geometry = (None,) * len(GEOMETRY_COLUMNS)
     out = []  # one tuple per row, in METADATA_SCHEMA's column order
-    for path, sha, text, cstatus in zip(paths, shas, texts, caption_status):
+    for path, sha, text, cstatus, more in zip(paths, shas, texts, caption_status, lists):
         probe = probes[path]
         geometry = no_geometry
         if not probe.ok:
@@ -133,7 +137,7 @@ def build_metadata_table(
                 geometry = (result.intermediary_width, result.intermediary_height, result.target_width,
                             result.target_height, result.crop_left, result.crop_top, result.bucket)
         split = "eval" if is_eval else split_for(sha, ds.eval_split_fraction)
-        out.append((path, sha, probe.width, probe.height, text, status, *geometry, split, probe.note or None))
+        out.append((path, sha, probe.width, probe.height, text, status, *geometry, split, probe.note or None, more))
     columns = list(zip(*out)) if out else [()] * len(METADATA_SCHEMA)
     rows = dict(zip(METADATA_SCHEMA.names, columns))
     table = pa.table(rows, schema=METADATA_SCHEMA)
@@ -147,8 +151,15 @@ def build_metadata_table(
 
 
 def metadata_data_version(table: pa.Table) -> str:
-    """Digest (16 hex chars) of every row's semantic columns, sorted by path: row order does not matter."""
-    return table_digest(table, [n for n in METADATA_SCHEMA.names if n in table.column_names])
+    """Digest (16 hex chars) of every row's semantic columns, sorted by path: row order does not matter.
+
+    ``captions`` counts only when some image has several: single-caption datasets keep the version
+    they had before the column existed, and any edit of a caption list (even one that only moves
+    existing captions between images) changes it, so ``trained_checkpoint`` is unsynced by it.
+    """
+    names = [n for n in METADATA_SCHEMA.names if n in table.column_names
+             and not (n == "captions" and table.column(n).null_count == table.num_rows)]
+    return table_digest(table, names)
 
 
 def bucket_histogram(table: pa.Table) -> dict[str, int]:

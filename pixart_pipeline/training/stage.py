@@ -14,15 +14,13 @@ from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pixart_pipeline.cache.stage import (
     EMPTY_PROMPT, base_model_path, text_key, text_store_root, vae_items, vae_source,
 )
-from pixart_pipeline.config import ImageDataset, PipelineConfig
+from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
-from pixart_pipeline.data.captions import multi_caption_rows
-from pixart_pipeline.data.stage import captions_path, readiness
+from pixart_pipeline.data.stage import readiness
 from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
 from pixart_pipeline.stage_result import InsufficientDataError, MissingInputError, StageResult
 from pixart_pipeline.training.metrics import read_metrics
@@ -44,39 +42,23 @@ class PreparedRun:
         return (self.run_dir / RESULT_FILE).exists() and (self.run_dir / "pipeline").is_dir()
 
 
-def caption_lists(cfg: PipelineConfig, ds: ImageDataset) -> dict[str, list[str]]:
-    """``{image path: its captions}`` of the dataset's images that have several (``captions/<id>``);
-    empty for a table without a ``captions`` column (filename, instanceprompt)."""
-    path = captions_path(cfg, ds)
-    if not path.exists():
-        raise MissingInputError(f"{path} does not exist: materialize captions/{ds.id} first")
-    # ParquetFile, not pq.read_table (which imports pyarrow.dataset; see fileio.read_parquet): two columns only
-    with pq.ParquetFile(path) as reader:
-        if "captions" not in reader.schema_arrow.names:
-            return {}
-        return dict(multi_caption_rows(reader.read(columns=["path", "captions"])))
-
-
 def split_items(cfg: PipelineConfig, split: str) -> pa.Table:
     """One row per cached item of a split: where its latents and caption embedding live.
 
     ``text_key`` is the image's first caption (what evaluation uses); ``text_keys`` lists the keys of
-    all its captions when it has several (null otherwise), and the trainer draws one of them per
-    batch. Lists are taken from the captions table only when its first caption is the metadata's
-    ``caption`` (the two tables are in step). Items whose VAE encoding failed (reported by the
-    vae_cache stage) are left out.
+    all its captions when it has several (the metadata's ``captions``; null otherwise), and the
+    trainer draws one of them per batch. Items whose VAE encoding failed (reported by the vae_cache
+    stage) are left out.
     """
     rows = []
     for ds in cfg.datasets:
         kept, items = vae_items(cfg, ds)
         store = vae_source(cfg, ds)  # a ShardStore, or the online encoder (vae_cache_disable)
         present = store.keys()
-        lists = caption_lists(cfg, ds)
         for row, item in zip(kept.to_pylist(), items):
             if row["split"] != split or item.key not in present:
                 continue
-            captions = lists.get(row["path"])
-            in_step = bool(captions) and captions[0] == row["caption"]
+            captions = row.get("captions")  # absent from a table written before the column existed
             rows.append(
                 {
                     "vae_store": str(store.root),
@@ -86,7 +68,7 @@ def split_items(cfg: PipelineConfig, split: str) -> pa.Table:
                     "target_height": row["target_height"],
                     "dataset_id": ds.id,
                     "repeats": ds.repeats,
-                    "text_keys": [text_key(cfg, c) for c in captions] if in_step else None,
+                    "text_keys": [text_key(cfg, c) for c in captions] if captions else None,
                     "path": row["path"],
                 }
             )

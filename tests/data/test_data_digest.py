@@ -17,3 +17,22 @@ def test_digest_is_order_free_slice_free_and_tells_null_from_empty():
     right = pa.table({"path": ["1", "2"], "c": ["a", "bc"]})
     assert table_digest(left, cols) != table_digest(right, cols)
     assert table_digest(table.slice(0, 0), cols) == table_digest(table.slice(0, 0), cols)
+
+
+def test_list_columns_digest_lengths_and_entries_and_tell_null_from_empty():
+    """The metadata's ``captions`` column is a list: ["a", "b"] and ["ab"] must differ, as must a null
+    list and an empty one; equal content in another row order or chunking digests the same."""
+
+    def digest(lists, paths=("x", "y")):
+        return table_digest(pa.table({"path": list(paths), "captions": pa.array(lists, pa.list_(pa.string()))}),
+                            ["path", "captions"])
+
+    base = digest([["a", "b"], None])
+    assert base != digest([["ab"], None])
+    assert base != digest([["a", "b"], []])
+    assert base != digest([["a"], ["b"]])
+    assert base != digest([["b", "a"], None])
+    assert base == digest([None, ["a", "b"]], paths=("y", "x"))  # rows in another order
+    chunked = pa.table({"path": pa.chunked_array([["x"], ["y"]]),
+                        "captions": pa.chunked_array([[["a", "b"]], [None]], pa.list_(pa.string()))})
+    assert table_digest(chunked, ["path", "captions"]) == base

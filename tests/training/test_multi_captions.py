@@ -144,10 +144,9 @@ def _stage_config(tmp_path: Path, tiny_pixart_path: str, strategy: str):
 @pytest.mark.parametrize("strategy", ["textfile", "parquet"])
 def test_stages_encode_every_caption_and_the_trainer_draws_them(tmp_path, tiny_pixart_path, strategy):
     from pixart_pipeline.cache.stage import caption_sources, text_key, text_store_root
-    from pixart_pipeline.data.stage import captions_path
-    from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
+    from pixart_pipeline.fileio import read_parquet
     from pixart_pipeline.training.spec import RunSpec
-    from pixart_pipeline.training.stage import prepare_training_run, split_items
+    from pixart_pipeline.training.stage import prepare_training_run
     from tests.demo_copy import run_stages_before_training
 
     cfg, root = _stage_config(tmp_path, tiny_pixart_path, strategy)
@@ -168,12 +167,28 @@ def test_stages_encode_every_caption_and_the_trainer_draws_them(tmp_path, tiny_p
     used = _captions_of(_draws(spec.run_dir), multi)
     assert set(used) <= {text_key(cfg, c) for c in THREE} and len(set(used)) > 1, used
 
-    # A captions table out of step with the metadata (captions re-run, metadata not yet): its lists
-    # are not taken, the item keeps the metadata's caption alone.
+    # The metadata table carries every image's captions, so its data version (what trained_checkpoint
+    # depends on) follows any edit of a list, even one that only moves existing captions between
+    # images: the text cache's key set and every first caption stay the same here.
+    from pixart_pipeline.data.parquet_source import parquet_file
+    from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
+
     ds = cfg.datasets[0]
-    table = read_parquet(captions_path(cfg, ds))
-    lists = [None if c is None else ["another first caption", *c[1:]] for c in table.column("captions").to_pylist()]
-    atomic_write_parquet(captions_path(cfg, ds), table.set_column(5, "captions", pa.array(lists, pa.list_(pa.string()))))
-    row = next(r for r in split_items(cfg, "train").to_pylist() if r["path"] == "multi.png")
-    assert (row["text_key"], row["text_keys"]) == (text_key(cfg, THREE[0]), None)
+    before = run_bucketed_metadata(cfg, ds).data_version
+    keys_before = set(caption_sources(cfg))
+    moved = {"multi": THREE[:2], "img1": ["a picture called img1", THREE[2]]}
+    if strategy == "textfile":
+        for name, lines in moved.items():
+            (root / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    else:
+        names = ["multi", "img1", "img2", "img3", "img4", "img5"]
+        pq.write_table(pa.table({"id": names, "description": [moved.get(n, [f"a picture called {n}"]) for n in names]}),
+                       parquet_file(cfg, ds))
+    run_raw_dataset(cfg, ds)
+    run_captions(cfg, ds)
+    after = run_bucketed_metadata(cfg, ds)
+    assert set(caption_sources(cfg)) == keys_before and after.data_version != before
+    assert after.metadata["reused_rows"] == 4  # only the two edited images were recomputed
+    rows = {r["path"]: r for r in read_parquet(after.path).to_pylist()}
+    assert rows["img1.png"]["captions"] == moved["img1"] and rows["img2.png"]["captions"] is None
 
