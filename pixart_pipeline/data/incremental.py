@@ -60,26 +60,25 @@ def built_from(manifest: pa.Table | pa.Schema, captions: pa.Table) -> bool:
 
 
 def current_rows(manifest: pa.Table | pa.Schema, captions: pa.Table) -> pa.Table:
-    """(path, sha256, caption, caption_status) of every captions row, sorted by path, with the
-    manifest's sha256 where it has the path (the manifest wins if the two ever disagree).
+    """(path, sha256, caption, caption_status[, captions]) of every captions row, sorted by path,
+    with the manifest's sha256 where it has the path (the manifest wins if the two ever disagree).
 
     When the captions table records that it was built from this very manifest (see
     :func:`built_from`; then the manifest's schema is enough), its sha256 column is the
-    manifest's already and the join is skipped.
+    manifest's already and the lookup is skipped.
     """
-    more = ["captions"] if "captions" in captions.column_names else []
-    if built_from(manifest, captions):
-        table = captions.select(["path", "sha256", "caption", "caption_status", *more])
-        return table if in_order(table.column("path")) else table.sort_by("path")
-    if not isinstance(manifest, pa.Table):
-        raise ValueError("the captions table was not built from this manifest: pass the manifest table")
-    shas = manifest.select(["path", "sha256"]).rename_columns(["path", "manifest_sha256"])
-    joined = captions.join(shas, keys="path", join_type="left outer")
-    sha = pc.coalesce(joined.column("manifest_sha256"), joined.column("sha256"))
-    table = pa.table({"path": joined.column("path"), "sha256": sha, "caption": joined.column("caption"),
-                      "caption_status": joined.column("caption_status"),
-                      **{c: joined.column(c) for c in more}})
-    return table.sort_by("path")
+    columns = ["path", "sha256", "caption", "caption_status"]
+    columns += ["captions"] if "captions" in captions.column_names else []
+    table = captions.select(columns)
+    if not built_from(manifest, captions):
+        if not isinstance(manifest, pa.Table):
+            raise ValueError("the captions table was not built from this manifest: pass the manifest table")
+        # Each path's manifest row by ``index_in`` (not an Acero join: it cannot carry the list
+        # column ``captions``, even an all-null one).
+        where = pc.index_in(table.column("path"), value_set=manifest.column("path").combine_chunks())
+        sha = pc.coalesce(pc.take(manifest.column("sha256").combine_chunks(), where), table.column("sha256"))
+        table = table.set_column(1, "sha256", sha)
+    return table if in_order(table.column("path")) else table.sort_by("path")
 
 
 def split_reusable(previous: pa.Table | None, current: pa.Table) -> tuple[pa.Table | None, pa.Table]:

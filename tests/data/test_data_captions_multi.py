@@ -139,3 +139,20 @@ def test_parquet_list_entries_are_separate_captions(tmp_path):
     second, _, rows = _rows(cfg)
     assert rows["1.png"]["captions"] == ["a cat", "a standing cat"]
     assert second.data_version != first.data_version
+
+
+def test_metadata_after_a_pixel_edit_without_rerunning_captions(tmp_path):
+    """raw_dataset re-run after an image edit, captions not re-run: the metadata stage must look up
+    the manifest's new sha256 for a captions table that carries the ``captions`` list column (an
+    Acero join cannot carry it and raised ArrowInvalid), and give what a fresh build gives."""
+    cfg, root = _textfile_dataset(tmp_path)
+    ds = cfg.datasets[0]
+    _rows(cfg)
+    Image.new("RGB", (64, 96), (9, 9, 9)).save(root / "one.png")  # new pixels and a new size
+    run_raw_dataset(cfg, ds)
+    incremental = run_bucketed_metadata(cfg, ds)
+    rows = {r["path"]: r for r in read_parquet(incremental.path).to_pylist()}
+    assert (rows["one.png"]["width"], rows["one.png"]["height"]) == (64, 96)
+    assert rows["multi.png"]["captions"] == THREE and rows["two.png"]["captions"] == ["first", "second"]
+    run_captions(cfg, ds)
+    assert run_bucketed_metadata(cfg, ds).data_version == incremental.data_version
