@@ -103,6 +103,11 @@ class Geometry:
     crop_top: int
     bucket: str
 
+    def values(self) -> tuple[int, int, int, int, int, int, str]:
+        """The fields in declaration order (the metadata table's geometry columns; a test checks)."""
+        return (self.intermediary_width, self.intermediary_height, self.target_width, self.target_height,
+                self.crop_left, self.crop_top, self.bucket)
+
 
 @dataclass(frozen=True)
 class Resolution:
@@ -336,7 +341,7 @@ def geometry_function(ds: ImageDataset, rounding: int = 2) -> Callable[[int, int
     dies with the returned function (one table build).
     """
     if ds.crop and ds.crop_aspect == "random" and ds.crop_aspect_buckets:
-        return functools.partial(_geometry_with, ds=ds, rounding=rounding)
+        return lambda width, height, sha256: compute_geometry(width, height, ds, sha256, rounding)
     sizes: dict[Size, tuple[Size, Size] | str] = {}
 
     def geometry(width: int, height: int, sha256: str) -> Geometry | str:
@@ -347,10 +352,6 @@ def geometry_function(ds: ImageDataset, rounding: int = 2) -> Callable[[int, int
         return sized if isinstance(sized, str) else _placed(sized, ds, sha256, rounding)
 
     return geometry
-
-
-def _geometry_with(width: int, height: int, sha256: str, *, ds: ImageDataset, rounding: int) -> Geometry | str:
-    return compute_geometry(width, height, ds, sha256, rounding)
 
 
 def _sizes(width: int, height: int, ds: ImageDataset, sha256: str, rounding: int) -> tuple[Size, Size] | str:

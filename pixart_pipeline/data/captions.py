@@ -85,12 +85,6 @@ def caption_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def first_caption_line(text: str) -> str | None:
-    """First non-empty (after stripping) line of a caption file, or None."""
-    lines = caption_lines(text)
-    return lines[0] if lines else None
-
-
 def several(captions: list[str]) -> list[str] | None:
     """The ``captions`` cell of an image: its captions when there are two or more, else null."""
     return list(captions) if len(captions) > 1 else None
@@ -187,7 +181,7 @@ def build_captions_table(
     root = Path(root)
     if ds.caption_strategy == "textfile":
         return _textfile_captions(manifest, root, ds, previous)
-    return apply_instance_prompt(_strategy_captions(manifest, root, ds, parquet_path), ds)
+    return apply_instance_prompt(_strategy_captions(manifest, ds, parquet_path), ds)
 
 
 def _image_rows(manifest: pa.Table) -> pa.Table:
@@ -262,26 +256,20 @@ def apply_instance_prompt(table: pa.Table, ds: ImageDataset) -> pa.Table:
     return table
 
 
-def _strategy_captions(manifest: pa.Table, root: Path, ds: ImageDataset, parquet_path: Path | None) -> pa.Table:
+def _strategy_captions(manifest: pa.Table, ds: ImageDataset, parquet_path: Path | None) -> pa.Table:
+    """``filename``/``instanceprompt`` (column-wise) and ``parquet`` captions (``textfile`` has its own path)."""
     if ds.caption_strategy in ("filename", "instanceprompt"):
         return _columnwise_captions(manifest, ds)
-    paths = manifest.column("path").to_pylist()
-    digests = manifest.column("sha256").to_pylist()
-    listed = set(paths)
-    from_parquet = None
-    if ds.caption_strategy == "parquet":
-        if parquet_path is None:
-            raise ValueError(f"dataset {ds.id!r}: caption_strategy 'parquet' needs the parquet file's path")
-        from_parquet = parquet_captions(parquet_path, ds.parquet, [p for p in paths if is_image_path(p)])
+    if ds.caption_strategy != "parquet":  # the config model allows nothing else; keep the error explicit
+        raise ValueError(f"dataset {ds.id!r}: unsupported caption_strategy {ds.caption_strategy!r}")
+    if parquet_path is None:
+        raise ValueError(f"dataset {ds.id!r}: caption_strategy 'parquet' needs the parquet file's path")
+    images = sorted((p, d) for p, d in zip(manifest.column("path").to_pylist(), manifest.column("sha256").to_pylist())
+                    if is_image_path(p))
+    from_parquet = parquet_captions(parquet_path, ds.parquet, [p for p, _ in images])
     rows: dict[str, list] = {name: [] for name in MULTI_SCHEMA.names}
-    for path, digest in sorted(zip(paths, digests)):
-        if not is_image_path(path):
-            continue
-        if from_parquet is not None:
-            texts, status = from_parquet[path]
-        else:
-            caption, status = caption_for(path, root, ds, listed)
-            texts = [caption] if caption is not None else []
+    for path, digest in images:
+        texts, status = from_parquet[path]
         for name, value in zip(rows, (path, digest, texts[0] if texts else None, status, None, several(texts))):
             rows[name].append(value)
     return pa.table(rows, schema=MULTI_SCHEMA)

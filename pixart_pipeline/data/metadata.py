@@ -48,8 +48,8 @@ METADATA_SCHEMA = pa.schema(
         ("bucket", pa.string()),
         ("split", pa.string()),
         ("note", pa.string()),
-        # Every caption of an image that has several (textfile lines, parquet list entries; the
-        # trainer draws one per step), null for one: ``caption`` is the first.
+        # Every caption of a kept training image that has several (textfile lines, parquet list
+        # entries; the trainer draws one per step), else null: ``caption`` is the first.
         ("captions", pa.list_(pa.string())),
     ]
 )
@@ -134,9 +134,12 @@ def build_metadata_table(
                 status = result
             else:
                 status = "ok"
-                geometry = (result.intermediary_width, result.intermediary_height, result.target_width,
-                            result.target_height, result.crop_left, result.crop_top, result.bucket)
+                geometry = result.values()
         split = "eval" if is_eval else split_for(sha, ds.eval_split_fraction)
+        # Only a kept training image's list is drawn from (evaluation uses the first caption), so
+        # only such a list is stored, and only its edits change the data version.
+        if status != "ok" or split != "train":
+            more = None
         out.append((path, sha, probe.width, probe.height, text, status, *geometry, split, probe.note or None, more))
     columns = list(zip(*out)) if out else [()] * len(METADATA_SCHEMA)
     rows = dict(zip(METADATA_SCHEMA.names, columns))

@@ -17,7 +17,9 @@ MIN_STEP = 1000
 class Progress:
     """Counts finished items and logs every ``max(total / 10, MIN_STEP)`` of them."""
 
-    def __init__(self, log: Callable[[str], None], what: str, total: int, clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self, log: Callable[[str], None], what: str, total: int, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self.log = log
         self.what = what
         self.total = total

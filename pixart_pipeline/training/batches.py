@@ -220,7 +220,8 @@ class BatchBuilder:
 @dataclass(frozen=True)
 class RawBatch:
     """One batch as read from the caches: posterior ``mean``/``std`` ``[B, 4, h, w]`` and the ``[L_i, D]``
-    prompt embeddings, before any random draw."""
+    prompt embeddings, before any random draw (the caption choice is not one: ``caption_choice`` is
+    a pure function of the batch number, so it may run on the read-ahead thread)."""
 
     indices: list[int]
     mean: torch.Tensor
@@ -237,8 +238,9 @@ def read_ahead(builder: BatchBuilder, sampler: BucketBatchSampler, world: int, r
 
     The thread walks a *copy* of the sampler: the caller keeps advancing the real one as it consumes
     batches, so a checkpoint saves the position of the batches trained on, never of those read ahead.
-    Only reads run ahead; every random draw stays on the caller's thread (``BatchBuilder.assemble``),
-    so the result is bit-identical to reading in place. ``depth`` 0 reads on the calling thread.
+    Only reads (and the caption choice, a pure function of the batch number) run ahead; every random
+    draw stays on the caller's thread (``BatchBuilder.assemble``), so the result is bit-identical to
+    reading in place. ``depth`` 0 reads on the calling thread.
     """
     ahead = copy.deepcopy(sampler)
 

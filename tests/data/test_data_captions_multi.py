@@ -4,6 +4,7 @@ every caption while single-caption datasets keep the version they had."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pyarrow as pa
@@ -59,7 +60,7 @@ def test_textfile_lines_are_separate_captions(tmp_path):
                                             "one.png": ["just one line"]}
     assert result.metadata["multi_caption_images"] == 2
     assert result.metadata["distinct_captions"] == len(THREE) + 2 + 1
-    # the metadata table keeps one caption per image: the first
+    # the metadata table's caption is the first one (its captions column lists them all)
     metadata = read_parquet(run_bucketed_metadata(cfg, cfg.datasets[0]).path)
     assert dict(zip(metadata.column("path").to_pylist(), metadata.column("caption").to_pylist())) == {
         "multi.png": THREE[0], "two.png": "first", "one.png": "just one line"}
@@ -145,7 +146,7 @@ def test_metadata_after_a_pixel_edit_without_rerunning_captions(tmp_path):
     """raw_dataset re-run after an image edit, captions not re-run: the metadata stage must look up
     the manifest's new sha256 for a captions table that carries the ``captions`` list column (an
     Acero join cannot carry it and raised ArrowInvalid), and give what a fresh build gives."""
-    cfg, root = _textfile_dataset(tmp_path)
+    cfg, root = _textfile_dataset(tmp_path, eval_split_fraction=0.0)
     ds = cfg.datasets[0]
     _rows(cfg)
     Image.new("RGB", (64, 96), (9, 9, 9)).save(root / "one.png")  # new pixels and a new size
@@ -156,3 +157,34 @@ def test_metadata_after_a_pixel_edit_without_rerunning_captions(tmp_path):
     assert rows["multi.png"]["captions"] == THREE and rows["two.png"]["captions"] == ["first", "second"]
     run_captions(cfg, ds)
     assert run_bucketed_metadata(cfg, ds).data_version == incremental.data_version
+
+
+def test_metadata_keeps_the_lists_of_kept_training_images_only_and_pins_single_caption_versions(tmp_path):
+    """Only a kept training image's caption list is drawn from, so only it is stored (an eval image
+    or a rejected one gets null, and editing its second line changes nothing downstream). A
+    dataset where no image has several captions keeps the data version it had before the column
+    existed, and so does its training run folder (else every existing run would look stale)."""
+    from pixart_pipeline.data.metadata import metadata_data_version
+    from pixart_pipeline.training.stage import _table_hash
+
+    cfg, root = _textfile_dataset(tmp_path, eval_split_fraction=0.0, minimum_image_size=64)
+    Image.new("RGB", (16, 16)).save(root / "small.png")  # too small: rejected
+    (root / "small.txt").write_text("x\ny\n")
+    ds = cfg.datasets[0]
+    _rows(cfg)
+    rows = {r["path"]: r for r in read_parquet(run_bucketed_metadata(cfg, ds).path).to_pylist()}
+    assert rows["small.png"]["status"] == "too_small" and rows["small.png"]["captions"] is None
+    assert rows["multi.png"]["captions"] == THREE
+
+    evaluated = dataclasses.replace(cfg, datasets=(ds.model_copy(update={"dataset_type": "eval"}),))
+    rows = {r["path"]: r for r in read_parquet(run_bucketed_metadata(evaluated, evaluated.datasets[0]).path).to_pylist()}
+    assert rows["multi.png"]["split"] == "eval" and rows["multi.png"]["captions"] is None
+
+    single = pa.table({"path": ["a.png", "b.png"], "sha256": ["1" * 64, "2" * 64], "caption": ["a", "b"],
+                       "captions": pa.nulls(2, pa.list_(pa.string()))})
+    assert metadata_data_version(single) == metadata_data_version(single.drop_columns(["captions"]))
+    items = pa.table({"vae_key": ["k1", "k2"], "text_key": ["t1", "t2"], "repeats": [0, 0],
+                      "text_keys": pa.nulls(2, pa.list_(pa.string())), "path": ["a.png", "b.png"]})
+    assert _table_hash(items) == _table_hash(items.drop_columns(["text_keys"]))
+    several = items.set_column(3, "text_keys", pa.array([["t1", "t3"], None], pa.list_(pa.string())))
+    assert _table_hash(several) != _table_hash(items)

@@ -1,6 +1,13 @@
 import os
+from pathlib import Path
 
-from pixart_pipeline.data.manifest import folder_changes, manifest_data_version, scan_dataset
+import pytest
+
+from pixart_pipeline.data.manifest import (
+    folder_changes,
+    manifest_data_version,
+    scan_dataset,
+)
 from pixart_pipeline.data.synthetic import generate_synthetic_dataset
 from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
 
@@ -110,6 +117,7 @@ def test_a_file_gone_before_hashing_is_left_out_not_a_crash(tmp_path):
     assert digests["gone.png"] is None and len(digests["here.png"]) == 64
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open descriptors in /proc (Linux)")
 def test_a_file_replaced_by_a_folder_or_made_unreadable_hashes_to_none(tmp_path):
     """Between listing and hashing a file can become a folder (``os.open`` succeeds on a folder; the
     read fails) or lose its permissions: each maps to None, the others still hash, no descriptor leaks."""

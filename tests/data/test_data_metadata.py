@@ -82,3 +82,19 @@ def test_data_version_is_order_free_and_semantic(tmp_path):
     assert metadata_data_version(_metadata(tmp_path / "ds", ds)) == metadata_data_version(table)
     bigger = ds.model_copy(update={"resolution": 192})
     assert metadata_data_version(_metadata(tmp_path / "ds", bigger)) != metadata_data_version(table)
+
+
+def test_geometry_values_are_the_metadata_geometry_columns_in_order():
+    """build_metadata_table writes ``Geometry.values()`` into the columns named by GEOMETRY_COLUMNS:
+    both orders must be the dataclass's field order and the schema's."""
+    import dataclasses
+
+    from pixart_pipeline.data.buckets import Geometry
+    from pixart_pipeline.data.metadata import GEOMETRY_COLUMNS
+
+    names = tuple(f.name for f in dataclasses.fields(Geometry))
+    g = Geometry(*range(6), "1.5")
+    assert g.values() == tuple(getattr(g, n) for n in names)
+    assert names == GEOMETRY_COLUMNS
+    start = METADATA_SCHEMA.names.index(GEOMETRY_COLUMNS[0])
+    assert tuple(METADATA_SCHEMA.names[start:start + len(names)]) == names
