@@ -14,7 +14,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,6 +24,8 @@ from pixart_pipeline.data.progress import Progress
 from pixart_pipeline.data.walk import IMAGE_EXTENSIONS, list_files
 from pixart_pipeline.fileio import sha256_file  # noqa: F401  (re-exported: callers hash the files the manifest lists)
 
+# Files averaging less than this are hashed in one thread (see ``hashing_workers``).
+SMALL_FILE_BYTES = 64 << 10
 MANIFEST_SCHEMA = pa.schema(
     [("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string())]
 )
@@ -96,10 +98,10 @@ def _listing_table(root: Path) -> tuple[pa.Table, int]:
 def hash_files(
     root: Path, paths: list[str], workers: int = 4, progress: Progress | None = None
 ) -> dict[str, str | None]:
-    """``{path: sha256}`` of files under ``root``, hashed in a thread pool (hashlib releases the GIL
-    on large buffers, so threads overlap reads and hashing). A file that disappeared since it was
-    listed (or cannot be read any more) maps to None instead of failing the whole scan.
-    ``progress`` is advanced as chunks of files finish."""
+    """``{path: sha256}`` of files under ``root``, hashed in ``workers`` threads (hashlib releases the
+    GIL on large buffers, so threads overlap reads and hashing; with 1 worker, in this thread). A
+    file that disappeared since it was listed (or cannot be read any more) maps to None instead of
+    failing the whole scan. ``progress`` is advanced as chunks of files finish."""
 
     base = str(root)
 
@@ -118,12 +120,32 @@ def hash_files(
     chunk = max(1, min(64, len(paths) // (workers * 4)))
     parts = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
     digests: list[str | None] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for part in pool.map(batch, parts):
-            digests += part
+
+    def collect(results: Iterator[list[str | None]]) -> None:
+        for part in results:
+            digests.extend(part)
             if progress is not None:
                 progress.advance(len(part))
+
+    if workers == 1:
+        collect(map(batch, parts))
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            collect(pool.map(batch, parts))
     return dict(zip(paths, digests))
+
+
+def hashing_workers(sizes: pa.Array | pa.ChunkedArray, workers: int) -> int:
+    """Threads worth hashing files of these ``sizes`` with: ``workers`` for files averaging
+    ``SMALL_FILE_BYTES`` or more, else 1.
+
+    Threads pay off only while hashing runs without the GIL, which hashlib allows for buffers over
+    2 KiB; for small files the per-file Python work dominates and threads only contend for the GIL.
+    Measured on 2 cores: 2 MB files 1.08 -> 0.55 ms each with 2 threads, 6 KB files 9.6 -> 10.8 us,
+    100,000 thumbnails of 1.6 KB 0.8 -> 1.4 s with 4 threads.
+    """
+    mean = pc.mean(sizes).as_py() if len(sizes) else 0
+    return max(1, workers) if (mean or 0) >= SMALL_FILE_BYTES else 1
 
 
 def scan_dataset(
@@ -140,7 +162,9 @@ def scan_dataset(
     joined, removed = _with_previous_digests(current, previous)
     digests = joined.column("sha256")
     missing = pc.is_null(digests)
-    to_hash = joined.filter(missing).column("path").to_pylist()
+    pending = joined.filter(missing)
+    to_hash = pending.column("path").to_pylist()
+    workers = hashing_workers(pending.column("size"), workers)
     vanished = 0
     if to_hash:
         fresh = hash_files(root, to_hash, workers, Progress(log, "hashing", len(to_hash)) if log else None)

@@ -138,3 +138,24 @@ def test_a_file_replaced_by_a_folder_or_made_unreadable_hashes_to_none(tmp_path)
     assert digests["big.png"] == hashlib.sha256(b"y" * (3 << 20)).hexdigest()
     # root ignores file modes: then the locked file is simply read
     assert digests["locked.png"] in (None if os.geteuid() else hashlib.sha256(b"z").hexdigest(),)
+
+
+def test_small_files_hash_in_one_thread_big_ones_in_several_with_equal_digests(tmp_path):
+    """Threads only contend for the GIL on small files (hashlib keeps it below 2 KiB), so the scan
+    hashes files averaging under 64 KiB in one thread; the digests do not depend on the choice."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from pixart_pipeline.data.manifest import SMALL_FILE_BYTES, hash_files, hashing_workers
+
+    assert hashing_workers(pa.array([1600, 2000, 90_000], pa.int64()), 4) == 1  # mean 31 KB
+    assert hashing_workers(pa.array([SMALL_FILE_BYTES, 3 << 20], pa.int64()), 4) == 4
+    assert hashing_workers(pa.array([], pa.int64()), 4) == 1
+    blobs = {f"{i}.png": bytes([i]) * (i * 997) for i in range(40)}
+    for name, data in blobs.items():
+        (tmp_path / name).write_bytes(data)
+    expected = {name: hashlib.sha256(data).hexdigest() for name, data in blobs.items()}
+    assert hash_files(tmp_path, list(blobs), workers=1) == expected == hash_files(tmp_path, list(blobs), workers=3)
+    table, stats = scan_dataset(tmp_path)
+    assert stats.hashed == 40 and dict(zip(*(table.column(c).to_pylist() for c in ("path", "sha256")))) == expected
