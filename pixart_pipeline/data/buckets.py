@@ -328,7 +328,10 @@ def compute_geometry(
     ``[1/8, 8]``, see :data:`MAX_ASPECT`), ``"too_small"`` (below ``minimum_image_size``).
     """
     sized = _sizes(width, height, ds, sha256, rounding)
-    return sized if isinstance(sized, str) else _placed(sized, ds, sha256, rounding)
+    if isinstance(sized, str):
+        return sized
+    intermediary, target = sized
+    return _placed(intermediary, target, bucket_key(*target, rounding), ds.normalised_crop_style, sha256)
 
 
 def geometry_function(ds: ImageDataset, rounding: int = 2) -> Callable[[int, int, str], Geometry | str]:
@@ -342,14 +345,18 @@ def geometry_function(ds: ImageDataset, rounding: int = 2) -> Callable[[int, int
     """
     if ds.crop and ds.crop_aspect == "random" and ds.crop_aspect_buckets:
         return lambda width, height, sha256: compute_geometry(width, height, ds, sha256, rounding)
-    sizes: dict[Size, tuple[Size, Size] | str] = {}
+    sizes: dict[Size, tuple[Size, Size, str] | str] = {}  # (width, height) -> (intermediary, target, bucket)
+    style = ds.normalised_crop_style
 
     def geometry(width: int, height: int, sha256: str) -> Geometry | str:
         key = (width, height)
         sized = sizes.get(key)
         if sized is None:
-            sized = sizes[key] = _sizes(width, height, ds, sha256, rounding)
-        return sized if isinstance(sized, str) else _placed(sized, ds, sha256, rounding)
+            sized = _sizes(width, height, ds, sha256, rounding)
+            sizes[key] = sized = sized if isinstance(sized, str) else (*sized, bucket_key(*sized[1], rounding))
+        if isinstance(sized, str):
+            return sized
+        return _placed(*sized, style, sha256)
 
     return geometry
 
@@ -391,16 +398,7 @@ def _sizes(width: int, height: int, ds: ImageDataset, sha256: str, rounding: int
     return cover(intermediary, target), target
 
 
-def _placed(sizes: tuple[Size, Size], ds: ImageDataset, sha256: str, rounding: int) -> Geometry:
+def _placed(intermediary: Size, target: Size, bucket: str, style: str, sha256: str) -> Geometry:
     """The :class:`Geometry` of (intermediary, target) with its crop box (rule 9)."""
-    intermediary, target = sizes
-    left, top = crop_box(intermediary, target, ds.normalised_crop_style, sha256)
-    return Geometry(
-        intermediary_width=intermediary[0],
-        intermediary_height=intermediary[1],
-        target_width=target[0],
-        target_height=target[1],
-        crop_left=left,
-        crop_top=top,
-        bucket=bucket_key(*target, rounding),
-    )
+    left, top = crop_box(intermediary, target, style, sha256)
+    return Geometry(intermediary[0], intermediary[1], target[0], target[1], left, top, bucket)
