@@ -110,15 +110,22 @@ def split_reusable(previous: pa.Table | None, current: pa.Table) -> tuple[pa.Tab
 def _same_caption_lists(same: pa.Array, current: pa.Table, prev: pa.Table, where: pa.Array) -> pa.Array:
     """``same`` and-ed with "the image's caption list is unchanged" (both null for one caption).
 
-    Only datasets with several captions per image pay for it (a Python comparison of the lists;
-    Arrow has no equality kernel for list columns)."""
+    A metadata row stores the list only for a kept training image (``metadata.py``), so the
+    current list is compared as that row would store it: null where the previous row, whose
+    (sha256, caption) match, is not an ``ok`` training row. Only datasets with several captions per
+    image pay for this (a Python comparison of the lists; Arrow has no equality kernel for them)."""
     now = current.column("captions") if "captions" in current.column_names else None
     before = prev.column("captions") if "captions" in prev.column_names else None
-    if (now is None or now.null_count == len(now)) and (before is None or before.null_count == len(before)):
-        return same
-    now_lists = now.to_pylist() if now is not None else [None] * current.num_rows
-    before_lists = pc.take(before, where).to_pylist() if before is not None else [None] * current.num_rows
-    return pa.array([s and a == b for s, a, b in zip(same.to_pylist(), now_lists, before_lists)], pa.bool_())
+    if now is None or now.null_count == len(now):
+        if before is None or before.null_count == len(before):
+            return same
+    n = current.num_rows
+    stored = pc.and_(pc.equal(pc.take(prev.column("status"), where), "ok"),
+                     pc.equal(pc.take(prev.column("split"), where), "train")).to_pylist()
+    now_lists = now.to_pylist() if now is not None else [None] * n
+    before_lists = pc.take(before, where).to_pylist() if before is not None else [None] * n
+    return pa.array([s and (a if kept else None) == b
+                     for s, kept, a, b in zip(same.to_pylist(), stored, now_lists, before_lists)], pa.bool_())
 
 
 def previous_if_current(path: Path, fingerprint: str, read: Callable[[Path], pa.Table]) -> pa.Table | None:

@@ -188,3 +188,16 @@ def test_metadata_keeps_the_lists_of_kept_training_images_only_and_pins_single_c
     assert _table_hash(items) == _table_hash(items.drop_columns(["text_keys"]))
     several = items.set_column(3, "text_keys", pa.array([["t1", "t3"], None], pa.list_(pa.string())))
     assert _table_hash(several) != _table_hash(items)
+
+
+def test_a_rerun_reuses_eval_and_rejected_rows_whose_lists_the_metadata_does_not_store(tmp_path):
+    """The metadata keeps a caption list only for kept training images; an eval image's list is
+    stored as null, and the re-run must still see its row as unchanged (not recompute it every time)."""
+    cfg, root = _textfile_dataset(tmp_path, dataset_type="eval")
+    ds = cfg.datasets[0]
+    _rows(cfg)
+    first = run_bucketed_metadata(cfg, ds)
+    again = run_bucketed_metadata(cfg, ds)
+    assert again.metadata["reused_rows"] == again.metadata["rows"] == 3
+    assert again.data_version == first.data_version
+    assert all(r["captions"] is None for r in read_parquet(again.path).to_pylist())
