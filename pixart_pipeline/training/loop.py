@@ -9,8 +9,9 @@ weighted). AdamW or Adafactor, clipped gradients, a diffusers LR schedule, optio
 Batches are numbered globally: micro-step ``m`` of process ``r`` (of ``W``) takes batch
 ``d = m * W + r`` of the sampler's stream, and every random draw of that batch comes from a CPU
 generator seeded by ``(seed, d)`` (an image with several captions trains on the one that
-``batches.caption_choice`` picks from ``(seed, d, its slot, the item)``). So W processes with accumulation ``g`` draw exactly the batches
-and noise of one process with accumulation ``g * W``: same data, same loss to float rounding
+``batches.caption_choice`` picks from ``(seed, d, its slot, the item)``). So W processes with
+accumulation ``g`` draw exactly the batches and noise of one process with accumulation ``g * W``:
+same data, same loss to float rounding
 (DDP averages the gradients in another order). The sampler's order is a function of
 ``(seed, epoch)``, so with the weights, optimizer moments, LR-schedule state and sampler position
 from a checkpoint, a resumed run computes exactly what the uninterrupted run would have: bit for
