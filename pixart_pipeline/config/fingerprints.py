@@ -77,6 +77,8 @@ def raw_dataset_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
 def captions_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
     fields = {"caption_strategy": ds.caption_strategy, "instance_prompt": ds.instance_prompt,
               "prepend_instance_prompt": ds.prepend_instance_prompt, "only_instance_prompt": ds.only_instance_prompt}
+    if ds.caption_strategy == "textfile" and ds.disable_multiline_split:  # only when set: old fingerprints stay
+        fields["disable_multiline_split"] = True
     if ds.caption_strategy == "parquet":
         from pixart_pipeline.data.parquet_source import parquet_identity  # data imports config
 

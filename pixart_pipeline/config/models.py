@@ -269,6 +269,7 @@ class ImageDataset(StrictModel):
     parquet: ParquetConfig | None = None
     prepend_instance_prompt: bool = False  # caption = instance_prompt + " " + caption
     only_instance_prompt: bool = False  # every caption = instance_prompt (any strategy)
+    disable_multiline_split: bool = False  # textfile: the whole sidecar is one caption, not one per line
     # caches and bookkeeping
     cache_dir_vae: str | None = None
     skip_file_discovery: str = ""

@@ -118,9 +118,12 @@ def sidecar_for(path: str, listed: set[str], by_nfc: Mapping[str, str] | None = 
 
 
 def textfile_captions(
-    root: Path, path: str, listed: set[str], by_nfc: Mapping[str, str] | None = None
+    root: Path, path: str, listed: set[str], by_nfc: Mapping[str, str] | None = None, split_lines: bool = True
 ) -> tuple[list[str], str]:
-    """(every caption line of image ``path``'s sidecar, status); no captions unless status is ok."""
+    """(every caption line of image ``path``'s sidecar, status); no captions unless status is ok.
+
+    ``split_lines`` False (``disable_multiline_split``): the whole text, stripped, is one caption
+    and keeps its line breaks."""
     sidecar = sidecar_for(path, listed, by_nfc)
     if sidecar is None:
         return [], NO_CAPTION_FILE
@@ -136,14 +139,14 @@ def textfile_captions(
         text = raw.decode("utf-8-sig")  # tolerate a BOM written by Windows editors
     except UnicodeDecodeError:
         return [], CAPTION_NOT_UTF8
-    lines = caption_lines(text)
+    lines = caption_lines(text) if split_lines else [text.strip()] if text.strip() else []
     return (lines, "ok") if lines else ([], EMPTY_CAPTION)
 
 
 def _textfile_caption(
-    root: Path, path: str, listed: set[str], by_nfc: Mapping[str, str] | None = None
+    root: Path, path: str, listed: set[str], by_nfc: Mapping[str, str] | None = None, split_lines: bool = True
 ) -> tuple[str | None, str]:
-    lines, status = textfile_captions(root, path, listed, by_nfc)
+    lines, status = textfile_captions(root, path, listed, by_nfc, split_lines)
     return (lines[0] if lines else None), status
 
 
@@ -155,7 +158,7 @@ def caption_for(
     if ds.caption_strategy == "filename":
         caption = caption_from_filename(path)
     elif ds.caption_strategy == "textfile":
-        return _textfile_caption(root, path, listed, by_nfc)
+        return _textfile_caption(root, path, listed, by_nfc, not ds.disable_multiline_split)
     elif ds.caption_strategy == "instanceprompt":
         caption = ds.instance_prompt or ""
     else:  # the config model allows nothing else; keep the error explicit if it ever does
@@ -220,7 +223,7 @@ def _textfile_captions(manifest: pa.Table, root: Path, ds: ImageDataset, previou
         todo = current.join(prev.select(keys), keys=keys, join_type="left anti").sort_by("path")
     rows: dict[str, list] = {name: [] for name in MULTI_SCHEMA.names}
     for path, sha, sidecar_sha in zip(*(todo.column(c).to_pylist() for c in keys)):
-        lines, status = textfile_captions(root, path, listed, by_nfc)
+        lines, status = textfile_captions(root, path, listed, by_nfc, not ds.disable_multiline_split)
         first = lines[0] if lines else None
         for name, value in zip(rows, (path, sha, first, status, sidecar_sha, several(lines))):
             rows[name].append(value)

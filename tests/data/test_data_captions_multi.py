@@ -201,3 +201,19 @@ def test_a_rerun_reuses_eval_and_rejected_rows_whose_lists_the_metadata_does_not
     assert again.metadata["reused_rows"] == again.metadata["rows"] == 3
     assert again.data_version == first.data_version
     assert all(r["captions"] is None for r in read_parquet(again.path).to_pylist())
+
+
+def test_disable_multiline_split_keeps_the_whole_sidecar_as_one_caption(tmp_path):
+    """SimpleTuner's ``disable_multiline_split``: a multi-line sidecar is one caption (line breaks
+    kept, outer whitespace stripped); the key is in the captions fingerprint only when set."""
+    from pixart_pipeline.config import fingerprints as fp
+
+    cfg, root = _textfile_dataset(tmp_path, disable_multiline_split=True)
+    ds = cfg.datasets[0]
+    run_raw_dataset(cfg, ds)
+    rows = {r["path"]: r for r in read_parquet(run_captions(cfg, ds).path).to_pylist()}
+    assert rows["multi.png"]["caption"] == THREE_LINES.strip() and "\n" in rows["multi.png"]["caption"]
+    assert rows["multi.png"]["captions"] is None and rows["two.png"]["caption"] == "first\nsecond"
+    plain, _ = _textfile_dataset(tmp_path / "plain")
+    assert fp.captions_fields(cfg, cfg.datasets[0]) == {**fp.captions_fields(plain, plain.datasets[0]),
+                                                        "disable_multiline_split": True}
