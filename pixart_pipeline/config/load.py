@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from pixart_pipeline.config.models import (
+    DATASET_IGNORED,
     DATASET_UNSUPPORTED,
     IGNORED,
     UNSUPPORTED,
@@ -123,6 +124,10 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
                     f"{backend_path}: {where}.{key} is not supported yet: {DATASET_UNSUPPORTED[key]}"
                 )
         kind = entry.get("dataset_type", "image")
+        if kind in ("image", "eval"):  # text_embeds entries validate their own keys
+            for key in [k for k in entry if k in DATASET_IGNORED]:
+                notes.append(f"{backend_path}: {where}.{key} is ignored: {DATASET_IGNORED[key]}")
+            entry = {k: v for k, v in entry.items() if k not in DATASET_IGNORED}
         if kind == "text_embeds":
             text_embeds.append(_validate(TextEmbedsDataset, entry, backend_path, where))
         elif kind in ("image", "eval"):

@@ -275,3 +275,27 @@ def test_a_local_model_is_fingerprinted_by_the_files_each_stage_reads(tmp_path):
     after = _fields(load_config(path))
     changed = {stage for stage in before if fp.stable_hash(before[stage]) != fp.stable_hash(after[stage])}
     assert changed == {"train"}
+
+
+def test_harmless_simpletuner_dataset_keys_warn_and_never_delete_anything(tmp_path):
+    """Keys that name SimpleTuner's own cache bookkeeping, and its options that delete the user's
+    files, are accepted with a warning that says why; the dataset is the same as without them."""
+    extra = {"preserve_data_backend_cache": True, "hash_filenames": True, "write_batch_size": 64,
+             "cache_file_suffix": "x", "delete_problematic_images": True, "delete_unwanted_images": True}
+    backend = [QUICKSTART_BACKEND[0] | extra, *QUICKSTART_BACKEND[1:]]
+    with pytest.warns(UserWarning) as caught:
+        cfg = load_config(write(tmp_path, QUICKSTART_CONFIG, backend))
+    messages = " ".join(str(w.message) for w in caught)
+    assert all(f"[0].{key} is ignored" in messages for key in extra)
+    assert "never deleted" in messages
+    (tmp_path / "plain").mkdir()
+    plain = load_config(write(tmp_path / "plain", QUICKSTART_CONFIG, QUICKSTART_BACKEND))
+    assert cfg.datasets == plain.datasets
+
+
+@pytest.mark.parametrize("key,value", [("caption_filter_list", "filters.txt"), ("max_num_samples", 10),
+                                       ("caption_shuffle", {"count": 2}), ("video", {"num_frames": 8})])
+def test_simpletuner_dataset_features_we_lack_are_refused_with_the_reason(tmp_path, key, value):
+    backend = [QUICKSTART_BACKEND[0] | {key: value}, *QUICKSTART_BACKEND[1:]]
+    with pytest.raises(ConfigError, match=rf"\[0\]\.{key} is not supported yet: .+"):
+        load_config(write(tmp_path, QUICKSTART_CONFIG, backend))
