@@ -101,7 +101,14 @@ def bucketed_metadata_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
         "eval_split_fraction": ds.eval_split_fraction,
         "metadata_backend": ds.metadata_backend,
         "dataset_type": ds.dataset_type,  # "eval" puts every image in the eval split
-    } | _parquet_sizes_identity(cfg, ds)
+    } | _aspect_bounds(ds) | _parquet_sizes_identity(cfg, ds)
+
+
+def _aspect_bounds(ds: ImageDataset) -> dict:
+    """``minimum_aspect_ratio`` / ``maximum_aspect_ratio`` when set (0 and null mean no bound, and
+    leave the fingerprint as it was before the keys existed)."""
+    bounds = {"minimum_aspect_ratio": ds.minimum_aspect_ratio, "maximum_aspect_ratio": ds.maximum_aspect_ratio}
+    return {k: v for k, v in bounds.items() if v}
 
 
 def _aspect_choice_fields(ds: ImageDataset) -> dict:

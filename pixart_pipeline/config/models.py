@@ -279,6 +279,9 @@ class ImageDataset(StrictModel):
     resolution_type: Literal["area", "pixel", "pixel_area"] = "pixel_area"
     minimum_image_size: Number | None = Field(None, ge=0)
     maximum_image_size: Number | None = Field(None, gt=0)
+    # SimpleTuner drops whole buckets whose aspect key is outside these (0 or null: no bound)
+    minimum_aspect_ratio: Number | None = Field(None, ge=0)
+    maximum_aspect_ratio: Number | None = Field(None, ge=0)
     target_downsample_size: Number | None = Field(None, gt=0)
     eval_split_fraction: float = Field(0.1, ge=0, lt=1)
     # captions
@@ -323,6 +326,9 @@ def _check_geometry(ds: "ImageDataset") -> None:
     """The geometry combinations SimpleTuner refuses (or would divide by zero on), as clear errors."""
     if ds.resolution_type in ("pixel", "pixel_area") and int(ds.resolution) != ds.resolution:
         raise ValueError(f"resolution_type {ds.resolution_type!r} needs a whole number of pixels, got {ds.resolution}")
+    low, high = ds.minimum_aspect_ratio or 0, ds.maximum_aspect_ratio or 0
+    if low and high and low > high:
+        raise ValueError(f"minimum_aspect_ratio {low} is above maximum_aspect_ratio {high}: no image could be kept")
     if ds.resolution_type == "area" and (ds.minimum_image_size or 0) > 5:
         raise ValueError(f"minimum_image_size {ds.minimum_image_size} with resolution_type 'area' means "
                          "megapixels (SimpleTuner refuses values above 5); use 'pixel_area' for pixels")

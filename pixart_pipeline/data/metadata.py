@@ -4,7 +4,8 @@ Checks run in this order and the first failure is the row's ``status`` (a reason
 probe (``missing``/``empty_file``/``unreadable``/``truncated``/``decompression_bomb``), or with
 ``metadata_backend: "parquet"`` the parquet's sizes (``not_in_parquet``/``parquet_size_invalid``)
 -> caption (``no_caption_file``/``empty_caption``/...) -> geometry
-(``extreme_aspect``/``too_small``/``invalid_size``). Rejected rows stay in the table with null
+(``extreme_aspect``/``too_small``/``invalid_size``) -> the bucket's aspect bounds
+(``below_min_aspect_ratio``/``above_max_aspect_ratio``). Rejected rows stay in the table with null
 geometry, so the UI can show why each image was dropped. ``note`` says what the VAE stage will do
 that is not obvious (first frame of an animation, alpha composited on white, EXIF rotation).
 
@@ -30,6 +31,9 @@ from pixart_pipeline.data.probe import Probe, probe_many
 # Reason codes of metadata_backend "parquet" (sizes read from the parquet, images never opened).
 NOT_IN_PARQUET = "not_in_parquet"
 PARQUET_SIZE_INVALID = "parquet_size_invalid"
+# Reason codes of minimum_aspect_ratio / maximum_aspect_ratio (SimpleTuner's bucket filters).
+BELOW_MIN_ASPECT_RATIO = "below_min_aspect_ratio"
+ABOVE_MAX_ASPECT_RATIO = "above_max_aspect_ratio"
 
 METADATA_SCHEMA = pa.schema(
     [
@@ -67,6 +71,22 @@ GEOMETRY_COLUMNS = (
 def split_for(sha256: str, eval_fraction: float) -> str:
     """``"eval"`` iff the first 32 bits of the sha256, as a fraction of 2**32, are below ``eval_fraction``."""
     return "eval" if int(sha256[:8], 16) / 2**32 < eval_fraction else "train"
+
+
+def aspect_bounds_status(bucket: str, ds: ImageDataset) -> str | None:
+    """The reason code when the bucket's aspect key is outside ``minimum_aspect_ratio`` /
+    ``maximum_aspect_ratio``, else None.
+
+    SimpleTuner compares the bucket key (the target's rounded aspect, ``float(bucket)``), not the
+    image's own ratio, and drops whole buckets (``_enforce_min_aspect_ratio`` /
+    ``_enforce_max_aspect_ratio`` in its metadata backend); 0 or null is no bound.
+    """
+    aspect = float(bucket)
+    if ds.minimum_aspect_ratio and aspect < ds.minimum_aspect_ratio:
+        return BELOW_MIN_ASPECT_RATIO
+    if ds.maximum_aspect_ratio and aspect > ds.maximum_aspect_ratio:
+        return ABOVE_MAX_ASPECT_RATIO
+    return None
 
 
 def sizes_from_parquet(paths: list[str], sizes: dict[str, tuple]) -> dict[str, Probe]:
@@ -119,6 +139,7 @@ def build_metadata_table(
         probes = dict(zip(paths, probe_many([root / p for p in paths], workers=workers)))
     is_eval = ds.dataset_type == "eval"
     geometry_of = geometry_function(ds, rounding)
+    bounded = bool(ds.minimum_aspect_ratio or ds.maximum_aspect_ratio)
     no_geometry = (None,) * len(GEOMETRY_COLUMNS)
     out = []  # one tuple per row, in METADATA_SCHEMA's column order
     for path, sha, text, cstatus, more in zip(paths, shas, texts, caption_status, lists):
@@ -132,6 +153,8 @@ def build_metadata_table(
             result = geometry_of(probe.width, probe.height, sha)
             if isinstance(result, str):
                 status = result
+            elif bounded and (outside := aspect_bounds_status(result.bucket, ds)):
+                status = outside
             else:
                 status = "ok"
                 geometry = result.values()
