@@ -40,3 +40,10 @@ def test_quickstart_is_exactly_two_commands():
     block = README.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
     assert commands == ["make demo", "make test"]
+
+
+def test_every_simpletuner_dataset_key_we_refuse_or_ignore_is_in_the_readme():
+    from pixart_pipeline.config import dataset_keys
+
+    for key in [*dataset_keys.UNSUPPORTED, *dataset_keys.IGNORED, "probability", "vae_cache_clear_each_epoch"]:
+        assert f"`{key}`" in README, f"{key} is handled in config/dataset_keys.py but not in README.md"

@@ -16,9 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from pixart_pipeline.config import dataset_keys
 from pixart_pipeline.config.models import (
-    DATASET_IGNORED,
-    DATASET_UNSUPPORTED,
     IGNORED,
     UNSUPPORTED,
     ImageDataset,
@@ -115,19 +114,20 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
     datasets: list[ImageDataset] = []
     text_embeds: list[TextEmbedsDataset] = []
     for i, entry in enumerate(entries):
-        where = f"[{i}]"
         if not isinstance(entry, dict):
-            raise ConfigError(f"{backend_path}: entry {where} must be an object, got {entry!r}")
-        for key in entry:
-            if key in DATASET_UNSUPPORTED:
-                raise ConfigError(
-                    f"{backend_path}: {where}.{key} is not supported yet: {DATASET_UNSUPPORTED[key]}"
-                )
+            raise ConfigError(f"{backend_path}: entry [{i}] must be an object, got {entry!r}")
+    trained = [e for e in entries if e.get("dataset_type", "image") == "image"
+               and not (e.get("disabled") or e.get("disable"))]
+    if problem := dataset_keys.probability_problem(trained):
+        raise ConfigError(f"{backend_path}: {problem}")
+    for i, entry in enumerate(entries):
+        where = f"[{i}]"
+        try:
+            entry, warned = dataset_keys.check_entry(entry, where)
+        except ValueError as e:
+            raise ConfigError(f"{backend_path}: {e}") from None
+        notes += [f"{backend_path}: {w}" for w in warned]
         kind = entry.get("dataset_type", "image")
-        if kind in ("image", "eval"):  # text_embeds entries validate their own keys
-            for key in [k for k in entry if k in DATASET_IGNORED]:
-                notes.append(f"{backend_path}: {where}.{key} is ignored: {DATASET_IGNORED[key]}")
-            entry = {k: v for k, v in entry.items() if k not in DATASET_IGNORED}
         if kind == "text_embeds":
             text_embeds.append(_validate(TextEmbedsDataset, entry, backend_path, where))
         elif kind in ("image", "eval"):

@@ -37,34 +37,7 @@ UNSUPPORTED: dict[str, str] = {
     "lora_rank": "only model_type 'full' is supported",
 }
 
-# SimpleTuner dataset keys (multidatabackend.json) we know but do not implement yet: key -> why.
-DATASET_UNSUPPORTED: dict[str, str] = {
-    "probability": "every enabled dataset is sampled in proportion to its size (and repeats)",
-    "is_regularisation_data": "regularisation datasets are not implemented",
-    "vae_cache_clear_each_epoch": "latents are cached once per geometry and reused",
-    "conditioning_data": "conditioning datasets (ControlNet) are not supported",
-    "aws_bucket_name": "only local folders and Hub downloads are supported",
-    "csv_file": "only local folders and Hub downloads are supported",
-    "huggingface": "use type 'local' with hub_repo_id to download a Hub dataset",
-    "caption_filter_list": "caption filters are not implemented; edit the captions, or use instance_prompt options",
-    "max_num_samples": "training on a sample of a dataset is not implemented",
-    "caption_shuffle": "caption shuffling is not implemented",
-    "video": "video datasets are not supported",
-    "image_embeds": "image-embedding datasets are not supported",
-    "conditioning_image_embeds": "image-embedding datasets are not supported",
-}
-
-# SimpleTuner dataset keys that cannot change any artefact here; accepted with a warning.
-DATASET_IGNORED: dict[str, str] = {
-    "preserve_data_backend_cache": "the metadata is always kept and updated incrementally",
-    "hash_filenames": "cache items are keyed by content and geometry, not by file name",
-    "cache_file_suffix": "cache items are keyed by content and geometry, not by file name",
-    "write_batch_size": "cache shards are written in batches of their own size",
-    "delete_problematic_images": "your files are never deleted: a bad image stays in the table with a reason code "
-                                 "and is not trained on",
-    "delete_unwanted_images": "your files are never deleted: an image that is too small stays in the table with "
-                              "a reason code and is not trained on",
-}
+# SimpleTuner's multidatabackend.json keys we do not implement: see dataset_keys.py.
 
 # SimpleTuner keys that cannot change any artefact; accepted with a warning.
 IGNORED: dict[str, str] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,7 @@ def test_bad_training_values_name_file_key_and_value(tmp_path, key, value, expec
         ("resolution_type", "pixels", ["[0].resolution_type", "did you mean 'pixel'"]),
         ("crop_aspec", "square", ["[0].crop_aspec", "unknown key", "did you mean 'crop_aspect'"]),
         ("caption_strategy", "instanceprompt", ["instance_prompt"]),
-        ("probability", 0.5, ["[0].probability", "not supported yet"]),
+        ("start_epoch", 3, ["[0].start_epoch = 3", "not supported yet", "start later"]),
         ("crop_aspect_buckets", [{"aspect": 1.5, "weight": 0.5}], ["[0]", "weights must add up to 1"]),
     ],
 )
@@ -297,5 +298,48 @@ def test_harmless_simpletuner_dataset_keys_warn_and_never_delete_anything(tmp_pa
                                        ("caption_shuffle", {"count": 2}), ("video", {"num_frames": 8})])
 def test_simpletuner_dataset_features_we_lack_are_refused_with_the_reason(tmp_path, key, value):
     backend = [QUICKSTART_BACKEND[0] | {key: value}, *QUICKSTART_BACKEND[1:]]
-    with pytest.raises(ConfigError, match=rf"\[0\]\.{key} is not supported yet: .+"):
+    with pytest.raises(ConfigError, match=rf"\[0\]\.{key} = .+ is not supported yet: .+"):
         load_config(write(tmp_path, QUICKSTART_CONFIG, backend))
+
+
+def test_simpletuner_feature_keys_at_their_off_values_load_silently(tmp_path):
+    """Example files spell out SimpleTuner's defaults: a refused feature given as "off" is accepted,
+    and ``disable`` is SimpleTuner's other spelling of ``disabled``."""
+    off = {"start_epoch": 1, "start_step": 0, "end_epoch": None, "max_num_samples": None,
+           "grounding": {"enabled": False}, "caption_shuffle": {"enable": False}, "is_regularization_data": False,
+           "timestep_sampling_offset": 0.0, "probability": 1.0, "vae_cache_clear_each_epoch": False,
+           "preserve_data_backend_cache": False, "disable": False}
+    backend = [QUICKSTART_BACKEND[0] | off, *QUICKSTART_BACKEND[1:]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning either: every value is "off"
+        cfg = load_config(write(tmp_path, QUICKSTART_CONFIG, backend))
+    assert cfg.datasets[0].id == QUICKSTART_BACKEND[0]["id"]
+    second = {k: v for k, v in QUICKSTART_BACKEND[0].items() if k != "disabled"} | {"id": "off", "disable": True}
+    assert [d.id for d in load_config(write(tmp_path, QUICKSTART_CONFIG, [*backend, second])).datasets] == [
+        QUICKSTART_BACKEND[0]["id"]]
+    with pytest.raises(ConfigError, match=r"\[2\] gives both disable = True and disabled = False"):
+        load_config(write(tmp_path, QUICKSTART_CONFIG, [*backend, second | {"disabled": False}]))
+
+
+def test_probability_is_honoured_only_where_it_means_size_weighting(tmp_path):
+    """SimpleTuner's default sampling weights datasets by probability x size; equal probabilities are
+    what we do (size weighting), unequal ones are refused with the reason."""
+    one, two = QUICKSTART_BACKEND[0], QUICKSTART_BACKEND[0] | {"id": "second"}
+    equal = [one | {"probability": 0.5}, two | {"probability": 0.5}, *QUICKSTART_BACKEND[1:]]
+    assert len(load_config(write(tmp_path, QUICKSTART_CONFIG, equal)).datasets) == 2
+    unequal = [one | {"probability": 1.0}, two | {"probability": 0.25}, *QUICKSTART_BACKEND[1:]]
+    with pytest.raises(ConfigError, match=r"different probability values \[0.25, 1.0\].*repeats"):
+        load_config(write(tmp_path, QUICKSTART_CONFIG, unequal))
+
+
+@pytest.mark.parametrize("crop_style, outcome", [("random", "refused"), ("center", "warned")])
+def test_vae_cache_clear_each_epoch_is_refused_only_where_it_would_change_the_crops(tmp_path, crop_style, outcome):
+    backend = [QUICKSTART_BACKEND[0] | {"crop": True, "crop_style": crop_style, "vae_cache_clear_each_epoch": True},
+               *QUICKSTART_BACKEND[1:]]
+    path = write(tmp_path, QUICKSTART_CONFIG, backend)
+    if outcome == "refused":
+        with pytest.raises(ConfigError, match="vae_cache_clear_each_epoch = true is not supported with random crops"):
+            load_config(path)
+    else:
+        with pytest.warns(UserWarning, match="vae_cache_clear_each_epoch is ignored"):
+            load_config(path)
