@@ -113,6 +113,7 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
     entries = _read_json(backend_path, expect=list)
     datasets: list[ImageDataset] = []
     text_embeds: list[TextEmbedsDataset] = []
+    wanted_text: dict[str, Any] = {}  # where -> the text_embeds id an image entry names
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ConfigError(f"{backend_path}: entry [{i}] must be an object, got {entry!r}")
@@ -131,6 +132,9 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
         if kind == "text_embeds":
             text_embeds.append(_validate(TextEmbedsDataset, entry, backend_path, where))
         elif kind in ("image", "eval"):
+            if "text_embeds" in entry:  # SimpleTuner: which text_embeds entry caches this dataset's captions
+                wanted_text[where] = entry["text_embeds"]
+                entry = {k: v for k, v in entry.items() if k != "text_embeds"}
             datasets.append(_validate(ImageDataset, entry, backend_path, where))
         else:
             raise ConfigError(
@@ -160,6 +164,12 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
             )
         text_embeds = defaults
     text = text_embeds[0] if text_embeds else TextEmbedsDataset(id="text-embeds", dataset_type="text_embeds")
+    for where, wanted in wanted_text.items():
+        if wanted is not None and wanted != text.id:
+            raise ConfigError(
+                f"{backend_path}: {where}.text_embeds = {wanted!r} is not supported: every dataset's captions share "
+                f"one text-embed cache, the text_embeds entry {text.id!r}; remove the key or name that entry"
+            )
     for note in notes:
         warnings.warn(note, stacklevel=2)
     return PipelineConfig(

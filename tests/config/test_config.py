@@ -343,3 +343,14 @@ def test_vae_cache_clear_each_epoch_is_refused_only_where_it_would_change_the_cr
     else:
         with pytest.warns(UserWarning, match="vae_cache_clear_each_epoch is ignored"):
             load_config(path)
+
+
+def test_an_image_dataset_may_name_the_text_embeds_entry_but_no_other(tmp_path):
+    """SimpleTuner's per-dataset ``text_embeds``: naming the one text cache is accepted (it is where
+    the captions go anyway); naming another entry is refused, since all captions share one cache."""
+    named = [QUICKSTART_BACKEND[0] | {"text_embeds": "text-embeds"}, QUICKSTART_BACKEND[1]]
+    assert load_config(write(tmp_path, QUICKSTART_CONFIG, named)).text_embeds.id == "text-embeds"
+    other = [QUICKSTART_BACKEND[0] | {"text_embeds": "alt-embed-cache"}, QUICKSTART_BACKEND[1],
+             QUICKSTART_BACKEND[1] | {"id": "alt-embed-cache", "default": False}]
+    with pytest.raises(ConfigError, match=r"\[0\]\.text_embeds = 'alt-embed-cache' is not supported: .*'text-embeds'"):
+        load_config(write(tmp_path, QUICKSTART_CONFIG, other))
