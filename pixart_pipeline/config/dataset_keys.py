@@ -41,6 +41,7 @@ UNSUPPORTED: dict[str, tuple[str, tuple]] = {
 IGNORED: dict[str, str] = {
     "preserve_data_backend_cache": "the metadata is always kept and updated incrementally",
     "metadata_update_interval": "the metadata is brought up to date each time bucketed_metadata runs",
+    "skip_file_discovery": "discovery is always incremental here (only new or changed files are hashed and probed)",
     "hash_filenames": "cache items are keyed by content and geometry, not by file name",
     "cache_file_suffix": "cache items are keyed by content and geometry, not by file name",
     "write_batch_size": "cache shards are written in batches of their own size",
@@ -61,25 +62,24 @@ def is_off(value: Any, off: tuple = (None, False, "", 0)) -> bool:
     return value in off
 
 
-def check_entry(entry: dict, where: str) -> tuple[dict, list[str]]:
+def check_entry(entry: dict, where: str, fields: set[str] | frozenset[str] = frozenset()) -> tuple[dict, list[str]]:
     """(``entry`` without the keys handled here, with SimpleTuner's ``disable`` spelled ``disabled``,
     warnings). Raises ValueError naming ``where.key`` and the reason for a refused key.
 
-    A ``text_embeds`` entry is only checked for refused keys (its other keys are its model's)."""
+    ``fields``: the keys the entry's own model takes (a ``text_embeds`` entry has ``write_batch_size``),
+    which stay as they are."""
     warnings = []
     if "disable" in entry:  # SimpleTuner accepts both spellings
         if "disabled" in entry and entry["disabled"] != entry["disable"]:
             raise ValueError(f"{where} gives both disable = {entry['disable']!r} and disabled = {entry['disabled']!r}")
         entry = {**{k: v for k, v in entry.items() if k != "disable"}, "disabled": entry["disable"]}
-    image = entry.get("dataset_type", "image") in ("image", "eval")
+    ignored = set(IGNORED) - set(fields)
     for key, value in entry.items():
         if key in UNSUPPORTED and not is_off(value, UNSUPPORTED[key][1]):
             raise ValueError(f"{where}.{key} = {value!r} is not supported yet: {UNSUPPORTED[key][0]}")
-        if image and key in IGNORED and not is_off(value):
+        if key in ignored and not is_off(value):
             warnings.append(f"{where}.{key} is ignored: {IGNORED[key]}")
-    if not image:
-        return {k: v for k, v in entry.items() if k not in UNSUPPORTED}, warnings
-    if entry.get("vae_cache_clear_each_epoch"):
+    if entry.get("vae_cache_clear_each_epoch") and entry.get("dataset_type", "image") in ("image", "eval"):
         random_crops = entry.get("crop") and (entry.get("crop_style", "random") == "random"
                                               or entry.get("crop_aspect") == "random")
         if random_crops:
@@ -89,7 +89,7 @@ def check_entry(entry: dict, where: str) -> tuple[dict, list[str]]:
                 "crops every epoch. Remove the key to train on one crop per image, or use crop_style 'center'")
         warnings.append(f"{where}.vae_cache_clear_each_epoch is ignored: without random crops every epoch would "
                         "encode the same latents")
-    dropped = set(UNSUPPORTED) | set(IGNORED) | {"vae_cache_clear_each_epoch", "probability"}
+    dropped = (set(UNSUPPORTED) | ignored | {"vae_cache_clear_each_epoch", "probability"}) - set(fields)
     return {k: v for k, v in entry.items() if k not in dropped}, warnings
 
 
@@ -100,10 +100,10 @@ def probability_problem(entries: list[dict]) -> str | None:
     ``probability x its share of all images``; with equal probabilities (1, the default, when unset)
     that is sampling in proportion to size, which is what we do. Unequal ones are not implemented.
     """
-    values = {e.get("probability", 1) for e in entries}
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in values):
-        return f"probability values must be positive numbers, got {sorted(map(repr, values))}"
-    values = {float(v) for v in values}
+    given = [e.get("probability", 1) for e in entries]
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in given):
+        return f"probability values must be positive numbers, got {[repr(v) for v in given]}"
+    values = {float(v) for v in given}
     if len(values) > 1:
         return (f"datasets give different probability values {sorted(values)}: every dataset is sampled in "
                 "proportion to its size (SimpleTuner's default with equal probabilities); use repeats to weight one")

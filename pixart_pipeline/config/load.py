@@ -123,8 +123,9 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
         raise ConfigError(f"{backend_path}: {problem}")
     for i, entry in enumerate(entries):
         where = f"[{i}]"
+        model = TextEmbedsDataset if entry.get("dataset_type", "image") == "text_embeds" else ImageDataset
         try:
-            entry, warned = dataset_keys.check_entry(entry, where)
+            entry, warned = dataset_keys.check_entry(entry, where, set(model.model_fields))
         except ValueError as e:
             raise ConfigError(f"{backend_path}: {e}") from None
         notes += [f"{backend_path}: {w}" for w in warned]

@@ -354,3 +354,13 @@ def test_an_image_dataset_may_name_the_text_embeds_entry_but_no_other(tmp_path):
              QUICKSTART_BACKEND[1] | {"id": "alt-embed-cache", "default": False}]
     with pytest.raises(ConfigError, match=r"\[0\]\.text_embeds = 'alt-embed-cache' is not supported: .*'text-embeds'"):
         load_config(write(tmp_path, QUICKSTART_CONFIG, other))
+
+
+def test_a_text_embeds_entry_keeps_its_own_keys_and_drops_simpletuner_bookkeeping(tmp_path):
+    """SimpleTuner's CSV example puts preserve_data_backend_cache and skip_file_discovery on the
+    text_embeds entry too; write_batch_size is that entry's own key and stays."""
+    text = QUICKSTART_BACKEND[1] | {"preserve_data_backend_cache": False, "skip_file_discovery": "", "write_batch_size": 64}
+    cfg = load_config(write(tmp_path, QUICKSTART_CONFIG, [QUICKSTART_BACKEND[0], text]))
+    assert cfg.text_embeds.write_batch_size == 64
+    with pytest.raises(ConfigError, match=r"probability values must be positive numbers"):
+        load_config(write(tmp_path, QUICKSTART_CONFIG, [QUICKSTART_BACKEND[0] | {"probability": [1]}, text]))
