@@ -1,10 +1,11 @@
 """SimpleTuner ``multidatabackend.json`` keys we do not implement, and what happens to each.
 
-A user brings their SimpleTuner file, so every key it documents must either work, or be refused
-with the reason, or (when it cannot change any result here) be accepted with a warning; never an
-"unknown key" and never silence. A refused key is accepted when it holds SimpleTuner's value for
-"feature off" (``"start_epoch": 1``, ``"grounding": {"enabled": false}``): example files spell out
-their defaults. Two keys depend on the rest of the file: ``probability`` (see
+A user brings their SimpleTuner file, so a key SimpleTuner documents for image datasets should
+either work, or be refused with the reason, or (when it cannot change any result here) be accepted
+with a warning, rather than be an "unknown key" or be silently dropped. A refused key is accepted when it
+holds SimpleTuner's value for "feature off" (``"start_epoch": 1``, ``"grounding": {"enabled":
+false}``): example files spell out their defaults. A disabled entry is never trained on, so its
+refused keys only warn. Two keys depend on the rest of the file: ``probability`` (see
 :func:`probability_problem`) and ``vae_cache_clear_each_epoch`` (see :func:`check_entry`).
 """
 
@@ -35,6 +36,8 @@ UNSUPPORTED: dict[str, tuple[str, tuple]] = {
     "disable_after_epoch_step": ("scheduling a dataset to stop early is not implemented", (None, 0)),
     "timestep_sampling_offset": ("per-dataset timestep offsets are not implemented", (None, 0)),
     "slider_strength": ("slider LoRA training is not implemented (full fine-tuning only)", (None, 0)),
+    "conditioning": ("generated conditioning datasets are not supported", (None, [])),
+    "disable_vae_cache": ("SimpleTuner removed this spelling; use vae_cache_disable", ()),
 }
 
 # key -> why it cannot change a result here; accepted with a warning (when not off), then dropped.
@@ -51,20 +54,28 @@ IGNORED: dict[str, str] = {
     "delete_unwanted_images": "your files are never deleted: an image that is too small stays in the table with "
                               "a reason code and is not trained on",
     "delete_nsfw_images": "your files are never deleted (and no NSFW classifier runs here)",
+    "scan_for_errors": "every new image is probed anyway; a bad one becomes a row with a reason code",
+    "disable_validation": "validation images come from the validation prompts, not from datasets",
+    "compress_cache": "cache shards are written as they are",
+    "shorten_filenames": "cache items are keyed by content and geometry, not by file name",
+    "cache_dir_conditioning_image_embeds": "conditioning image embeds are not used (no conditioning datasets)",
+    "conditioning_image_embed_batch_size": "conditioning image embeds are not used (no conditioning datasets)",
 }
 
 
 def is_off(value: Any, off: tuple = (None, False, "", 0)) -> bool:
-    """Whether ``value`` is one of ``off`` (compared with ``==``, so ``0`` and ``False`` are alike), or
-    a dict whose ``enable``/``enabled`` is false (``{"enabled": false}``)."""
+    """Whether ``value`` is one of ``off``, or a dict whose ``enable``/``enabled`` is false.
+
+    A bool matches only a bool (``True`` is not the ``1`` of ``"start_epoch": 1``); ints and floats
+    compare by value."""
     if isinstance(value, dict) and value.get("enable", value.get("enabled")) is False:
         return True
-    return value in off
+    return any(value == o and isinstance(value, bool) == isinstance(o, bool) for o in off)
 
 
 def check_entry(entry: dict, where: str, fields: set[str] | frozenset[str] = frozenset()) -> tuple[dict, list[str]]:
     """(``entry`` without the keys handled here, with SimpleTuner's ``disable`` spelled ``disabled``,
-    warnings). Raises ValueError naming ``where.key`` and the reason for a refused key.
+    warnings). Raises ValueError naming ``where.key``, its value and the reason for a refused key.
 
     ``fields``: the keys the entry's own model takes (a ``text_embeds`` entry has ``write_batch_size``),
     which stay as they are."""
@@ -73,38 +84,58 @@ def check_entry(entry: dict, where: str, fields: set[str] | frozenset[str] = fro
         if "disabled" in entry and entry["disabled"] != entry["disable"]:
             raise ValueError(f"{where} gives both disable = {entry['disable']!r} and disabled = {entry['disabled']!r}")
         entry = {**{k: v for k, v in entry.items() if k != "disable"}, "disabled": entry["disable"]}
+    disabled = entry.get("disabled") is True
     ignored = set(IGNORED) - set(fields)
     for key, value in entry.items():
         if key in UNSUPPORTED and not is_off(value, UNSUPPORTED[key][1]):
-            raise ValueError(f"{where}.{key} = {value!r} is not supported yet: {UNSUPPORTED[key][0]}")
+            if not disabled:
+                raise ValueError(f"{where}.{key} = {value!r} is not supported yet: {UNSUPPORTED[key][0]}")
+            warnings.append(f"{where}.{key} is ignored: the dataset is disabled ({UNSUPPORTED[key][0]})")
         if key in ignored and not is_off(value):
             warnings.append(f"{where}.{key} is ignored: {IGNORED[key]}")
-    if entry.get("vae_cache_clear_each_epoch") and entry.get("dataset_type", "image") in ("image", "eval"):
-        random_crops = entry.get("crop") and (entry.get("crop_style", "random") == "random"
-                                              or entry.get("crop_aspect") == "random")
-        if random_crops:
+    clear = entry.get("vae_cache_clear_each_epoch")
+    if not is_off(clear) and entry.get("dataset_type", "image") in ("image", "eval") and not disabled:
+        random_parts = [f"{k} 'random'" for k, default in (("crop_style", "random"), ("crop_aspect", None))
+                        if entry.get("crop") and entry.get(k, default) == "random"]
+        if random_parts:
             raise ValueError(
-                f"{where}.vae_cache_clear_each_epoch = true is not supported with random crops: each image's crop "
-                "is drawn once (seeded by its content) and its latents cached once, where SimpleTuner draws new "
-                "crops every epoch. Remove the key to train on one crop per image, or use crop_style 'center'")
+                f"{where}.vae_cache_clear_each_epoch = {clear!r} is not supported with {' and '.join(random_parts)}: "
+                "each image's crop is drawn once (seeded by its content) and its latents cached once, where "
+                "SimpleTuner draws new crops every epoch. Remove the key to train on one crop per image")
         warnings.append(f"{where}.vae_cache_clear_each_epoch is ignored: without random crops every epoch would "
                         "encode the same latents")
     dropped = (set(UNSUPPORTED) | ignored | {"vae_cache_clear_each_epoch", "probability"}) - set(fields)
     return {k: v for k, v in entry.items() if k not in dropped}, warnings
 
 
-def probability_problem(entries: list[dict]) -> str | None:
-    """Why the image datasets' ``probability`` values cannot be honoured, or None.
+def probability(value: Any, where: str) -> float:
+    """A dataset's sampling weight as SimpleTuner reads it: ``float(p) if p else 1.0`` (unset, null,
+    0 and "" all mean 1); ValueError naming ``where`` for anything else that is not a positive number."""
+    if isinstance(value, bool) or value is not None and not isinstance(value, (int, float, str)):
+        raise ValueError(f"{where}.probability = {value!r} must be a number")
+    try:
+        weight = float(value) if value else 1.0
+    except ValueError:
+        raise ValueError(f"{where}.probability = {value!r} must be a number") from None
+    if weight < 0:
+        raise ValueError(f"{where}.probability = {value!r} must not be negative")
+    return weight
+
+
+def probability_problem(entries: dict[str, dict]) -> str | None:
+    """Why the training datasets' ``probability`` values (``{where: entry}``) cannot be honoured, or None.
 
     SimpleTuner's default sampling (``data_backend_sampling: auto-weighting``) weights each dataset by
-    ``probability x its share of all images``; with equal probabilities (1, the default, when unset)
-    that is sampling in proportion to size, which is what we do. Unequal ones are not implemented.
+    ``probability x its share of all images``; with equal probabilities that is sampling in
+    proportion to size, which is what we do. Unequal ones are not implemented.
     """
-    given = [e.get("probability", 1) for e in entries]
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in given):
-        return f"probability values must be positive numbers, got {[repr(v) for v in given]}"
-    values = {float(v) for v in given}
-    if len(values) > 1:
-        return (f"datasets give different probability values {sorted(values)}: every dataset is sampled in "
-                "proportion to its size (SimpleTuner's default with equal probabilities); use repeats to weight one")
+    try:
+        weights = {where: probability(e.get("probability"), where) for where, e in entries.items()}
+    except ValueError as e:
+        return str(e)
+    if len(set(weights.values())) > 1:
+        given = ", ".join(f"{where}.probability = {w:g}" for where, w in weights.items())
+        return (f"datasets give different probability values ({given}; unset means 1): every dataset is "
+                "sampled in proportion to its size (SimpleTuner's default with equal probabilities); use repeats "
+                "to weight one")
     return None

@@ -117,8 +117,8 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ConfigError(f"{backend_path}: entry [{i}] must be an object, got {entry!r}")
-    trained = [e for e in entries if e.get("dataset_type", "image") == "image"
-               and not (e.get("disabled") or e.get("disable"))]
+    trained = {f"[{i}]": e for i, e in enumerate(entries) if e.get("dataset_type", "image") == "image"
+               and not (e.get("disabled") is True or e.get("disable") is True)}
     if problem := dataset_keys.probability_problem(trained):
         raise ConfigError(f"{backend_path}: {problem}")
     for i, entry in enumerate(entries):
@@ -134,7 +134,8 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
             text_embeds.append(_validate(TextEmbedsDataset, entry, backend_path, where))
         elif kind in ("image", "eval"):
             if "text_embeds" in entry:  # SimpleTuner: which text_embeds entry caches this dataset's captions
-                wanted_text[where] = entry["text_embeds"]
+                if entry.get("disabled") is not True:
+                    wanted_text[where] = entry["text_embeds"]
                 entry = {k: v for k, v in entry.items() if k != "text_embeds"}
             datasets.append(_validate(ImageDataset, entry, backend_path, where))
         else:

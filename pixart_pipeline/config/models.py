@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 TINY_MODEL_NAME = "tiny-random"
 TINY_CLIP_NAME = "tiny-random-clip"
@@ -270,6 +270,14 @@ class ImageDataset(StrictModel):
     metadata_backend: Literal["discovery", "parquet"] = "discovery"
     repeats: int = Field(0, ge=0)
 
+    @field_validator("maximum_aspect_ratio")
+    @classmethod
+    def _bounds_not_crossed(cls, high: Number | None, info: ValidationInfo) -> Number | None:
+        low = info.data.get("minimum_aspect_ratio")
+        if low and high and low > high:
+            raise ValueError(f"below minimum_aspect_ratio {low}: no image could be kept")
+        return high
+
     @model_validator(mode="after")
     def _check_combinations(self) -> "ImageDataset":
         if (self.prepend_instance_prompt or self.only_instance_prompt) and not self.instance_prompt:
@@ -299,9 +307,6 @@ def _check_geometry(ds: "ImageDataset") -> None:
     """The geometry combinations SimpleTuner refuses (or would divide by zero on), as clear errors."""
     if ds.resolution_type in ("pixel", "pixel_area") and int(ds.resolution) != ds.resolution:
         raise ValueError(f"resolution_type {ds.resolution_type!r} needs a whole number of pixels, got {ds.resolution}")
-    low, high = ds.minimum_aspect_ratio or 0, ds.maximum_aspect_ratio or 0
-    if low and high and low > high:
-        raise ValueError(f"minimum_aspect_ratio {low} is above maximum_aspect_ratio {high}: no image could be kept")
     if ds.resolution_type == "area" and (ds.minimum_image_size or 0) > 5:
         raise ValueError(f"minimum_image_size {ds.minimum_image_size} with resolution_type 'area' means "
                          "megapixels (SimpleTuner refuses values above 5); use 'pixel_area' for pixels")

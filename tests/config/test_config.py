@@ -328,8 +328,15 @@ def test_probability_is_honoured_only_where_it_means_size_weighting(tmp_path):
     equal = [one | {"probability": 0.5}, two | {"probability": 0.5}, *QUICKSTART_BACKEND[1:]]
     assert len(load_config(write(tmp_path, QUICKSTART_CONFIG, equal)).datasets) == 2
     unequal = [one | {"probability": 1.0}, two | {"probability": 0.25}, *QUICKSTART_BACKEND[1:]]
-    with pytest.raises(ConfigError, match=r"different probability values \[0.25, 1.0\].*repeats"):
+    with pytest.raises(ConfigError, match=r"different probability values \(\[0\]\.probability = 1, "
+                                           r"\[1\]\.probability = 0\.25; .*repeats"):
         load_config(write(tmp_path, QUICKSTART_CONFIG, unequal))
+    # SimpleTuner reads float(p) if p else 1.0: unset, null and 0 all mean 1, numeric strings parse
+    same = [one | {"probability": None}, two | {"probability": "1"}, *QUICKSTART_BACKEND[1:]]
+    assert len(load_config(write(tmp_path, QUICKSTART_CONFIG, same)).datasets) == 2
+    # a disabled dataset is not sampled, so its probability does not count
+    off = [one, two | {"probability": 0.25, "disabled": True}, *QUICKSTART_BACKEND[1:]]
+    assert len(load_config(write(tmp_path, QUICKSTART_CONFIG, off)).datasets) == 1
 
 
 @pytest.mark.parametrize("crop_style, outcome", [("random", "refused"), ("center", "warned")])
@@ -338,7 +345,7 @@ def test_vae_cache_clear_each_epoch_is_refused_only_where_it_would_change_the_cr
                *QUICKSTART_BACKEND[1:]]
     path = write(tmp_path, QUICKSTART_CONFIG, backend)
     if outcome == "refused":
-        with pytest.raises(ConfigError, match="vae_cache_clear_each_epoch = true is not supported with random crops"):
+        with pytest.raises(ConfigError, match="vae_cache_clear_each_epoch = True is not supported with crop_style 'random'"):
             load_config(path)
     else:
         with pytest.warns(UserWarning, match="vae_cache_clear_each_epoch is ignored"):
@@ -362,5 +369,18 @@ def test_a_text_embeds_entry_keeps_its_own_keys_and_drops_simpletuner_bookkeepin
     text = QUICKSTART_BACKEND[1] | {"preserve_data_backend_cache": False, "skip_file_discovery": "", "write_batch_size": 64}
     cfg = load_config(write(tmp_path, QUICKSTART_CONFIG, [QUICKSTART_BACKEND[0], text]))
     assert cfg.text_embeds.write_batch_size == 64
-    with pytest.raises(ConfigError, match=r"probability values must be positive numbers"):
+    with pytest.raises(ConfigError, match=r"\[0\]\.probability = \[1\] must be a number"):
         load_config(write(tmp_path, QUICKSTART_CONFIG, [QUICKSTART_BACKEND[0] | {"probability": [1]}, text]))
+
+
+def test_refused_keys_only_warn_on_a_disabled_dataset_and_bools_are_not_numbers(tmp_path):
+    """A disabled dataset is never trained on, so what it asks for cannot matter (SimpleTuner skips it
+    too); ``True`` is not SimpleTuner's ``"start_epoch": 1``."""
+    parked = QUICKSTART_BACKEND[0] | {"id": "reg", "disabled": True, "is_regularisation_data": True,
+                                      "text_embeds": "elsewhere"}
+    with pytest.warns(UserWarning, match=r"\[1\]\.is_regularisation_data is ignored: the dataset is disabled"):
+        cfg = load_config(write(tmp_path, QUICKSTART_CONFIG, [QUICKSTART_BACKEND[0], parked, QUICKSTART_BACKEND[1]]))
+    assert [d.id for d in cfg.datasets] == [QUICKSTART_BACKEND[0]["id"]]
+    with pytest.raises(ConfigError, match=r"\[0\]\.start_epoch = True is not supported yet"):
+        load_config(write(tmp_path, QUICKSTART_CONFIG, [QUICKSTART_BACKEND[0] | {"start_epoch": True},
+                                                          QUICKSTART_BACKEND[1]]))

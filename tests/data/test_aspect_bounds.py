@@ -62,6 +62,13 @@ def test_zero_means_no_bound_and_only_set_bounds_enter_the_fingerprint(tmp_path)
     assert fp.bucketed_metadata_fields(bounded, bounded.datasets[0])["minimum_aspect_ratio"] == 0.6
 
 
-def test_crossed_bounds_are_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="minimum_aspect_ratio 2.0 is above maximum_aspect_ratio 1.0"):
+def test_a_bucket_on_a_bound_is_kept(tmp_path):
+    """SimpleTuner compares strictly (``float(bucket) < minimum``): a key equal to a bound stays."""
+    _, rows = _metadata(tmp_path, minimum_aspect_ratio=0.55, maximum_aspect_ratio=1.29)
+    assert (rows["tall"]["status"], rows["near"]["status"], rows["wide"]["status"]) == (
+        "ok", "ok", "above_max_aspect_ratio")
+
+
+def test_crossed_bounds_are_a_config_error_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[0\]\.maximum_aspect_ratio = 1\.0: .*below minimum_aspect_ratio 2\.0"):
         load_config(copy_demo(tmp_path, dataset={"minimum_aspect_ratio": 2.0, "maximum_aspect_ratio": 1.0}))
