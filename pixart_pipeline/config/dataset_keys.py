@@ -21,8 +21,8 @@ UNSUPPORTED: dict[str, tuple[str, tuple]] = {
     "aws_bucket_name": ("only local folders and Hub downloads are supported", (None, "")),
     "csv_file": ("only local folders and Hub downloads are supported", (None, "")),
     "huggingface": ("use type 'local' with hub_repo_id to download a Hub dataset", (None, False, {})),
-    "caption_filter_list": ("caption filters are not implemented; edit the captions, or use the "
-                            "instance_prompt options", (None, "", [])),
+    "caption_filter_list": ("it filters every caption, so it belongs on the text_embeds entry (as in SimpleTuner)",
+                            (None, "", [])),
     "max_num_samples": ("training on a sample of a dataset is not implemented", (None,)),
     "caption_shuffle": ("caption shuffling is not implemented", (None, {})),
     "video": ("video datasets are not supported", (None, {})),
@@ -87,7 +87,7 @@ def check_entry(entry: dict, where: str, fields: set[str] | frozenset[str] = fro
     disabled = entry.get("disabled") is True
     ignored = set(IGNORED) - set(fields)
     for key, value in entry.items():
-        if key in UNSUPPORTED and not is_off(value, UNSUPPORTED[key][1]):
+        if key in UNSUPPORTED and key not in fields and not is_off(value, UNSUPPORTED[key][1]):
             if not disabled:
                 raise ValueError(f"{where}.{key} = {value!r} is not supported yet: {UNSUPPORTED[key][0]}")
             warnings.append(f"{where}.{key} is ignored: the dataset is disabled ({UNSUPPORTED[key][0]})")

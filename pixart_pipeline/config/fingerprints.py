@@ -79,6 +79,10 @@ def captions_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
               "prepend_instance_prompt": ds.prepend_instance_prompt, "only_instance_prompt": ds.only_instance_prompt}
     if ds.caption_strategy == "textfile" and ds.disable_multiline_split:  # only when set: old fingerprints stay
         fields["disable_multiline_split"] = True
+    from pixart_pipeline.data.caption_filter import caption_filters  # data imports config
+
+    if filters := caption_filters(cfg):  # the filters themselves: editing the filter file counts
+        fields["caption_filter_list"] = filters
     if ds.caption_strategy == "parquet":
         from pixart_pipeline.data.parquet_source import parquet_identity  # data imports config
 

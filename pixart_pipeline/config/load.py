@@ -166,6 +166,14 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
             )
         text_embeds = defaults
     text = text_embeds[0] if text_embeds else TextEmbedsDataset(id="text-embeds", dataset_type="text_embeds")
+    from pixart_pipeline.data.caption_filter import load_filters, not_regular_expressions  # data imports config
+
+    try:
+        filters = load_filters(text.caption_filter_list, backend_path.parent)
+    except ValueError as e:
+        raise ConfigError(f"{backend_path}: text_embeds {text.id!r}: {e}") from None
+    notes += [f"{backend_path}: caption_filter_list: {item!r} is not a regular expression; only its plain-text "
+              "occurrences are removed" for item in not_regular_expressions(filters)]
     for where, wanted in wanted_text.items():
         if wanted is not None and wanted != text.id:
             raise ConfigError(

@@ -331,3 +331,5 @@ class TextEmbedsDataset(StrictModel):
     disabled: bool = False
     cache_dir: str = "cache/text"
     write_batch_size: int = Field(128, ge=1)
+    # strings / regular expressions removed from every caption (data/caption_filter.py)
+    caption_filter_list: list[str] | str | None = None

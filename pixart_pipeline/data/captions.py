@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pixart_pipeline.config.models import ImageDataset
+from pixart_pipeline.data.caption_filter import apply_filters
 from pixart_pipeline.data.digest import in_order, table_digest
 from pixart_pipeline.data.manifest import IMAGE_EXTENSIONS, is_image_path
 from pixart_pipeline.data.parquet_source import parquet_captions
@@ -172,6 +173,7 @@ def build_captions_table(
     ds: ImageDataset,
     parquet_path: Path | None = None,
     previous: pa.Table | None = None,
+    filters: list[str] | None = None,
 ) -> pa.Table:
     """One row per image file of ``manifest`` (sidecars excluded): path, sha256, caption,
     caption_status, sidecar_sha256, and for ``textfile``/``parquet`` captions (see ``MULTI_SCHEMA``).
@@ -179,12 +181,19 @@ def build_captions_table(
     ``parquet_path`` (the resolved ``parquet.path``) is required by ``caption_strategy: "parquet"``.
     ``previous``: the last captions table built with the same inputs (the caller checks the
     fingerprint); with ``textfile``, its rows whose (path, sha256, sidecar sha256) are unchanged
-    are kept and only the other sidecars are read.
+    are kept and only the other sidecars are read. ``filters``: the ``caption_filter_list``
+    (``caption_filter.py``), applied after the instance-prompt modifiers, as SimpleTuner filters
+    the captions it is about to encode.
     """
     root = Path(root)
     if ds.caption_strategy == "textfile":
-        return _textfile_captions(manifest, root, ds, previous)
-    return apply_instance_prompt(_strategy_captions(manifest, ds, parquet_path), ds)
+        return _textfile_captions(manifest, root, ds, previous, filters or [])
+    return _finish(_strategy_captions(manifest, ds, parquet_path), ds, filters or [])
+
+
+def _finish(table: pa.Table, ds: ImageDataset, filters: list[str]) -> pa.Table:
+    """SimpleTuner's instance-prompt modifiers, then its caption filters."""
+    return apply_filters(apply_instance_prompt(table, ds), filters, EMPTY_CAPTION)
 
 
 def _image_rows(manifest: pa.Table) -> pa.Table:
@@ -198,7 +207,9 @@ def _image_rows(manifest: pa.Table) -> pa.Table:
     return table if in_order(table.column("path")) else table.sort_by("path")
 
 
-def _textfile_captions(manifest: pa.Table, root: Path, ds: ImageDataset, previous: pa.Table | None) -> pa.Table:
+def _textfile_captions(
+    manifest: pa.Table, root: Path, ds: ImageDataset, previous: pa.Table | None, filters: list[str]
+) -> pa.Table:
     images = _image_rows(manifest)
     listed = set(manifest.column("path").to_pylist())
     by_nfc = sidecars_by_nfc(listed)
@@ -227,7 +238,7 @@ def _textfile_captions(manifest: pa.Table, root: Path, ds: ImageDataset, previou
         first = lines[0] if lines else None
         for name, value in zip(rows, (path, sha, first, status, sidecar_sha, several(lines))):
             rows[name].append(value)
-    fresh = apply_instance_prompt(pa.table(rows, schema=MULTI_SCHEMA), ds)
+    fresh = _finish(pa.table(rows, schema=MULTI_SCHEMA), ds, filters)
     if kept is None or kept.num_rows == 0:
         return fresh
     return pa.concat_tables([kept, fresh]).sort_by("path")

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
+from pixart_pipeline.data.caption_filter import caption_filters
 from pixart_pipeline.data.captions import build_captions_table, captions_data_version, multi_caption_rows
 from pixart_pipeline.data.hub import download_hub_dataset
 from pixart_pipeline.data.manifest import FolderChanges, folder_changes, manifest_data_version, scan_dataset
@@ -179,7 +180,8 @@ def run_captions(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> St
     previous = None
     if ds.caption_strategy == "textfile":
         previous = previous_if_current(captions_path(cfg, ds), fingerprint, read_parquet)
-    table = build_captions_table(manifest, cfg.dataset_dir(ds), ds, parquet, previous=previous)
+    table = build_captions_table(manifest, cfg.dataset_dir(ds), ds, parquet, previous=previous,
+                                 filters=caption_filters(cfg))
     built_from = (manifest.schema.metadata or {}).get(MANIFEST_VERSION_KEY.encode(), b"")
     table = table.replace_schema_metadata({FINGERPRINT_KEY: fingerprint, MANIFEST_VERSION_KEY: built_from})
     path = captions_path(cfg, ds)
