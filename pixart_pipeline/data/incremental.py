@@ -47,7 +47,7 @@ def captions_fingerprint(cfg: PipelineConfig, ds: ImageDataset) -> str:
     """What a captions row depends on besides its image and sidecar: the captions config fields,
     the stage revision and the caption code (a textfile re-run keeps rows only under the same one)."""
     code = hashlib.sha256()
-    for name in ("captions.py", "parquet_source.py"):
+    for name in ("captions.py", "caption_filter.py", "parquet_source.py"):
         code.update((Path(__file__).parent / name).read_bytes())
     return fp.stable_hash([fp.STAGE_REVISIONS["captions"], fp.captions_fields(cfg, ds), code.hexdigest()])
 
