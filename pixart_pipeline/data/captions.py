@@ -24,7 +24,8 @@ all of them when there are two or more, else null. The text cache encodes every 
 trainer picks one per draw (``training.batches.caption_choice``).
 
 Then SimpleTuner's modifiers: ``only_instance_prompt`` (every caption is ``instance_prompt``) and
-``prepend_instance_prompt`` (``instance_prompt + " " + caption``).
+``prepend_instance_prompt`` (``instance_prompt + " " + caption``), and last the text_embeds entry's
+``caption_filter_list`` (``caption_filter.py``).
 
 A missing or empty caption is a reason code in ``caption_status``, never an exception.
 ``filename``/``instanceprompt`` are computed with pyarrow string kernels (no loop per image);
