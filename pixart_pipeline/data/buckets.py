@@ -328,10 +328,7 @@ def compute_geometry(
     ``[1/8, 8]``, see :data:`MAX_ASPECT`), ``"too_small"`` (below ``minimum_image_size``).
     """
     sized = _sizes(width, height, ds, sha256, rounding)
-    if isinstance(sized, str):
-        return sized
-    intermediary, target = sized
-    return _placed(intermediary, target, bucket_key(*target, rounding), ds.normalised_crop_style, sha256)
+    return sized if isinstance(sized, str) else _placed(*sized, ds.normalised_crop_style, sha256)
 
 
 def geometry_function(ds: ImageDataset, rounding: int = 2) -> Callable[[int, int, str], Geometry | str]:
@@ -352,17 +349,14 @@ def geometry_function(ds: ImageDataset, rounding: int = 2) -> Callable[[int, int
         key = (width, height)
         sized = sizes.get(key)
         if sized is None:
-            sized = _sizes(width, height, ds, sha256, rounding)
-            sizes[key] = sized = sized if isinstance(sized, str) else (*sized, bucket_key(*sized[1], rounding))
-        if isinstance(sized, str):
-            return sized
-        return _placed(*sized, style, sha256)
+            sized = sizes[key] = _sizes(width, height, ds, sha256, rounding)
+        return sized if isinstance(sized, str) else _placed(*sized, style, sha256)
 
     return geometry
 
 
-def _sizes(width: int, height: int, ds: ImageDataset, sha256: str, rounding: int) -> tuple[Size, Size] | str:
-    """(intermediary, target) of an image, or a reason code: everything but the crop box.
+def _sizes(width: int, height: int, ds: ImageDataset, sha256: str, rounding: int) -> tuple[Size, Size, str] | str:
+    """(intermediary, target, bucket key) of an image, or a reason code: everything but the crop box.
 
     ``sha256`` matters only for ``crop_aspect: random`` (the seeded draw of the aspect).
     """
@@ -395,7 +389,7 @@ def _sizes(width: int, height: int, ds: ImageDataset, sha256: str, rounding: int
             intermediary = cover_exact(original, target)
     if ds.crop and res.downsample is not None and is_too_large(width, height, res):
         _, intermediary = calc(ar, res.downsample, original)
-    return cover(intermediary, target), target
+    return cover(intermediary, target), target, bucket_key(*target, rounding)
 
 
 def _placed(intermediary: Size, target: Size, bucket: str, style: str, sha256: str) -> Geometry:
