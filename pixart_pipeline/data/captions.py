@@ -145,22 +145,17 @@ def textfile_captions(
     return (lines, "ok") if lines else ([], EMPTY_CAPTION)
 
 
-def _textfile_caption(
-    root: Path, path: str, listed: set[str], by_nfc: Mapping[str, str] | None = None, split_lines: bool = True
-) -> tuple[str | None, str]:
-    lines, status = textfile_captions(root, path, listed, by_nfc, split_lines)
-    return (lines[0] if lines else None), status
-
-
 def caption_for(
     path: str, root: Path, ds: ImageDataset, listed: set[str], by_nfc: Mapping[str, str] | None = None
 ) -> tuple[str | None, str]:
-    """(caption, status) for one image path (relative to ``root``) under ``ds.caption_strategy``;
-    ``by_nfc`` (:func:`sidecars_by_nfc` of ``listed``) lets ``textfile`` match across Unicode forms."""
+    """(first caption, status) for one image path (relative to ``root``) under ``ds.caption_strategy``,
+    the per-image statement of the rules that the column-wise tables are tested against; ``by_nfc``
+    (:func:`sidecars_by_nfc` of ``listed``) lets ``textfile`` match across Unicode forms."""
     if ds.caption_strategy == "filename":
         caption = caption_from_filename(path)
     elif ds.caption_strategy == "textfile":
-        return _textfile_caption(root, path, listed, by_nfc, not ds.disable_multiline_split)
+        lines, status = textfile_captions(root, path, listed, by_nfc, not ds.disable_multiline_split)
+        return (lines[0] if lines else None), status
     elif ds.caption_strategy == "instanceprompt":
         caption = ds.instance_prompt or ""
     else:  # the config model allows nothing else; keep the error explicit if it ever does
