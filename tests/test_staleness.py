@@ -15,20 +15,21 @@ import yaml
 from PIL import Image
 
 from pixart_pipeline.config import load_config
-from pixart_pipeline.defs.assets import common as keys
+from pixart_pipeline import stages
+from pixart_pipeline.defs.assets.common import asset_key
 from pixart_pipeline.defs.build import build_definitions
 from pixart_pipeline.defs.planning import compute_plan, sync
 from demo_copy import REPO, copy_demo, edit_json
 
 pytestmark = pytest.mark.slow
 
-RAW = keys.raw_key("shapes")
-CAPTIONS = keys.captions_key("shapes")
-META = keys.metadata_key("shapes")
-VAE = keys.vae_key("shapes")
-TEXT = keys.TEXT_EMBED_KEY
-CKPT = keys.CHECKPOINT_KEY
-REPORT = keys.REPORT_KEY
+RAW = asset_key(stages.RAW_DATASET, "shapes")
+CAPTIONS = asset_key(stages.CAPTIONS, "shapes")
+META = asset_key(stages.BUCKETED_METADATA, "shapes")
+VAE = asset_key(stages.VAE_CACHE, "shapes")
+TEXT = asset_key(stages.TEXT_EMBED_CACHE)
+CKPT = asset_key(stages.TRAINED_CHECKPOINT)
+REPORT = asset_key(stages.EVALUATION_REPORT)
 ALL = {RAW, CAPTIONS, META, VAE, TEXT, CKPT, REPORT}
 
 

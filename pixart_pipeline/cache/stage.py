@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
@@ -23,9 +22,8 @@ from pixart_pipeline.cache.store import EncodeStats, ShardStore
 from pixart_pipeline.cache.text import encode_captions
 from pixart_pipeline.cache.vae import VaeItem, encode_images
 from pixart_pipeline.config import ImageDataset, PipelineConfig
-from pixart_pipeline.config import fingerprints as fp
+from pixart_pipeline.config.fingerprints import stable_hash
 from pixart_pipeline.data.captions import usable_captions
-from pixart_pipeline.data.stage import captions_path, metadata_path
 from pixart_pipeline.fileio import read_parquet
 from pixart_pipeline.models import (
     load_text_encoder,
@@ -35,6 +33,9 @@ from pixart_pipeline.models import (
     resolve_pretrained,
 )
 from pixart_pipeline.stage_result import MissingInputError, StageResult
+from pixart_pipeline.stages import (
+    TEXT_EMBED_CACHE, captions_path, metadata_path, text_store_root, vae_encoder_fields, vae_store_root,
+)
 
 Log = Callable[[str], None]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -45,30 +46,14 @@ def _quiet(_: str) -> None:
     pass
 
 
-def text_store_root(cfg: PipelineConfig) -> Path:
-    """``<cache_dir>/<hash of (stage revision, encoder fields)>``: a code change that alters what is
-    encoded (a bumped revision) gets a new store instead of reusing stale items."""
-    return cfg.text_cache_dir / fp.stable_hash([fp.STAGE_REVISIONS["text_embed_cache"], fp.text_encoder_fields(cfg)])
-
-
-def vae_store_root(cfg: PipelineConfig, ds: ImageDataset) -> Path:
-    """``<cache_dir_vae>/<hash of (stage revision, VAE fields)>`` (see ``text_store_root``)."""
-    return cfg.vae_cache_dir(ds) / fp.stable_hash([fp.STAGE_REVISIONS["vae_cache"], _vae_encoder_fields(cfg)])
-
-
 def text_encoder_id(cfg: PipelineConfig) -> str:
     """The text encoder's part of every text item key: T5 identity + revision, max length, dtype."""
-    return fp.stable_hash(fp.text_encoder_fields(cfg))
+    return stable_hash(TEXT_EMBED_CACHE.fingerprint_fields(cfg))
 
 
 def vae_encoder_id(cfg: PipelineConfig) -> str:
     """The VAE's part of every VAE item key: VAE identity + revision, dtype."""
-    return fp.stable_hash(_vae_encoder_fields(cfg))
-
-
-def _vae_encoder_fields(cfg: PipelineConfig) -> dict:
-    """``vae_fields`` without ``cache_disabled``: online and cached encoding share keys and store root."""
-    return {k: v for k, v in fp.vae_fields(cfg).items() if k != "cache_disabled"}
+    return stable_hash(vae_encoder_fields(cfg))
 
 
 def text_key(cfg: PipelineConfig, caption: str) -> str:
@@ -171,7 +156,6 @@ def run_text_embed_cache(cfg: PipelineConfig, device: str, log: Log = _quiet) ->
             "seconds": round(time.perf_counter() - start, 3),
             "store_bytes": store.stats().get("bytes", 0),
         },
-        config=fp.text_encoder_fields(cfg),
     )
 
 
@@ -234,11 +218,10 @@ def run_vae_cache(cfg: PipelineConfig, ds: ImageDataset, device: str, log: Log =
             f"{len(failed)} left out ({folder})")
         return StageResult(
             path=folder,
-            data_version=fp.stable_hash(["disabled", keys]),
+            data_version=stable_hash(["disabled", keys]),
             metadata={"disabled": True, "items": len(keys), "encoded": 0, "reused": 0, "failed": len(failed),
                       "failed_files": [f"{p}: {r}" for p, r in sorted(failed.values())][:20],
                       "seconds": round(time.perf_counter() - start, 3)},
-            config=fp.vae_fields(cfg),
         )
     store = ShardStore(vae_store_root(cfg, ds))
     repaired = repair(store, log)
@@ -272,5 +255,4 @@ def run_vae_cache(cfg: PipelineConfig, ds: ImageDataset, device: str, log: Log =
             "seconds": round(time.perf_counter() - start, 3),
             "store_bytes": store.stats().get("bytes", 0),
         },
-        config=fp.vae_fields(cfg),
     )

@@ -58,17 +58,13 @@ class StrictModel(BaseModel):
 Number = Union[int, float]
 
 
-class TrainingConfig(StrictModel):
-    """``config.json``: the model, the optimisation, and the evaluation."""
+class Hyperparameters(StrictModel):
+    """The ``config.json`` keys that change the trained weights: the one list of hyperparameters.
 
-    # -- model
-    model_family: Literal["pixart_sigma"] = "pixart_sigma"
-    model_type: Literal["full"] = "full"
-    pretrained_model_name_or_path: str = DEFAULT_BASE_MODEL
-    revision: str | None = None
-    output_dir: str = "output/models"
-    data_backend_config: str | None = None
-    # -- optimisation (all in the trained_checkpoint fingerprint)
+    The trained_checkpoint fingerprint (``config/fingerprints.py``), the run spec, the tracker and
+    the model card all read ``Hyperparameters.model_fields``; a new hyperparameter is added here only.
+    """
+
     seed: int = 42
     learning_rate: float = Field(1e-6, gt=0)
     lr_scheduler: Literal[LR_SCHEDULERS] = "constant"  # type: ignore[valid-type]
@@ -94,11 +90,35 @@ class TrainingConfig(StrictModel):
     use_ema: bool = False
     ema_decay: float = Field(0.999, gt=0, lt=1)
     use_bitfit: bool = False
+    # multiplies the global batch, so it changes the result (DESIGN.md lists it as excluded; see README)
     num_processes: int = Field(1, ge=1)
-    # -- not in any fingerprint: they cannot change the trained weights
+    # ours, not SimpleTuner's: what the sampler does with a bucket too small for one optimizer step
+    small_bucket_rule: Literal["drop", "repeat"] = "drop"
+
+    @model_validator(mode="after")
+    def _check_trainer_options(self) -> "Hyperparameters":
+        if self.lr_scheduler == "piecewise_constant" and not self.lr_step_rules:
+            raise ValueError("lr_scheduler 'piecewise_constant' needs lr_step_rules, e.g. \"1:100,0.1:200,0.01\" "
+                             "(multiplier:until_step pairs, then the final multiplier)")
+        if self.lr_step_rules is not None:
+            _check_step_rules(self.lr_step_rules)
+        if self.optimizer == "adafactor" and self.fused_optimizer == "on":
+            raise ValueError("fused_optimizer 'on' needs optimizer 'adamw' (Adafactor has no fused kernel)")
+        return self
+
+    def hyperparameters(self) -> "Hyperparameters":
+        """Just the hyperparameters (a ``TrainingConfig`` is one too, with every other key)."""
+        return Hyperparameters.model_validate({k: getattr(self, k) for k in Hyperparameters.model_fields})
+
+
+class TrainerSettings(StrictModel):
+    """The ``config.json`` keys of a training run that never change the weights: checkpointing,
+    resuming, memory, where it runs and where its results are reported. In no fingerprint."""
+
     checkpointing_steps: int = Field(500, ge=1)
     checkpoints_total_limit: int | None = Field(None, ge=1)
-    resume_from_checkpoint: str = "latest"
+    resume_from_checkpoint: str = "latest"  # "latest" | "none" | a checkpoint folder
+    # recompute activations in the backward pass: less memory, same gradients
     gradient_checkpointing: bool = False
     report_to: Literal["none", "wandb"] = "none"
     tracker_project_name: str = "pixart-pipeline"
@@ -106,10 +126,38 @@ class TrainingConfig(StrictModel):
     push_to_hub: bool = False
     hub_model_id: str | None = None
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+
+    @model_validator(mode="after")
+    def _check_hub(self) -> "TrainerSettings":
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub is true but hub_model_id is not set (e.g. \"your-name/pixart-finetune\")")
+        return self
+
+    @field_validator("resume_from_checkpoint")
+    @classmethod
+    def _check_resume(cls, value: str) -> str:
+        if value not in ("latest", "none") and not value.strip():
+            raise ValueError("use 'latest', 'none', or a checkpoint folder")
+        return value
+
+    def trainer_settings(self) -> "TrainerSettings":
+        """Just the trainer settings (a ``TrainingConfig`` is one too, with every other key)."""
+        return TrainerSettings.model_validate({k: getattr(self, k) for k in TrainerSettings.model_fields})
+
+
+class TrainingConfig(Hyperparameters, TrainerSettings):
+    """``config.json``: the model, the optimisation (``Hyperparameters``), the run (``TrainerSettings``),
+    the caches and the evaluation."""
+
+    # -- model
+    model_family: Literal["pixart_sigma"] = "pixart_sigma"
+    model_type: Literal["full"] = "full"
+    pretrained_model_name_or_path: str = DEFAULT_BASE_MODEL
+    revision: str | None = None
+    output_dir: str = "output/models"
+    data_backend_config: str | None = None
     # -- buckets: decimals of the aspect ratios (SimpleTuner's; None = 2), in the metadata fingerprint
     aspect_bucket_rounding: int | None = Field(None, ge=1, le=4)
-    # ours, not SimpleTuner's: what the sampler does with a bucket too small for one optimizer step
-    small_bucket_rule: Literal["drop", "repeat"] = "drop"
     # -- caches
     tokenizer_max_length: int = Field(300, ge=1)
     text_encoder_dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
@@ -132,26 +180,6 @@ class TrainingConfig(StrictModel):
     @classmethod
     def _check_resolution(cls, value: str | int) -> str | int:
         parse_resolutions(value)  # raises ValueError with the offending part
-        return value
-
-    @model_validator(mode="after")
-    def _check_trainer_options(self) -> "TrainingConfig":
-        if self.lr_scheduler == "piecewise_constant" and not self.lr_step_rules:
-            raise ValueError("lr_scheduler 'piecewise_constant' needs lr_step_rules, e.g. \"1:100,0.1:200,0.01\" "
-                             "(multiplier:until_step pairs, then the final multiplier)")
-        if self.lr_step_rules is not None:
-            _check_step_rules(self.lr_step_rules)
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("push_to_hub is true but hub_model_id is not set (e.g. \"your-name/pixart-finetune\")")
-        if self.optimizer == "adafactor" and self.fused_optimizer == "on":
-            raise ValueError("fused_optimizer 'on' needs optimizer 'adamw' (Adafactor has no fused kernel)")
-        return self
-
-    @field_validator("resume_from_checkpoint")
-    @classmethod
-    def _check_resume(cls, value: str) -> str:
-        if value not in ("latest", "none") and not value.strip():
-            raise ValueError("use 'latest', 'none', or a checkpoint folder")
         return value
 
     @property

@@ -27,6 +27,7 @@ from pixart_pipeline.config.models import ImageDataset
 from pixart_pipeline.data.buckets import geometry_function
 from pixart_pipeline.data.digest import in_order, table_digest
 from pixart_pipeline.data.probe import Probe, probe_many
+from pixart_pipeline.stages import METADATA_SCHEMA
 
 # Reason codes of metadata_backend "parquet" (sizes read from the parquet, images never opened).
 NOT_IN_PARQUET = "not_in_parquet"
@@ -35,28 +36,6 @@ PARQUET_SIZE_INVALID = "parquet_size_invalid"
 BELOW_MIN_ASPECT_RATIO = "below_min_aspect_ratio"
 ABOVE_MAX_ASPECT_RATIO = "above_max_aspect_ratio"
 
-METADATA_SCHEMA = pa.schema(
-    [
-        ("path", pa.string()),
-        ("sha256", pa.string()),
-        ("width", pa.int64()),
-        ("height", pa.int64()),
-        ("caption", pa.string()),
-        ("status", pa.string()),
-        ("intermediary_width", pa.int64()),
-        ("intermediary_height", pa.int64()),
-        ("target_width", pa.int64()),
-        ("target_height", pa.int64()),
-        ("crop_left", pa.int64()),
-        ("crop_top", pa.int64()),
-        ("bucket", pa.string()),
-        ("split", pa.string()),
-        ("note", pa.string()),
-        # Every caption of a kept training image that has several (textfile lines, parquet list
-        # entries; the trainer draws one per step), else null: ``caption`` is the first.
-        ("captions", pa.list_(pa.string())),
-    ]
-)
 GEOMETRY_COLUMNS = (
     "intermediary_width",
     "intermediary_height",

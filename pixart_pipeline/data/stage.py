@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pixart_pipeline.config import ImageDataset, PipelineConfig
-from pixart_pipeline.config import fingerprints as fp
+from pixart_pipeline.config.fingerprints import stable_hash
 from pixart_pipeline.data.caption_filter import caption_filters
 from pixart_pipeline.data.captions import build_captions_table, captions_data_version, multi_caption_rows
 from pixart_pipeline.data.hub import download_hub_dataset
@@ -50,28 +50,13 @@ from pixart_pipeline.data.probe_cache import (
 from pixart_pipeline.data.synthetic import generate_synthetic_dataset
 from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
 from pixart_pipeline.stage_result import MissingInputError, StageResult, markdown_table
+from pixart_pipeline.stages import captions_path, manifest_path, metadata_dir, metadata_path
 
 Log = Callable[[str], None]
 
 
 def _quiet(_: str) -> None:
     pass
-
-
-def metadata_dir(cfg: PipelineConfig, ds: ImageDataset) -> Path:
-    return cfg.output_dir / "metadata" / ds.id
-
-
-def manifest_path(cfg: PipelineConfig, ds: ImageDataset) -> Path:
-    return metadata_dir(cfg, ds) / "manifest.parquet"
-
-
-def captions_path(cfg: PipelineConfig, ds: ImageDataset) -> Path:
-    return metadata_dir(cfg, ds) / "captions.parquet"
-
-
-def metadata_path(cfg: PipelineConfig, ds: ImageDataset) -> Path:
-    return metadata_dir(cfg, ds) / "metadata.parquet"
 
 
 def _read_input(path: Path, stage: str) -> pa.Table:
@@ -128,7 +113,6 @@ def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) ->
             "seconds": round(time.perf_counter() - start, 3),
             **extra,
         },
-        config=fp.raw_dataset_fields(cfg, ds),
     )
 
 
@@ -167,7 +151,7 @@ def folder_changes_key(cfg: PipelineConfig, ds: ImageDataset, changes: FolderCha
             state.append([rel, st.st_size, st.st_mtime_ns])
         except FileNotFoundError:
             state.append([rel, None, None])
-    return fp.stable_hash([ds.id, state, sorted(changes.removed)])
+    return stable_hash([ds.id, state, sorted(changes.removed)])
 
 
 def run_captions(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> StageResult:
@@ -204,7 +188,6 @@ def run_captions(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> St
             "seconds": round(time.perf_counter() - start, 3),
         },
         markdown={"caption_status": markdown_table(("status", "images"), statuses)},
-        config=fp.captions_fields(cfg, ds),
     )
 
 
@@ -273,7 +256,6 @@ def run_bucketed_metadata(
             "bucket_histogram": markdown_table(("bucket (aspect)", "images"), buckets),
             "status_counts": markdown_table(("status", "images"), statuses),
         },
-        config=fp.bucketed_metadata_fields(cfg, ds),
     )
 
 

@@ -17,7 +17,10 @@ from typing import Any
 
 import torch
 
-from pixart_pipeline.fileio import atomic_write_text
+from pixart_pipeline.config.models import Hyperparameters
+from pixart_pipeline.fileio import atomic_write_json, atomic_write_text
+from pixart_pipeline.training.result import TrainResult
+from pixart_pipeline.training.spec import RunSpec
 
 _COMPONENT_PATTERNS = ["model_index.json", "scheduler/*", "vae/*", "text_encoder/*", "tokenizer/*"]
 
@@ -217,3 +220,23 @@ def refresh_model_card(run_dir: Path, metrics: dict[str, float], samples: list[t
     atomic_write_text(run_dir / "pipeline" / "README.md", card)
     atomic_write_text(run_dir / "README.md", card.replace("](samples/", "](pipeline/samples/"))
     return run_dir / "pipeline" / "README.md"
+
+
+def export_run(spec: RunSpec, final: torch.nn.Module, result: TrainResult, datasets: list[str],
+               num_items: int) -> None:
+    """A finished run's pipeline folder and model card (and the card's inputs, ``CARD_INFO``, which
+    evaluation later extends with its metrics and samples)."""
+    run_dir, pipeline_path = Path(spec.run_dir), Path(spec.run_dir) / "pipeline"
+    export_pipeline(final, spec.base_model, spec.revision, pipeline_path)
+    hp = spec.hyperparameters
+    info = {
+        "base_model": spec.base_model_name or spec.base_model, "revision": spec.revision, "steps": result.steps,
+        "epochs": result.epochs, "final_loss": result.final_loss, "seconds": result.seconds,
+        "weights_sha256": result.weights_sha256, "datasets": datasets, "num_items": num_items,
+        "hub_datasets": sorted({spec.hub_datasets[d] for d in datasets if d in spec.hub_datasets}),
+        "hyperparameters": {k: getattr(hp, k) for k in Hyperparameters.model_fields},
+    }
+    atomic_write_json(run_dir / CARD_INFO, info)
+    card = model_card(info)
+    atomic_write_text(pipeline_path / "README.md", card)  # the Hub renders the uploaded folder's card
+    atomic_write_text(run_dir / "README.md", card)

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from demo_copy import copy_demo, edit_json
-from pixart_pipeline.cache.stage import run_text_embed_cache, run_vae_cache, vae_items, vae_store_root
+from pixart_pipeline.cache.stage import run_text_embed_cache, run_vae_cache, vae_items
+from pixart_pipeline.stages import vae_store_root
 from pixart_pipeline.cache.store import ShardStore
 from pixart_pipeline.cli import main
 from pixart_pipeline.config import load_config

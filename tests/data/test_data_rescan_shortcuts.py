@@ -13,7 +13,8 @@ from pixart_pipeline.config import load_config
 from pixart_pipeline.data.digest import in_order, table_digest
 from pixart_pipeline.data.incremental import split_reusable
 from pixart_pipeline.data.manifest import list_dataset_files, manifest_data_version, scan_dataset, sha256_file
-from pixart_pipeline.data.stage import metadata_dir, run_bucketed_metadata, run_captions, run_raw_dataset
+from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
+from pixart_pipeline.stages import metadata_dir
 from pixart_pipeline.fileio import read_parquet
 from tests.demo_copy import copy_demo
 

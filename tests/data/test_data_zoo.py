@@ -10,7 +10,8 @@ from PIL import Image
 
 from pixart_pipeline.config import load_config
 from pixart_pipeline.data.probe_cache import load_probe_cache, probe_cache_path
-from pixart_pipeline.data.stage import metadata_dir, run_bucketed_metadata, run_captions, run_raw_dataset
+from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
+from pixart_pipeline.stages import metadata_dir
 from pixart_pipeline.fileio import read_parquet
 from tests.data.test_data_probe import _png_with_size
 from tests.demo_copy import copy_demo

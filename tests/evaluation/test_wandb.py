@@ -41,7 +41,7 @@ def test_evaluation_logs_images_and_metrics_to_the_training_wandb_run(tmp_path, 
     prepared = prepare_training_run(cfg, "cpu")
     train(RunSpec.load(prepared.spec_path))
     logs: list[str] = []
-    result = run_evaluation_report(cfg, "cpu", logs.append)
+    result = run_evaluation_report(cfg, "cpu", prepared.run_dir, logs.append)
 
     run_dir = prepared.run_dir
     tracker = json.loads((run_dir / "tracker.json").read_text())
