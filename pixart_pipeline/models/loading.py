@@ -145,14 +145,3 @@ def load_clip(path: str, revision: str | None = None):
         model = CLIPModel.from_pretrained(path, revision=revision, use_safetensors=True)
         processor = CLIPProcessor.from_pretrained(path, revision=revision)
     return model.eval().requires_grad_(False), processor
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> cuda if available, else mps, else cpu; any other name is used as given."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")

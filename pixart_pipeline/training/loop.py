@@ -38,7 +38,7 @@ from accelerate import Accelerator
 
 from pixart_pipeline.config.models import TrainingConfig
 from pixart_pipeline.fileio import atomic_write_json, atomic_write_text, tensors_sha256
-from pixart_pipeline.models import load_noise_scheduler, load_transformer
+from pixart_pipeline.models import load_noise_scheduler, load_transformer, resolve_device
 from pixart_pipeline.training import checkpoint as ckpt
 from pixart_pipeline.training.batches import BatchBuilder, load_items, read_ahead, vae_scaling_factor
 from pixart_pipeline.training.ema import EMA
@@ -89,8 +89,7 @@ def make_accelerator(hp: TrainingConfig, device: str) -> Accelerator:
         raise ValueError("device is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError("device is 'mps' but MPS is not available; use 'auto' or 'cpu'")
-    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available()
-                                 and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()))
+    on_cpu = resolve_device(device).type == "cpu"
     if on_cpu and hp.mixed_precision == "fp16":
         raise ValueError(
             "mixed_precision 'fp16' needs a GPU (fp16 gradient scaling is not supported on the CPU); "
