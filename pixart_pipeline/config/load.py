@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from pixart_pipeline.config import dataset_keys
+from pixart_pipeline.config.caption_filters import load_filters, not_regular_expressions
 from pixart_pipeline.config.models import (
     IGNORED,
     UNSUPPORTED,
@@ -166,8 +167,6 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
             )
         text_embeds = defaults
     text = text_embeds[0] if text_embeds else TextEmbedsDataset(id="text-embeds", dataset_type="text_embeds")
-    from pixart_pipeline.data.caption_filter import load_filters, not_regular_expressions  # data imports config
-
     try:
         filters = load_filters(text.caption_filter_list, backend_path.parent)
     except ValueError as e:

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pixart_pipeline.config import ImageDataset, PipelineConfig
+from pixart_pipeline.config import caption_filters as filter_rules
 from pixart_pipeline.config import fingerprints as fp
 from pixart_pipeline.data import probe, probe_cache
 from pixart_pipeline.data.digest import in_order
@@ -47,8 +48,11 @@ def captions_fingerprint(cfg: PipelineConfig, ds: ImageDataset) -> str:
     """What a captions row depends on besides its image and sidecar: the captions config fields,
     the stage revision and the caption code (a textfile re-run keeps rows only under the same one)."""
     code = hashlib.sha256()
-    for name in ("captions.py", "caption_filter.py", "parquet_source.py"):
-        code.update((Path(__file__).parent / name).read_bytes())
+    here = Path(__file__).parent
+    # The filter rules (``s/`` vs plain text vs regex) live in config and decide captions too.
+    for source in (here / "captions.py", here / "caption_filter.py", here / "parquet_source.py",
+                   Path(filter_rules.__file__)):
+        code.update(source.read_bytes())
     return fp.stable_hash([fp.STAGE_REVISIONS["captions"], fp.captions_fields(cfg, ds), code.hexdigest()])
 
 

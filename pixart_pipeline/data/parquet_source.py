@@ -26,7 +26,6 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config.models import ParquetConfig
 from pixart_pipeline.stage_result import MissingInputError
 
@@ -37,24 +36,6 @@ EMPTY_CAPTION = "empty_caption"
 
 class ParquetSourceError(MissingInputError):
     """The parquet file is missing, unreadable, or lacks a configured column (names file and column)."""
-
-
-def parquet_file(cfg: PipelineConfig, ds: ImageDataset) -> Path:
-    """``ds.parquet.path`` resolved against the folder of ``multidatabackend.json``."""
-    path = Path(os.path.expanduser(ds.parquet.path))
-    return path if path.is_absolute() else (cfg.backend_path.parent / path).resolve()
-
-
-def parquet_identity(cfg: PipelineConfig, ds: ImageDataset) -> dict:
-    """The parquet block plus the file's (size, mtime_ns): in the captions/metadata fingerprints, so
-    editing the table makes those stages unsynced although no image changed."""
-    path = parquet_file(cfg, ds)
-    try:
-        st = path.stat()
-        state = [st.st_size, st.st_mtime_ns]
-    except OSError:
-        state = None
-    return {**ds.parquet.model_dump(), "file": str(path), "state": state}
 
 
 def _read(path: Path, columns: list[str]) -> pa.Table:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config import fingerprints as fp
-from pixart_pipeline.data.caption_filter import caption_filters
+from pixart_pipeline.config.identity import caption_filters, parquet_file
 from pixart_pipeline.data.captions import build_captions_table, captions_data_version, multi_caption_rows
 from pixart_pipeline.data.hub import download_hub_dataset
 from pixart_pipeline.data.manifest import FolderChanges, folder_changes, manifest_data_version, scan_dataset
@@ -29,7 +29,7 @@ from pixart_pipeline.data.metadata import (
     status_counts,
     value_counts,
 )
-from pixart_pipeline.data.parquet_source import parquet_file, parquet_sizes
+from pixart_pipeline.data.parquet_source import parquet_sizes
 from pixart_pipeline.data.incremental import (
     FINGERPRINT_KEY,
     MANIFEST_VERSION_KEY,
