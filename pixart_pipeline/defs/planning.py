@@ -16,6 +16,7 @@ from typing import Callable
 
 import dagster as dg
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 from dagster._core.definitions.data_version import (
     CachingStaleStatusResolver,
     StaleCauseCategory,
@@ -56,7 +57,11 @@ def stage_fields(cfg: PipelineConfig) -> dict[dg.AssetKey, dict]:
 
 def compute_plan(instance: dg.DagsterInstance, defs: dg.Definitions, cfg: PipelineConfig) -> list[PlanEntry]:
     """Every asset that is missing or unsynced, in dependency order, each with its reasons."""
-    graph = defs.resolve_asset_graph()
+    return plan_asset_graph(instance, defs.resolve_asset_graph(), cfg)
+
+
+def plan_asset_graph(instance: dg.DagsterInstance, graph: AssetGraph, cfg: PipelineConfig) -> list[PlanEntry]:
+    """``compute_plan`` for an asset graph already at hand (a schedule tick's ``repository_def.asset_graph``)."""
     view = AssetGraphView(
         temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
         instance=instance,
