@@ -211,8 +211,8 @@ def _check_known_keys(raw: dict, path: Path) -> list[str]:
     """Refuse SimpleTuner options we do not implement; warn about harmless ones (and drop them)."""
     notes = []
     for key in list(raw):
-        if key in UNSUPPORTED and raw[key] not in (False, None, "", "none", "diffusers"):
-            raise ConfigError(f"{path}: key {key!r} = {raw[key]!r} is not supported: {UNSUPPORTED[key]}")
+        if key in UNSUPPORTED and not dataset_keys.is_off(raw[key], UNSUPPORTED[key][1]):
+            raise ConfigError(f"{path}: key {key!r} = {raw[key]!r} is not supported: {UNSUPPORTED[key][0]}")
         if key in UNSUPPORTED:
             raw.pop(key)
         elif key in IGNORED:

@@ -29,9 +29,9 @@ import pyarrow.parquet as pq
 from pixart_pipeline.config.models import ParquetConfig
 from pixart_pipeline.stage_result import MissingInputError
 
-# Caption status of an image without a row in the parquet (metadata.py has the size counterpart).
+# Caption status (and, under metadata_backend "parquet", metadata status) of an image without a row.
 NOT_IN_PARQUET = "not_in_parquet"
-EMPTY_CAPTION = "empty_caption"
+EMPTY_CAPTION = "empty_caption"  # no usable caption (also captions.py's status for an empty sidecar)
 
 
 class ParquetSourceError(MissingInputError):

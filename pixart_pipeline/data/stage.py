@@ -277,13 +277,6 @@ def run_bucketed_metadata(
     )
 
 
-def _counts(values: list) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[str(v)] = out.get(str(v), 0) + 1
-    return dict(sorted(out.items()))
-
-
 @dataclass
 class BatchReadiness:
     """Whether a dataset can fill optimizer steps; what SimpleTuner checks as "dataset too small".
@@ -361,4 +354,5 @@ def batch_readiness(cfg: PipelineConfig, ds: ImageDataset) -> BatchReadiness:
     kept = table.filter(ok)
     names = [f"{b} ({w}x{h})" for b, w, h in zip(*(kept.column(c).to_pylist()
                                                    for c in ("bucket", "target_width", "target_height")))]
-    return readiness({b: n * (1 + ds.repeats) for b, n in _counts(names).items()}, cfg)
+    counts = sorted(value_counts(pa.array(names, pa.string())).items())
+    return readiness({b: n * (1 + ds.repeats) for b, n in counts}, cfg)

@@ -9,6 +9,7 @@ to the base model's folders (symlinks; copied where the file system cannot link)
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import uuid
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pixart_pipeline.fileio import atomic_write_text
+from pixart_pipeline.fileio import atomic_write_bytes, atomic_write_text
 
 _COMPONENT_PATTERNS = ["model_index.json", "scheduler/*", "vae/*", "text_encoder/*", "tokenizer/*"]
 
@@ -183,11 +184,6 @@ Trained with pixart_pipeline (SimpleTuner's option names); per-step metrics are 
 """
 
 
-def write_model_card(path: Path, info: dict[str, Any]) -> None:
-    """Write ``model_card(info)`` to ``path`` (atomically)."""
-    atomic_write_text(Path(path), model_card(info))
-
-
 CARD_INFO = "model_card.json"  # in the run folder: what the card was written from, for refresh_model_card
 
 
@@ -195,10 +191,6 @@ def refresh_model_card(run_dir: Path, metrics: dict[str, float], samples: list[t
     """Rewrite the card of a finished run with evaluation results: ``metrics`` (finite floats only)
     into ``model-index`` and a table, ``samples`` (prompt, image file) copied into ``pipeline/samples/``
     and shown (and listed as the Hub ``widget``). Only the card changes, never the weights."""
-    import math
-
-    from pixart_pipeline.fileio import atomic_write_bytes
-
     run_dir = Path(run_dir)
     info_file = run_dir / CARD_INFO
     if not info_file.is_file():
