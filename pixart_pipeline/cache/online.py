@@ -31,6 +31,7 @@ from pixart_pipeline.cache.vae import (
     failure_reason,
     load_pixels,
 )
+from pixart_pipeline.errors import InputError
 from pixart_pipeline.fileio import atomic_write_json
 from pixart_pipeline.models import TORCH_DTYPES, load_vae, process_device
 
@@ -84,7 +85,7 @@ class OnlineVaeStore:
         self.dtype, self.device = spec["dtype"], spec["device"]
         stale = [key for key, v in spec["items"].items() if "sha256" not in v]
         if stale:  # written before specs carried each image's sha256: nothing to check pixels against
-            raise ValueError(f"{self.root / ONLINE_SPEC}: item {stale[0]!r} has no sha256; "
+            raise InputError(f"{self.root / ONLINE_SPEC}: item {stale[0]!r} has no sha256; "
                              "re-materialize vae_cache to rewrite the spec")
         self.items = {
             key: VaeItem(key, Path(v["path"]), tuple(v["intermediary"]), tuple(v["crop"]), tuple(v["target"]),
@@ -137,12 +138,12 @@ class OnlineVaeStore:
                     except Exception as e:  # noqa: BLE001 - name the image and the reason
                         # The stage checked every image when it wrote the spec; this is a file
                         # changed or removed since (re-materialize vae_cache to leave it out).
-                        raise ValueError(f"online VAE encoding failed for {item.path}: {failure_reason(e)}") from e
+                        raise InputError(f"online VAE encoding failed for {item.path}: {failure_reason(e)}") from e
                 mean, std, finite = encode_posteriors(vae, pixels, self._device)  # [B, 4, H/8, W/8]
                 mean, std = mean.float(), std.float()
                 for i, p in enumerate(positions):
                     if not finite[i]:
-                        raise ValueError(f"{self.items[keys[p]].path}: {NONFINITE_REASON}")
+                        raise InputError(f"{self.items[keys[p]].path}: {NONFINITE_REASON}")
                     out[p] = {"mean": mean[i].clone(), "std": std[i].clone()}
                 self.encoded += len(positions)
         return out  # type: ignore[return-value]

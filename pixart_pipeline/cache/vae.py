@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 
 from pixart_pipeline.cache.store import EncodeStats, ShardStore, ShardWriter
 from pixart_pipeline.data.images import to_rgb
+from pixart_pipeline.errors import InputError
 
 VAE_DOWNSAMPLE = 8
 # Why an item with a NaN/Inf posterior is not stored (cached path) or served (online path).
@@ -44,7 +45,7 @@ class VaeItem:
     sha256: str
 
 
-class SourceChangedError(ValueError):
+class SourceChangedError(InputError):
     """The image file's bytes are not the ones its metadata row (and item key) was computed from."""
 
 

@@ -25,11 +25,12 @@ from pixart_pipeline.config.models import (
     TextEmbedsDataset,
     TrainingConfig,
 )
+from pixart_pipeline.errors import InputError
 
 CONFIG_ENV = "PIXART_CONFIG"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config problem, always naming the file and the key."""
 
 

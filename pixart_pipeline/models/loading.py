@@ -16,12 +16,13 @@ from typing import Iterator
 import torch
 
 from pixart_pipeline.config.models import TINY_CLIP_NAME, TINY_MODEL_NAME
+from pixart_pipeline.errors import InputError
 from pixart_pipeline.models.tiny import TINY_REVISION, build_tiny_clip, build_tiny_pixart
 
 _TINY_BUILDERS = {TINY_MODEL_NAME: build_tiny_pixart, TINY_CLIP_NAME: build_tiny_clip}
 
 
-class ModelUnavailableError(ValueError):
+class ModelUnavailableError(InputError):
     """A model (or one of its files) could not be loaded from a local folder or the Hugging Face Hub."""
 
 

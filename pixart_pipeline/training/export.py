@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from pixart_pipeline.errors import InputError
 from pixart_pipeline.fileio import atomic_write_bytes, atomic_write_text
 
 _COMPONENT_PATTERNS = ["model_index.json", "scheduler/*", "vae/*", "text_encoder/*", "tokenizer/*"]
@@ -33,7 +34,7 @@ def base_model_folder(base_model: str, revision: str | None) -> Path:
     try:
         return Path(snapshot_download(base_model, revision=revision, allow_patterns=_COMPONENT_PATTERNS))
     except Exception as exc:  # offline cache miss, 404, gated repo ...
-        raise ValueError(
+        raise InputError(
             f"cannot export the pipeline: the base model {base_model!r} (revision {revision or 'main'}) "
             f"is not a local folder and could not be fetched from the Hub ({type(exc).__name__}: {exc}). "
             "Download it first or point base_model at a local folder."
@@ -55,7 +56,7 @@ def export_pipeline(transformer: torch.nn.Module, base_model: str, revision: str
     base = base_model_folder(base_model, revision)
     index_file = base / "model_index.json"
     if not index_file.is_file():
-        raise ValueError(f"cannot export the pipeline: {index_file} is missing (is {base} a diffusers pipeline?)")
+        raise InputError(f"cannot export the pipeline: {index_file} is missing (is {base} a diffusers pipeline?)")
     index: dict[str, Any] = json.loads(index_file.read_text())
 
     out_dir = Path(out_dir)
@@ -71,7 +72,7 @@ def export_pipeline(transformer: torch.nn.Module, base_model: str, revision: str
                 continue
             src = base / name
             if not src.exists():
-                raise ValueError(f"cannot export the pipeline: component folder {src} is missing")
+                raise InputError(f"cannot export the pipeline: component folder {src} is missing")
             _link_or_copy(src.resolve(), tmp / name)
         if out_dir.exists() or out_dir.is_symlink():
             old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
@@ -194,7 +195,7 @@ def refresh_model_card(run_dir: Path, metrics: dict[str, float], samples: list[t
     run_dir = Path(run_dir)
     info_file = run_dir / CARD_INFO
     if not info_file.is_file():
-        raise ValueError(f"{info_file} is missing: the run did not finish exporting, so there is no card to update")
+        raise InputError(f"{info_file} is missing: the run did not finish exporting, so there is no card to update")
     info = json.loads(info_file.read_text())
     sample_dir = run_dir / "pipeline" / "samples"
     sample_dir.mkdir(exist_ok=True)

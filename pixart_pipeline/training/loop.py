@@ -37,6 +37,7 @@ import torch
 from accelerate import Accelerator
 
 from pixart_pipeline.config.models import TrainingConfig
+from pixart_pipeline.errors import InputError
 from pixart_pipeline.fileio import atomic_write_json, atomic_write_text, tensors_sha256
 from pixart_pipeline.models import load_noise_scheduler, load_transformer, resolve_device
 from pixart_pipeline.training import checkpoint as ckpt
@@ -86,12 +87,12 @@ class TrainResult:
 def make_accelerator(hp: TrainingConfig, device: str) -> Accelerator:
     """An ``Accelerator`` on the requested device; refuses combinations that cannot work."""
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'")
+        raise InputError("device is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device is 'mps' but MPS is not available; use 'auto' or 'cpu'")
+        raise InputError("device is 'mps' but MPS is not available; use 'auto' or 'cpu'")
     on_cpu = resolve_device(device).type == "cpu"
     if on_cpu and hp.mixed_precision == "fp16":
-        raise ValueError(
+        raise InputError(
             "mixed_precision 'fp16' needs a GPU (fp16 gradient scaling is not supported on the CPU); "
             "set mixed_precision to 'bf16' or 'no' for CPU training"
         )
@@ -110,7 +111,7 @@ def make_accelerator(hp: TrainingConfig, device: str) -> Accelerator:
         cpu=on_cpu,
     )
     if accelerator.num_processes != hp.num_processes:
-        raise ValueError(
+        raise InputError(
             f"hyperparameters.num_processes is {hp.num_processes} but this run has {accelerator.num_processes} "
             f"process(es); launch with `torchrun --nproc_per_node {hp.num_processes} -m pixart_pipeline.training ...`"
         )
