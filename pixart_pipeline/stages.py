@@ -124,7 +124,7 @@ RAW_DATASET = Stage(
 CAPTIONS = Stage(
     "captions", "r2",  # r2: every textfile line / parquet list entry kept (the captions column)
     fp.captions_fields, per_dataset=True, group="data", inputs=("raw_dataset",),
-    code=("data/captions.py", "data/caption_filter.py", "data/parquet_source.py"),
+    code=("data/captions.py", "data/caption_filter.py", "data/parquet_source.py", "config/caption_filters.py"),
 )
 BUCKETED_METADATA = Stage(
     # r2: one target per aspect key (area), crop_aspect closest/random; r3: note column, truncated code

@@ -6,13 +6,11 @@ fingerprint, items by what determines them, so only missing items are ever encod
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from pixart_pipeline.cache.keys import text_item_key, vae_item_key
 from pixart_pipeline.cache.maintenance import repair
@@ -26,10 +24,11 @@ from pixart_pipeline.config.fingerprints import stable_hash
 from pixart_pipeline.data.captions import usable_captions
 from pixart_pipeline.fileio import read_parquet
 from pixart_pipeline.models import (
+    TORCH_DTYPES,
     load_text_encoder,
     load_tokenizer,
     load_vae,
-    resolve_device,
+    process_device,
     resolve_pretrained,
 )
 from pixart_pipeline.stage_result import MissingInputError, StageResult
@@ -38,7 +37,6 @@ from pixart_pipeline.stages import (
 )
 
 Log = Callable[[str], None]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EMPTY_PROMPT = ""  # caption dropout trains on the empty prompt's embedding
 
 
@@ -90,24 +88,15 @@ def all_captions(cfg: PipelineConfig) -> list[str]:
     return sorted(caption_sources(cfg))
 
 
-def _encoding_device(device: str) -> torch.device:
-    """The device of this process: under torchrun with several GPUs, this rank's own GPU."""
-    resolved = resolve_device(device)
-    local_rank = os.environ.get("LOCAL_RANK")
-    if resolved.type == "cuda" and resolved.index is None and local_rank is not None and torch.cuda.device_count() > 1:
-        return torch.device("cuda", int(local_rank))
-    return resolved
-
-
 def encode_text_items(
     cfg: PipelineConfig, captions: list[str], sources: dict[str, str], device: str, log: Log = _quiet
 ) -> EncodeStats:
     """Encode ``captions`` into the text store in this process (one rank's share under torchrun)."""
     t = cfg.training
     model = base_model_path(cfg)
-    torch_device = _encoding_device(device)
+    torch_device = process_device(device)
     tokenizer = load_tokenizer(model, t.revision)
-    encoder = load_text_encoder(model, t.revision, DTYPES[t.text_encoder_dtype]).to(torch_device)
+    encoder = load_text_encoder(model, t.revision, TORCH_DTYPES[t.text_encoder_dtype]).to(torch_device)
     return encode_captions(
         ShardStore(text_store_root(cfg)), captions, tokenizer, encoder, t.tokenizer_max_length,
         cfg.text_embeds.write_batch_size, torch_device, encoder=text_encoder_id(cfg), sources=sources, log=log,
@@ -118,8 +107,8 @@ def encode_vae_items(cfg: PipelineConfig, ds: ImageDataset, items: list[VaeItem]
     """Encode ``items`` into the dataset's VAE store in this process (one rank's share under torchrun)."""
     t = cfg.training
     model = base_model_path(cfg)
-    torch_device = _encoding_device(device)
-    vae = load_vae(model, t.revision, DTYPES[t.resolved_vae_dtype]).to(torch_device)
+    torch_device = process_device(device)
+    vae = load_vae(model, t.revision, TORCH_DTYPES[t.resolved_vae_dtype]).to(torch_device)
     return encode_images(ShardStore(vae_store_root(cfg, ds)), items, vae, t.vae_batch_size, torch_device, log=log)
 
 
@@ -134,8 +123,8 @@ def run_text_embed_cache(cfg: PipelineConfig, device: str, log: Log = _quiet) ->
     stats = EncodeStats()
     if missing:
         procs = cfg.training.num_processes
-        log(f"encoding {len(missing)} of {len(captions)} caption(s) with {base_model_path(cfg)} "
-            f"on {device} ({procs} process(es))")
+        model = base_model_path(cfg)  # built/resolved once here, not racing in every parallel rank
+        log(f"encoding {len(missing)} of {len(captions)} caption(s) with {model} on {device} ({procs} process(es))")
         if procs > 1:
             stats = launch_parallel(cfg, "text", None, missing, device, procs, {c: sources[c] for c in missing})
         else:
@@ -229,7 +218,8 @@ def run_vae_cache(cfg: PipelineConfig, ds: ImageDataset, device: str, log: Log =
     stats = EncodeStats()
     if missing:
         procs = cfg.training.num_processes
-        log(f"encoding {len(missing)} of {len(items)} image(s) with the VAE of {base_model_path(cfg)} "
+        model = base_model_path(cfg)  # built/resolved once here, not racing in every parallel rank
+        log(f"encoding {len(missing)} of {len(items)} image(s) with the VAE of {model} "
             f"on {device} ({procs} process(es))")
         if procs > 1:
             stats = launch_parallel(cfg, "vae", ds.id, sorted({i.key for i in missing}), device, procs)

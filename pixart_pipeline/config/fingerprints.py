@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pixart_pipeline.config.identity import caption_filters, parquet_identity
 from pixart_pipeline.config.load import PipelineConfig
 from pixart_pipeline.config.models import (
     TINY_CLIP_NAME,
@@ -69,13 +70,9 @@ def captions_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
               "prepend_instance_prompt": ds.prepend_instance_prompt, "only_instance_prompt": ds.only_instance_prompt}
     if ds.caption_strategy == "textfile" and ds.disable_multiline_split:  # only when set: old fingerprints stay
         fields["disable_multiline_split"] = True
-    from pixart_pipeline.data.caption_filter import caption_filters  # data imports config
-
     if filters := caption_filters(cfg):  # the filters themselves: editing the filter file counts
         fields["caption_filter_list"] = filters
     if ds.caption_strategy == "parquet":
-        from pixart_pipeline.data.parquet_source import parquet_identity  # data imports config
-
         fields["parquet"] = parquet_identity(cfg, ds)
     return fields
 
@@ -125,8 +122,6 @@ def _aspect_choice_fields(ds: ImageDataset) -> dict:
 def _parquet_sizes_identity(cfg: PipelineConfig, ds: ImageDataset) -> dict:
     if ds.metadata_backend != "parquet":
         return {}
-    from pixart_pipeline.data.parquet_source import parquet_identity  # data imports config
-
     return {"parquet": parquet_identity(cfg, ds)}
 
 

@@ -30,11 +30,16 @@ LR_SCHEDULERS = (
     "piecewise_constant",
 )
 
-# SimpleTuner keys we know but do not implement: value -> why. Setting one is an error.
-UNSUPPORTED: dict[str, str] = {
-    "validation_preview": "streamed validation previews need webhooks, which we do not have",
-    "attention_mechanism": "only the default diffusers attention is supported",
-    "lora_rank": "only model_type 'full' is supported",
+# SimpleTuner values that mean "off" for the config.json keys below (``"attention_mechanism":
+# "diffusers"`` is the default); checked with ``dataset_keys.is_off``.
+_OFF = (False, 0, None, "", "none", "diffusers")
+
+# SimpleTuner keys we know but do not implement: key -> (why, the values meaning "off", which are
+# accepted and dropped). Any other value is an error. Same shape as ``dataset_keys.UNSUPPORTED``.
+UNSUPPORTED: dict[str, tuple[str, tuple]] = {
+    "validation_preview": ("streamed validation previews need webhooks, which we do not have", _OFF),
+    "attention_mechanism": ("only the default diffusers attention is supported", _OFF),
+    "lora_rank": ("only model_type 'full' is supported", _OFF),
 }
 
 # SimpleTuner's multidatabackend.json keys we do not implement: see dataset_keys.py.
@@ -214,6 +219,16 @@ def _check_step_rules(rules: str) -> None:
         raise ValueError(f"lr_step_rules {rules!r}: the steps must increase")
 
 
+# An image size PixArt can generate: the VAE downsamples by 8 and the transformer patchifies latents by 2.
+PIXART_SIZE_MULTIPLE = 16
+
+
+def is_pixart_size(width: int, height: int) -> bool:
+    """Whether ``width`` x ``height`` are both positive multiples of ``PIXART_SIZE_MULTIPLE`` (16)."""
+    m = PIXART_SIZE_MULTIPLE
+    return width >= m and height >= m and not width % m and not height % m
+
+
 def parse_resolutions(value: str | int) -> list[tuple[int, int]]:
     """Parse SimpleTuner's ``validation_resolution``: ``1024``, ``"1024"`` or ``"WxH,WxH"``."""
     if isinstance(value, int):
@@ -226,8 +241,7 @@ def parse_resolutions(value: str | int) -> list[tuple[int, int]]:
             width, height = int(w), int(h)
         except ValueError:
             raise ValueError(f"{part!r} is not WIDTHxHEIGHT (e.g. 1024x1024,1280x768)") from None
-        # The VAE downsamples by 8 and the transformer patchifies latents by 2.
-        if width < 16 or height < 16 or width % 16 or height % 16:
+        if not is_pixart_size(width, height):
             raise ValueError(f"{part!r}: width and height must be multiples of 16 (VAE 8 x patch 2)")
         sizes.append((width, height))
     return sizes

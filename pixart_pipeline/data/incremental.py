@@ -25,6 +25,7 @@ from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config.fingerprints import stable_hash
 from pixart_pipeline.data import probe, probe_cache
 from pixart_pipeline.data.digest import in_order
+from pixart_pipeline.data.manifest import manifest_sha256
 from pixart_pipeline.stages import BUCKETED_METADATA, CAPTIONS
 
 FINGERPRINT_KEY = b"inputs_fingerprint"
@@ -66,11 +67,7 @@ def current_rows(manifest: pa.Table | pa.Schema, captions: pa.Table) -> pa.Table
     if not built_from(manifest, captions):
         if not isinstance(manifest, pa.Table):
             raise ValueError("the captions table was not built from this manifest: pass the manifest table")
-        # Each path's manifest row by ``index_in`` (not an Acero join: it cannot carry the list
-        # column ``captions``, even an all-null one).
-        where = pc.index_in(table.column("path"), value_set=manifest.column("path").combine_chunks())
-        sha = pc.coalesce(pc.take(manifest.column("sha256").combine_chunks(), where), table.column("sha256"))
-        table = table.set_column(1, "sha256", sha)
+        table = table.set_column(1, "sha256", manifest_sha256(manifest, table.column("path"), table.column("sha256")))
     return table if in_order(table.column("path")) else table.sort_by("path")
 
 

@@ -235,3 +235,11 @@ def folder_changes(root: Path, manifest: pa.Table) -> FolderChanges:
     gone = pc.invert(pc.is_in(old.column("path"), value_set=current.column("path").combine_chunks()))
     removed = sorted(pc.filter(old.column("path"), gone).to_pylist())
     return FolderChanges(new=new, changed=changed, removed=removed)
+
+
+def manifest_sha256(manifest: pa.Table, paths: pa.ChunkedArray, fallback: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The manifest's sha256 of each of ``paths``, else ``fallback``'s (the manifest wins where it has
+    the path). Column-wise, by ``index_in`` on the manifest's paths: a dict of 100,000 manifest rows
+    costs more than the few rows a re-run computes, and an Acero join cannot carry a list column."""
+    where = pc.index_in(paths, value_set=manifest.column("path").combine_chunks())  # null: not in the manifest
+    return pc.coalesce(pc.take(manifest.column("sha256").combine_chunks(), where), fallback)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config.fingerprints import stable_hash
-from pixart_pipeline.data.caption_filter import caption_filters
+from pixart_pipeline.config.identity import caption_filters, parquet_file
 from pixart_pipeline.data.captions import build_captions_table, captions_data_version, multi_caption_rows
 from pixart_pipeline.data.hub import download_hub_dataset
 from pixart_pipeline.data.manifest import FolderChanges, folder_changes, manifest_data_version, scan_dataset
@@ -29,7 +29,7 @@ from pixart_pipeline.data.metadata import (
     status_counts,
     value_counts,
 )
-from pixart_pipeline.data.parquet_source import parquet_file, parquet_sizes
+from pixart_pipeline.data.parquet_source import parquet_sizes
 from pixart_pipeline.data.incremental import (
     FINGERPRINT_KEY,
     MANIFEST_VERSION_KEY,
@@ -259,13 +259,6 @@ def run_bucketed_metadata(
     )
 
 
-def _counts(values: list) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[str(v)] = out.get(str(v), 0) + 1
-    return dict(sorted(out.items()))
-
-
 @dataclass
 class BatchReadiness:
     """Whether a dataset can fill optimizer steps; what SimpleTuner checks as "dataset too small".
@@ -343,4 +336,5 @@ def batch_readiness(cfg: PipelineConfig, ds: ImageDataset) -> BatchReadiness:
     kept = table.filter(ok)
     names = [f"{b} ({w}x{h})" for b, w, h in zip(*(kept.column(c).to_pylist()
                                                    for c in ("bucket", "target_width", "target_height")))]
-    return readiness({b: n * (1 + ds.repeats) for b, n in _counts(names).items()}, cfg)
+    counts = sorted(value_counts(pa.array(names, pa.string())).items())
+    return readiness({b: n * (1 + ds.repeats) for b, n in counts}, cfg)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import dagster as dg
+from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 
 from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.data.stage import dataset_folder_changes
@@ -41,7 +42,11 @@ def stage_fields(cfg: PipelineConfig) -> dict[dg.AssetKey, dict]:
 
 def compute_plan(instance: dg.DagsterInstance, defs: dg.Definitions, cfg: PipelineConfig) -> list[PlanEntry]:
     """Every asset that is missing or unsynced, in dependency order, each with its reasons."""
-    graph = defs.resolve_asset_graph()
+    return plan_asset_graph(instance, defs.resolve_asset_graph(), cfg)
+
+
+def plan_asset_graph(instance: dg.DagsterInstance, graph: AssetGraph, cfg: PipelineConfig) -> list[PlanEntry]:
+    """``compute_plan`` for an asset graph already at hand (a schedule tick's ``repository_def.asset_graph``)."""
     resolver = stale_status_resolver(instance, graph)
     current = stage_fields(cfg)
     raw_datasets = {asset_key(RAW_DATASET, ds.id): ds for ds in cfg.datasets}

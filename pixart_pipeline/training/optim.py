@@ -14,6 +14,7 @@ import torch
 from diffusers.optimization import get_scheduler
 
 from pixart_pipeline.config.models import Hyperparameters
+from pixart_pipeline.errors import InputError
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], hp: Hyperparameters, device: torch.device,
@@ -40,7 +41,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], hp: Hyperparameters, d
         if supported:
             return torch.optim.AdamW(params, fused=True, **kwargs)
         if hp.fused_optimizer == "on":
-            raise ValueError(f"fused_optimizer is 'on' but fused AdamW is not available here: {why}; "
+            raise InputError(f"fused_optimizer is 'on' but fused AdamW is not available here: {why}; "
                              "set fused_optimizer to 'auto' (falls back to the unfused kernel) or 'off'")
         log(f"fused AdamW is not available ({why}); using the unfused (foreach) AdamW")
     return torch.optim.AdamW(params, fused=False, **kwargs)
@@ -71,7 +72,7 @@ def training_steps(hp: Hyperparameters, batches_per_epoch: int, world: int) -> i
     per_step = hp.gradient_accumulation_steps * world
     by_epochs = hp.num_train_epochs * batches_per_epoch // per_step
     if by_epochs < 1:
-        raise ValueError(f"num_train_epochs {hp.num_train_epochs} is less than one optimizer step: an epoch has "
+        raise InputError(f"num_train_epochs {hp.num_train_epochs} is less than one optimizer step: an epoch has "
                          f"{batches_per_epoch} batch(es) and a step takes {per_step}")
     return min(hp.max_train_steps, by_epochs)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from accelerate.utils import gather_object
 
 from pixart_pipeline.config.models import Hyperparameters
+from pixart_pipeline.errors import InputError
 from pixart_pipeline.training import checkpoint as ckpt
 from pixart_pipeline.training.optim import optimizer_state_to_flat, scheduler_state_to_json
 from pixart_pipeline.training.report import Reporter
@@ -38,7 +39,7 @@ def resolve_resume(spec: RunSpec) -> Path | None:
         return ckpt.latest_checkpoint(Path(spec.run_dir))
     path = Path(choice)
     if not ckpt.is_complete(path):
-        raise ValueError(
+        raise InputError(
             f"resume_from_checkpoint {choice!r} is not a complete checkpoint folder (step-N with COMPLETE)"
         )
     return path
@@ -88,21 +89,21 @@ def check_resumable(state: ckpt.CheckpointState, hp: Hyperparameters, world: int
     """Refuse a checkpoint whose sampler position or optimizer state cannot mean the same thing here."""
     saved_world = state.extra.get("world_size", 1)
     if saved_world != world:
-        raise ValueError(
+        raise InputError(
             f"cannot resume {state.path}: it was written by a run with {saved_world} process(es) but this run "
             f"has {world}; the number of processes sets which batches each step draws, so a resume would not "
             "continue the same run. Keep num_processes, or start a new run (resume_from_checkpoint 'none')"
         )
     saved_batch = state.sampler.get("batch_size")
     if saved_batch is not None and int(saved_batch) != hp.train_batch_size:
-        raise ValueError(
+        raise InputError(
             f"cannot resume {state.path}: it was written with train_batch_size {saved_batch} but this run has "
             f"{hp.train_batch_size}; the sampler position would name different batches. Keep train_batch_size, "
             "or start a new run (resume_from_checkpoint 'none')"
         )
     saved_gas = state.extra.get("gradient_accumulation_steps")  # absent in checkpoints before it was stored
     if saved_gas is not None and int(saved_gas) != hp.gradient_accumulation_steps:
-        raise ValueError(
+        raise InputError(
             f"cannot resume {state.path}: it was written with gradient_accumulation_steps {saved_gas} but this "
             f"run has {hp.gradient_accumulation_steps}; the sampler position and the per-batch noise are counted "
             "in micro-batches of the old value, so a resume would not continue the same run. Keep "
@@ -110,7 +111,7 @@ def check_resumable(state: ckpt.CheckpointState, hp: Hyperparameters, world: int
         )
     saved_optimizer = state.extra.get("optimizer", "adamw")
     if saved_optimizer != hp.optimizer:
-        raise ValueError(
+        raise InputError(
             f"cannot resume {state.path}: it holds {saved_optimizer} optimizer state but optimizer is "
             f"{hp.optimizer!r}; keep the optimizer or start a new run (resume_from_checkpoint 'none')"
         )

@@ -16,6 +16,7 @@ import torch
 from accelerate import Accelerator
 
 from pixart_pipeline.config.models import Hyperparameters
+from pixart_pipeline.errors import InputError
 from pixart_pipeline.models import load_noise_scheduler, load_transformer, resolve_device
 from pixart_pipeline.training import checkpoint as ckpt
 from pixart_pipeline.training.batches import BatchBuilder, load_items, vae_scaling_factor
@@ -40,12 +41,12 @@ from pixart_pipeline.training.tracking import open_tracker
 def make_accelerator(hp: Hyperparameters, device: str) -> Accelerator:
     """An ``Accelerator`` on the requested device; refuses combinations that cannot work."""
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'")
+        raise InputError("device is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device is 'mps' but MPS is not available; use 'auto' or 'cpu'")
+        raise InputError("device is 'mps' but MPS is not available; use 'auto' or 'cpu'")
     on_cpu = resolve_device(device).type == "cpu"
     if on_cpu and hp.mixed_precision == "fp16":
-        raise ValueError(
+        raise InputError(
             "mixed_precision 'fp16' needs a GPU (fp16 gradient scaling is not supported on the CPU); "
             "set mixed_precision to 'bf16' or 'no' for CPU training"
         )
@@ -64,7 +65,7 @@ def make_accelerator(hp: Hyperparameters, device: str) -> Accelerator:
         cpu=on_cpu,
     )
     if accelerator.num_processes != hp.num_processes:
-        raise ValueError(
+        raise InputError(
             f"hyperparameters.num_processes is {hp.num_processes} but this run has {accelerator.num_processes} "
             f"process(es); launch with `torchrun --nproc_per_node {hp.num_processes} -m pixart_pipeline.training ...`"
         )
@@ -130,7 +131,7 @@ def setup(spec: RunSpec, reporter: Reporter) -> tuple[Run, Progress]:
         lr_scheduler.load_state_dict(scheduler_state_from_json(state.lr_scheduler))
         if ema is not None:
             if state.ema is None:
-                raise ValueError(f"{resume_path}: use_ema is on but the checkpoint has no EMA state")
+                raise InputError(f"{resume_path}: use_ema is on but the checkpoint has no EMA state")
             ema.load_state_tensors(state.ema, state.ema_updates)
         progress.global_step = state.global_step
         progress.seconds_before = float(state.extra.get("train_seconds", 0.0))
@@ -169,5 +170,5 @@ def check_patch_size(spec: RunSpec, targets: list[tuple[int, int]], patch: int) 
     """Every bucket's latent grid (pixels / 8) must divide into the transformer's patches."""
     for width, height in sorted(set(targets)):
         if (width // 8) % patch or (height // 8) % patch:
-            raise ValueError(f"{spec.items}: bucket {width}x{height} gives {width // 8}x{height // 8} latents, "
+            raise InputError(f"{spec.items}: bucket {width}x{height} gives {width // 8}x{height // 8} latents, "
                              f"not divisible by the transformer's patch size {patch}; use multiples of {8 * patch} px")

@@ -18,12 +18,13 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pixart_pipeline.config.models import Hyperparameters, TrainerSettings
+from pixart_pipeline.errors import InputError
 from pixart_pipeline.fileio import atomic_write_text
 
 Spec = TypeVar("Spec", bound="SpecModel")
 
 
-class RunSpecError(ValueError):
+class RunSpecError(InputError):
     """A spec problem, naming the spec file (when known) and the key."""
 
 

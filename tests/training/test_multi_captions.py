@@ -170,7 +170,7 @@ def test_stages_encode_every_caption_and_the_trainer_draws_them(tmp_path, tiny_p
     # The metadata table carries every image's captions, so its data version (what trained_checkpoint
     # depends on) follows any edit of a list, even one that only moves existing captions between
     # images: the text cache's key set and every first caption stay the same here.
-    from pixart_pipeline.data.parquet_source import parquet_file
+    from pixart_pipeline.config.identity import parquet_file
     from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
 
     ds = cfg.datasets[0]
