@@ -1,0 +1,46 @@
+"""Small helpers several test modules share: waiting for a process group to end, and wandb's presence.
+
+Import as ``from support import ...`` (tests/ is on sys.path, as for ``demo_copy``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+# How long the processes of a stopped run may take to wind down (the step process, torchrun and its
+# ranks each handle the signal in turn): one figure for every test that checks none survives.
+PROCESS_GRACE_SECONDS = 60.0
+
+
+def session_leftovers(session_id: int, grace: float = PROCESS_GRACE_SECONDS) -> list[str]:
+    """Processes still in session ``session_id`` (``pgrep -a -s``) once they had ``grace`` seconds to end.
+
+    Returns [] as soon as the session is empty, else the ``pid command`` lines still alive at the deadline.
+    """
+    deadline = time.monotonic() + grace
+    while True:
+        found = subprocess.run(["pgrep", "-a", "-s", str(session_id)], capture_output=True, text=True)
+        leftover = found.stdout.splitlines()
+        if not leftover or time.monotonic() >= deadline:
+            return leftover
+        time.sleep(0.5)
+
+
+# Set to 1 where wandb is deliberately not installed; `make test` sets nothing, so there a missing
+# wandb fails the wandb tests instead of skipping them unseen.
+WANDB_OPTIONAL_ENV = "PIXART_TEST_WANDB_OPTIONAL"
+
+
+def require_wandb() -> None:
+    """Fail (or skip, only when PIXART_TEST_WANDB_OPTIONAL=1) when wandb is not importable."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError as error:
+        if os.environ.get(WANDB_OPTIONAL_ENV) == "1":
+            pytest.skip(f"wandb is not installed and {WANDB_OPTIONAL_ENV}=1")
+        pytest.fail(f"wandb is not installed ({error}); install the [test] extra, or set "
+                    f"{WANDB_OPTIONAL_ENV}=1 to skip the wandb tests")
