@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,23 @@ def require_wandb() -> None:
             pytest.skip(f"wandb is not installed and {WANDB_OPTIONAL_ENV}=1")
         pytest.fail(f"wandb is not installed ({error}); install the [test] extra, or set "
                     f"{WANDB_OPTIONAL_ENV}=1 to skip the wandb tests")
+
+
+def rewrite(path: Path, data: bytes, *, keep_mtime: bool) -> None:
+    """Overwrite ``path`` with ``data`` so that its stat visibly changes, whatever the clock tick.
+
+    A write within one file-system timestamp tick of the previous one can leave mtime and ctime as
+    they were, which would make a "rewrite is noticed" test pass or fail by luck. Here mtime is set
+    explicitly: one second past the old one, or (``keep_mtime``) back to the old one, as a tool that
+    restores timestamps would. Either way ctime (which user space cannot set) is made to differ from
+    the old ctime by waiting for the clock to move.
+    """
+    before = path.stat()
+    path.write_bytes(data)
+    mtime = before.st_mtime_ns if keep_mtime else before.st_mtime_ns + 1_000_000_000
+    os.utime(path, ns=(before.st_atime_ns, mtime))
+    while path.stat().st_ctime_ns == before.st_ctime_ns:
+        time.sleep(0.005)
+        os.utime(path, ns=(before.st_atime_ns, mtime))  # sets ctime to now
+    after = path.stat()
+    assert after.st_mtime_ns == mtime and after.st_ctime_ns != before.st_ctime_ns
