@@ -65,3 +65,16 @@ def rewrite(path: Path, data: bytes, *, keep_mtime: bool) -> None:
         os.utime(path, ns=(before.st_atime_ns, mtime))  # sets ctime to now
     after = path.stat()
     assert after.st_mtime_ns == mtime and after.st_ctime_ns != before.st_ctime_ns
+
+
+def age_files(root: Path, seconds: float = 3600.0) -> None:
+    """Set the mtime of every file under ``root`` to ``seconds`` ago.
+
+    A scan trusts a file's (size, mtime) only when the mtime is safely older than the scan (the
+    racy-mtime rule in data/manifest.py); files a test has just written are re-hashed by the next
+    scan. Tests of the shortcut for unchanged *old* files age them first, as real datasets are.
+    """
+    then = time.time_ns() - int(seconds * 1e9)
+    for path in Path(root).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.utime(path, ns=(then, then))
