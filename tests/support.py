@@ -78,3 +78,22 @@ def age_files(root: Path, seconds: float = 3600.0) -> None:
     for path in Path(root).rglob("*"):
         if path.is_file() and not path.is_symlink():
             os.utime(path, ns=(then, then))
+
+
+def hand_clip_scores(clip_path: str, images: list, prompts: list[str]) -> list[float]:
+    """CLIP score of images[i] against prompts[i] computed here, not by the code under test:
+    ``100 * max(cos(image_embeds, text_embeds), 0)`` from ``CLIPModel.forward``'s projected
+    embeddings (torchmetrics' definition), with transformers' own model and processor."""
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(clip_path).eval()
+    processor = CLIPProcessor.from_pretrained(clip_path)
+    inputs = processor(text=list(prompts), images=[im.convert("RGB") for im in images],
+                       return_tensors="pt", padding=True, truncation=True)
+    with torch.no_grad():
+        out = model(**inputs)
+    image_embeds = out.image_embeds / out.image_embeds.norm(dim=-1, keepdim=True)  # [N, D]
+    text_embeds = out.text_embeds / out.text_embeds.norm(dim=-1, keepdim=True)  # [N, D]
+    cos = (image_embeds * text_embeds).sum(dim=-1)  # row i with row i
+    return [max(100.0 * float(c), 0.0) for c in cos]
