@@ -95,7 +95,7 @@ def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) ->
     meta = {MANIFEST_VERSION_KEY: data_version}
     if "hub_commit" in extra:
         meta |= {"hub_repo_id": ds.hub_repo_id, "hub_commit": extra["hub_commit"]}
-    table = table.replace_schema_metadata(meta)
+    table = table.replace_schema_metadata((table.schema.metadata or {}) | meta)  # keeps the scan's start
     atomic_write_parquet(path, table)
     log(f"manifest of {stats.total} file(s): {stats.hashed} hashed, {stats.reused} reused")
     if stats.skipped_names:
@@ -107,6 +107,7 @@ def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) ->
             "files": stats.total,
             "hashed": stats.hashed,
             "reused_hashes": stats.reused,
+            "rechecked_recent": stats.rechecked,  # stat unchanged, but too recent last time to trust
             "removed": stats.removed,
             "skipped_non_utf8_names": stats.skipped_names,
             "dataset_dir": str(root),

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from pixart_pipeline.evaluation import EvalSpec, run_evaluation
+from support import hand_clip_scores
 
 PROMPTS = ["a red circle on a blue background", "a green square"]
 SIZES = [(64, 64), (96, 64)]
@@ -50,9 +51,14 @@ def test_run_evaluation_writes_images_metrics_and_report(tmp_path, tiny_pixart_p
     assert tiny_clip_path in page
     report = json.loads(result.json_path.read_text())
     assert report["metrics"]["clip_score"] == pytest.approx(m["clip_score"])
-    assert [im["clip_score"] for im in report["images"]] == pytest.approx(
-        [im["clip_score"] for im in report["images"]]
-    )
+    # Each image's score is its PNG scored against its own prompt, and the metric is their mean.
+    rows = report["images"]
+    assert [(im["prompt"], im["width"], im["height"]) for im in rows] == [
+        (PROMPTS[im["prompt_index"]], *SIZES[im["size_index"]]) for im in rows]
+    saved = [Image.open(tmp_path / "report" / im["file"]) for im in rows]
+    expected = hand_clip_scores(tiny_clip_path, saved, [im["prompt"] for im in rows])
+    assert [im["clip_score"] for im in rows] == pytest.approx(expected, abs=1e-3)
+    assert m["clip_score"] == pytest.approx(sum(expected) / len(expected), abs=1e-3)
     assert len(report["eval_loss"]["per_timestep"]) == 3 and report["eval_loss"]["num_items"] == 4
 
     # Same spec again: identical images and numbers -> the same data version.

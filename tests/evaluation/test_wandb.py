@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from demo_copy import copy_demo
+from support import require_wandb
 from pixart_pipeline.cache.stage import run_text_embed_cache, run_vae_cache
 from pixart_pipeline.config import load_config
 from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
@@ -26,7 +26,7 @@ OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_CODE"
 
 
 def test_evaluation_logs_images_and_metrics_to_the_training_wandb_run(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    require_wandb()
     for key, value in OFFLINE.items():
         monkeypatch.setenv(key, value)
     path = copy_demo(tmp_path, dataset={"synthetic_num_images": 12},

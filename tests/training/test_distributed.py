@@ -15,6 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from support import session_leftovers
+
 from pixart_pipeline.training import checkpoint as ckpt
 from pixart_pipeline.training.loop import train
 from pixart_pipeline.training.metrics import read_metrics
@@ -103,8 +105,7 @@ def test_sigterm_to_torchrun_stops_every_rank_with_a_resumable_checkpoint(make_s
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode != 0
     # no rank survives: nothing is left in the launcher's session
-    leftover = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert leftover == [], out[-2000:]
+    assert session_leftovers(proc.pid) == [], out[-2000:]
 
     latest = ckpt.latest_checkpoint(Path(spec.run_dir))
     assert latest is not None, out[-3000:]  # written on the signal, not by the 1000-step interval

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from support import require_wandb
 
 from pixart_pipeline.config.models import LR_SCHEDULERS, TrainingConfig
 from pixart_pipeline.training.checkpoint import load_checkpoint
@@ -176,7 +177,7 @@ def test_gradient_checkpointing_and_seed(make_spec):
 
 
 def test_wandb_offline_logs_every_step_without_network(make_spec, monkeypatch):
-    pytest.importorskip("wandb")
+    require_wandb()
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DISABLE_CODE", "true")

@@ -10,6 +10,8 @@ from pathlib import Path
 import dagster
 import pytest
 
+from support import require_wandb, session_leftovers
+
 from pixart_pipeline.training.checkpoint import latest_checkpoint, load_checkpoint
 from pixart_pipeline.training.metrics import read_metrics
 
@@ -19,7 +21,7 @@ ENV = {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 
 @pytest.mark.slow
 def test_progress_and_result_come_back_through_dagster_pipes(make_spec, tmp_path):
-    pytest.importorskip("wandb")
+    require_wandb()
     spec = make_spec("pipes", max_train_steps=4, checkpointing_steps=2, report_to="wandb")
     path = spec.save(tmp_path / "run_spec.json")
     env = ENV | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}  # no network
@@ -94,12 +96,7 @@ def test_terminating_the_dagster_run_stops_every_rank_and_leaves_a_checkpoint(ma
     proc.send_signal(signal.SIGINT)  # what `dagster` does to its run worker on termination / Ctrl-C
     out, _ = proc.communicate(timeout=120)
     # the step process, torchrun and the ranks wind down after the CLI exits: all of them must end
-    deadline, leftover = time.time() + 60, ["?"]
-    while leftover and time.time() < deadline:
-        leftover = subprocess.run(["pgrep", "-a", "-s", str(proc.pid)], capture_output=True, text=True).stdout
-        leftover = leftover.splitlines()
-        time.sleep(0.5)
-    assert leftover == [], out[-2000:]  # no rank survives
+    assert session_leftovers(proc.pid) == [], out[-2000:]  # no rank survives
     assert "sending SIGINT to subprocess" in out
     latest = latest_checkpoint(Path(spec.run_dir))
     assert latest is not None, out[-3000:]
