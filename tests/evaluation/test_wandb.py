@@ -75,7 +75,10 @@ def test_evaluation_logs_images_and_metrics_to_the_training_wandb_run(tmp_path, 
 def test_a_run_trained_without_wandb_is_not_logged_and_says_why(tmp_path):
     from pixart_pipeline.evaluation.stage import log_to_training_tracker
 
-    (tmp_path / "result.json").write_text(json.dumps({"steps": 3}))
+    from pixart_pipeline.training.result import TrainResult
+
+    TrainResult(run_dir=str(tmp_path), steps=3, final_loss=0.5, seconds=1.0, samples_per_s=2.0, weights_sha256="ab",
+                pipeline_path=str(tmp_path / "pipeline"), checkpoint=None, resumed_from=None, completed=True).save()
     logs: list[str] = []
     assert log_to_training_tracker(tmp_path, {"clip_score": 0.3}, {"images": []}, tmp_path, logs.append) is None
     assert logs == [f"report_to is 'wandb' but {tmp_path / 'tracker.json'} does not exist (the run was trained "
