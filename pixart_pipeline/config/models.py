@@ -150,26 +150,10 @@ class TrainerSettings(StrictModel):
         return TrainerSettings.model_validate({k: getattr(self, k) for k in TrainerSettings.model_fields})
 
 
-class TrainingConfig(Hyperparameters, TrainerSettings):
-    """``config.json``: the model, the optimisation (``Hyperparameters``), the run (``TrainerSettings``),
-    the caches and the evaluation."""
+class EvaluationSettings(StrictModel):
+    """The ``config.json`` keys of the evaluation: what the validation images show, how they are
+    sampled and scored. The evaluation_report fingerprint and the eval spec read these."""
 
-    # -- model
-    model_family: Literal["pixart_sigma"] = "pixart_sigma"
-    model_type: Literal["full"] = "full"
-    pretrained_model_name_or_path: str = DEFAULT_BASE_MODEL
-    revision: str | None = None
-    output_dir: str = "output/models"
-    data_backend_config: str | None = None
-    # -- buckets: decimals of the aspect ratios (SimpleTuner's; None = 2), in the metadata fingerprint
-    aspect_bucket_rounding: int | None = Field(None, ge=1, le=4)
-    # -- caches
-    tokenizer_max_length: int = Field(300, ge=1)
-    text_encoder_dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
-    vae_dtype: Literal["default", "fp32", "bf16", "fp16"] = "default"
-    vae_batch_size: int = Field(4, ge=1)
-    vae_cache_disable: bool = False  # encode latents on the fly in the trainer (cache/online.py)
-    # -- evaluation
     validation_prompt: str | None = None
     validation_prompts: list[str] = []
     validation_resolution: str | int = "1024x1024"
@@ -187,10 +171,9 @@ class TrainingConfig(Hyperparameters, TrainerSettings):
         parse_resolutions(value)  # raises ValueError with the offending part
         return value
 
-    @property
-    def resolved_vae_dtype(self) -> str:
-        """SimpleTuner's ``default`` VAE dtype is fp32 (the SDXL VAE overflows in fp16)."""
-        return "fp32" if self.vae_dtype == "default" else self.vae_dtype
+    def evaluation_settings(self) -> "EvaluationSettings":
+        """Just the evaluation settings (a ``TrainingConfig`` is one too, with every other key)."""
+        return EvaluationSettings.model_validate({k: getattr(self, k) for k in EvaluationSettings.model_fields})
 
     @property
     def all_validation_prompts(self) -> list[str]:
@@ -203,6 +186,32 @@ class TrainingConfig(Hyperparameters, TrainerSettings):
     def validation_sizes(self) -> list[tuple[int, int]]:
         """``"1024x1024,1280x768"`` -> ``[(1024, 1024), (1280, 768)]`` as (width, height)."""
         return parse_resolutions(self.validation_resolution)
+
+
+class TrainingConfig(Hyperparameters, TrainerSettings, EvaluationSettings):
+    """``config.json``: the model, the optimisation (``Hyperparameters``), the run (``TrainerSettings``),
+    the evaluation (``EvaluationSettings``) and the caches."""
+
+    # -- model
+    model_family: Literal["pixart_sigma"] = "pixart_sigma"
+    model_type: Literal["full"] = "full"
+    pretrained_model_name_or_path: str = DEFAULT_BASE_MODEL
+    revision: str | None = None
+    output_dir: str = "output/models"
+    data_backend_config: str | None = None
+    # -- buckets: decimals of the aspect ratios (SimpleTuner's; None = 2), in the metadata fingerprint
+    aspect_bucket_rounding: int | None = Field(None, ge=1, le=4)
+    # -- caches
+    tokenizer_max_length: int = Field(300, ge=1)
+    text_encoder_dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+    vae_dtype: Literal["default", "fp32", "bf16", "fp16"] = "default"
+    vae_batch_size: int = Field(4, ge=1)
+    vae_cache_disable: bool = False  # encode latents on the fly in the trainer (cache/online.py)
+
+    @property
+    def resolved_vae_dtype(self) -> str:
+        """SimpleTuner's ``default`` VAE dtype is fp32 (the SDXL VAE overflows in fp16)."""
+        return "fp32" if self.vae_dtype == "default" else self.vae_dtype
 
 
 def _check_step_rules(rules: str) -> None:

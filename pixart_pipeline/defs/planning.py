@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import dagster as dg
-from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 
 from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.data.stage import dataset_folder_changes
 from pixart_pipeline.defs.assets.common import CONFIG_METADATA_KEY, asset_key
-from pixart_pipeline.defs.staleness import StaleCauseCategory, StaleStatus, stale_status_resolver
+from pixart_pipeline.defs.staleness import AssetGraph, StaleCauseCategory, StaleStatus, stale_status_resolver
 from pixart_pipeline.stages import RAW_DATASET, fields_by_key
 
 

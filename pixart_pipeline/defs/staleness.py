@@ -9,6 +9,7 @@ If a Dagster release moves these names, only this module changes.
 
 import dagster as dg
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+from dagster._core.definitions.assets.graph.asset_graph import AssetGraph  # what resolve_asset_graph() returns
 from dagster._core.definitions.data_version import (
     CachingStaleStatusResolver,
     StaleCauseCategory,
@@ -16,10 +17,10 @@ from dagster._core.definitions.data_version import (
 )
 from dagster._time import get_current_datetime
 
-__all__ = ["StaleCauseCategory", "StaleStatus", "stale_status_resolver"]
+__all__ = ["AssetGraph", "StaleCauseCategory", "StaleStatus", "stale_status_resolver"]
 
 
-def stale_status_resolver(instance: dg.DagsterInstance, graph) -> CachingStaleStatusResolver:
+def stale_status_resolver(instance: dg.DagsterInstance, graph: AssetGraph) -> CachingStaleStatusResolver:
     """A resolver of ``graph``'s stale statuses and causes against ``instance``, as of now."""
     view = AssetGraphView(
         temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),

@@ -26,9 +26,8 @@ from pixart_pipeline.cache import ShardStore, pad_prompt_embeds, sample_latents
 from pixart_pipeline.cache.online import open_vae_store
 from pixart_pipeline.cache.reader import prefetch
 from pixart_pipeline.errors import InputError
+from pixart_pipeline.stages import REQUIRED_ITEM_COLUMNS
 from pixart_pipeline.training.sampler import BucketBatchSampler
-
-ITEM_COLUMNS = ("vae_store", "vae_key", "text_key", "target_width", "target_height", "dataset_id", "repeats")
 
 
 @dataclass(frozen=True)
@@ -68,13 +67,13 @@ def load_items(path: str | Path) -> Items:
         table = pq.read_table(path)
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read the items table: {exc}") from None
-    missing = [c for c in ITEM_COLUMNS if c not in table.column_names]
+    missing = [c for c in REQUIRED_ITEM_COLUMNS if c not in table.column_names]
     if missing:
-        raise InputError(f"{path}: items table lacks column(s) {', '.join(missing)}; needs {', '.join(ITEM_COLUMNS)}")
+        raise InputError(f"{path}: items table lacks column(s) {', '.join(missing)}; needs {', '.join(REQUIRED_ITEM_COLUMNS)}")
     if table.num_rows == 0:
         raise InputError(f"{path}: items table is empty; there is nothing to train on")
-    cols = {c: table.column(c).to_pylist() for c in ITEM_COLUMNS}
-    for c in ITEM_COLUMNS:
+    cols = {c: table.column(c).to_pylist() for c in REQUIRED_ITEM_COLUMNS}
+    for c in REQUIRED_ITEM_COLUMNS:
         if None in cols[c]:
             raise InputError(f"{path}: column '{c}' is null in row {cols[c].index(None)}")
     for row, (w, h) in enumerate(zip(cols["target_width"], cols["target_height"])):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pixart_pipeline.config.models import EvaluationSettings
 from pixart_pipeline.evaluation import EvalSpec, run_evaluation
 from support import hand_clip_scores
 
@@ -19,14 +20,16 @@ SIZES = [(64, 64), (96, 64)]
 
 def _spec(tmp_path, pipeline_dir, base_model, clip_path, caches, **kw):
     items, text_store = caches
+    settings = dict(validation_prompts=PROMPTS, validation_resolution=",".join(f"{w}x{h}" for w, h in SIZES),
+                    validation_guidance=3.5, validation_num_inference_steps=2, validation_seed=42,
+                    validation_negative_prompt="blurry", evaluation_type="clip", eval_timesteps=3)
+    settings |= {k: kw.pop(k) for k in list(kw) if k in EvaluationSettings.model_fields}
     args = dict(
-        pipeline_dir=str(pipeline_dir), base_model=str(base_model), prompts=PROMPTS, sizes=SIZES,
-        out_dir=str(tmp_path / "report"), guidance=3.5, num_inference_steps=2, seed=42,
-        negative_prompt="blurry", evaluation_type="clip", clip_model=str(clip_path),
-        eval_items=str(items), text_store=str(text_store), eval_timesteps=3, device="cpu",
-        max_sequence_length=64,
+        pipeline_dir=str(pipeline_dir), base_model=str(base_model), out_dir=str(tmp_path / "report"),
+        clip_model=str(clip_path), eval_items=str(items), text_store=str(text_store), device="cpu",
+        max_sequence_length=64, settings=settings,
     ) | kw
-    return EvalSpec(**args)
+    return EvalSpec.from_dict(args)
 
 
 def test_run_evaluation_writes_images_metrics_and_report(tmp_path, tiny_pixart_path, tiny_clip_path, eval_caches):
@@ -89,7 +92,8 @@ def test_trained_weights_change_the_eval_loss(tmp_path, tiny_pixart_path, tiny_c
 
 def test_no_eval_items_still_reports_images(tmp_path, tiny_pixart_path, eval_caches):
     spec = _spec(tmp_path, tiny_pixart_path, tiny_pixart_path, None, eval_caches, evaluation_type="none",
-                 clip_model=None, eval_items=None, text_store=None, prompts=["a photo"], sizes=[(64, 64)])
+                 clip_model=None, eval_items=None, text_store=None, validation_prompts=["a photo"],
+                 validation_resolution="64x64")
     result = run_evaluation(spec)
     assert len(result.image_paths) == 1
     assert "eval split is empty" in result.report_path.read_text()
