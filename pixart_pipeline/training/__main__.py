@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_spec", help="path of the run spec JSON")
     parser.add_argument("--stop-at-step", type=int, default=None,
                         help="stop after this global step (with a checkpoint), without exporting")
+    parser.add_argument("--reuse-finished", action="store_true",
+                        help="report a run folder that already holds this run finished instead of training")
     args = parser.parse_args(argv)  # Pipes passes its context in environment variables, not arguments
     with Reporter.open() as reporter:
         try:
@@ -33,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
             # imported after the spec is read, so a bad spec is reported without waiting for torch
             from pixart_pipeline.training.loop import train
 
-            result = train(spec, stop_at_step=args.stop_at_step, reporter=reporter)
+            result = train(spec, stop_at_step=args.stop_at_step, reporter=reporter,
+                           reuse_finished=args.reuse_finished)
             if result.stopped_by == "signal":  # terminated: a checkpoint is saved; say so in the exit status
                 print(f"stopped by a signal at step {result.steps}; resumable from {result.checkpoint}",
                       file=sys.stderr)

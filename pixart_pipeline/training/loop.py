@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,7 +38,7 @@ import torch
 
 from pixart_pipeline.fileio import atomic_write_json, tensors_sha256
 from pixart_pipeline.training.batches import read_ahead
-from pixart_pipeline.training.export import export_run
+from pixart_pipeline.training.export import CARD_INFO, export_run
 from pixart_pipeline.training.hub import push_pipeline
 from pixart_pipeline.training.loss import draw_noise, pixart_epsilon_loss
 from pixart_pipeline.training.metrics import read_metrics
@@ -59,16 +60,18 @@ def micro_batch_generator(seed: int, draw: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
-def train(spec: RunSpec, stop_at_step: int | None = None, reporter: Reporter | None = None) -> TrainResult:
+def train(spec: RunSpec, stop_at_step: int | None = None, reporter: Reporter | None = None,
+          reuse_finished: bool = False) -> TrainResult:
     """Train (or resume) the run described by ``spec``; export the pipeline when finished.
 
     ``stop_at_step`` ends the call after that global step (with a checkpoint) without exporting,
-    as an interrupted run would; calling ``train`` again resumes it. A finished run is reported again.
+    as an interrupted run would; calling ``train`` again resumes it. With ``reuse_finished`` (what
+    the asset asks for), a run folder that already holds this run finished is reported, not retrained.
     """
     if reporter is None:
         with Reporter.open() as opened:
-            return train(spec, stop_at_step, opened)
-    if is_finished(spec.run_dir):
+            return train(spec, stop_at_step, opened, reuse_finished)
+    if reuse_finished and finished_for(spec):
         return report_finished(spec, reporter)
     stop_request = StopRequest()
     with stop_request.installed():
@@ -213,6 +216,15 @@ def finish(run: Run, progress: Progress) -> TrainResult:
     export_run(run.spec, final, result, sorted(set(run.items.dataset_id)), len(run.items))
     result.save()  # from here on the run is done and saved
     return report_finished(run.spec, run.reporter, result)
+
+
+def finished_for(spec: RunSpec) -> bool:
+    """The run folder holds a finished run of these very hyperparameters (as its model card's inputs
+    record them). A spec with other hyperparameters pointed at a finished folder trains (resuming
+    from its checkpoints, or refused by their checks) instead of being told the old result."""
+    info = Path(spec.run_dir) / CARD_INFO
+    return (is_finished(spec.run_dir) and info.is_file()
+            and json.loads(info.read_text()).get("hyperparameters") == spec.hyperparameters.model_dump(mode="json"))
 
 
 def report_finished(spec: RunSpec, reporter: Reporter, result: TrainResult | None = None) -> TrainResult:

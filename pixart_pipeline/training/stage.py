@@ -117,7 +117,7 @@ def prepare_training_run(cfg: PipelineConfig, device: str) -> PreparedRun:
     )
     spec_path = folder / "run_spec.json"
     spec.save(spec_path)
-    module = ["-m", "pixart_pipeline.training", str(spec_path)]
+    module = ["-m", "pixart_pipeline.training", str(spec_path), "--reuse-finished"]
     if t.num_processes > 1 and not is_finished(folder):  # a finished run is only reported: one process
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={t.num_processes}", *module]
