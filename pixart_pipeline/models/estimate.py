@@ -23,6 +23,7 @@ from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.config.models import TINY_MODEL_NAME
 from pixart_pipeline.data.buckets import normalise_resolution, pixel_resolution
 from pixart_pipeline.models import measure, presets
+from pixart_pipeline.models.loading import resolve_pretrained
 
 GIB = 1024**3
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -65,8 +66,6 @@ class StageEstimate:
 def architecture_for(cfg: PipelineConfig) -> Architecture:
     """The active model's component configs: read from the local folder (or the tiny model, built
     once), or, for a hub id, the published PixArt-Sigma-XL-2 presets (nothing is downloaded)."""
-    from pixart_pipeline.models.loading import resolve_pretrained
-
     name = cfg.training.pretrained_model_name_or_path
     local = cfg.local_or_hub(name)
     if name == TINY_MODEL_NAME or Path(local).is_dir():
