@@ -87,12 +87,10 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for processes in (1, 2):
-            hp = base.hyperparameters | {"max_train_steps": args.steps, "num_processes": processes}
-            spec = RunSpec.from_dict(base.to_dict() | {
-                "run_dir": str(Path(tmp) / f"run-{processes}"), "hyperparameters": hp,
-                "checkpointing_steps": args.steps, "resume_from_checkpoint": "none", "log_every_steps": args.steps})
+            spec = variant(base, Path(tmp) / f"run-{processes}", args.steps, num_processes=processes)
             out = run(spec, Path(tmp), processes, args.threads)
-            global_batch = hp.get("train_batch_size", 1) * hp.get("gradient_accumulation_steps", 1) * processes
+            hp = spec.hyperparameters
+            global_batch = hp.train_batch_size * hp.gradient_accumulation_steps * processes
             steps_s, samples_s = throughput(out["rows"], args.warmup, global_batch)
             results.append((processes, global_batch, steps_s, samples_s, out["command"]))
     print(f"Machine: {platform.machine()}, {os.cpu_count()} CPU(s) visible, {args.threads} torch thread(s) "
@@ -105,6 +103,14 @@ def main() -> None:
     for processes, *_, command in results:
         print(f"- {processes} process(es): `python {command}`")
     print(json.dumps({"results": [r[:4] for r in results]}))
+
+
+def variant(base: RunSpec, run_dir: Path, steps: int, num_processes: int, **fields) -> RunSpec:
+    """``base`` as a fresh ``steps``-step run in ``run_dir`` on ``num_processes`` processes."""
+    data = base.to_dict()
+    data["hyperparameters"] |= {"max_train_steps": steps, "num_processes": num_processes}
+    data["settings"] |= {"checkpointing_steps": steps, "resume_from_checkpoint": "none"}
+    return RunSpec.from_dict(data | {"run_dir": str(run_dir), "log_every_steps": steps} | fields)
 
 
 def online_demo_spec(root: Path) -> Path:
@@ -122,16 +128,14 @@ def compare_read_ahead(base: RunSpec, source: Path, args: argparse.Namespace) ->
     """1 process, ``read_ahead_batches`` 0 (baseline) vs 2, alternated ``--rounds`` times; median samples/s."""
     import statistics
 
-    hp = base.hyperparameters | {"max_train_steps": args.steps, "num_processes": 1}
-    batch = hp.get("train_batch_size", 1) * hp.get("gradient_accumulation_steps", 1)
+    hp = base.hyperparameters
+    batch = hp.train_batch_size * hp.gradient_accumulation_steps
     samples: dict[int, list[float]] = {0: [], 2: []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for depth in (0, 2):
-                spec = RunSpec.from_dict(base.to_dict() | {
-                    "run_dir": str(Path(tmp) / f"run-{depth}-{r}"), "hyperparameters": hp,
-                    "checkpointing_steps": args.steps, "resume_from_checkpoint": "none",
-                    "log_every_steps": args.steps, "read_ahead_batches": depth})
+                spec = variant(base, Path(tmp) / f"run-{depth}-{r}", args.steps, num_processes=1,
+                               read_ahead_batches=depth)
                 out = run(spec, Path(tmp), 1, args.threads)
                 samples[depth].append(throughput(out["rows"], args.warmup, batch)[1])
     print(f"Machine: {platform.machine()}, {os.cpu_count()} CPU(s) visible, {args.threads} torch thread(s); "

@@ -89,9 +89,10 @@ def cmd_sync(cfg: PipelineConfig) -> int:
 
 
 def cmd_report(cfg: PipelineConfig, quiet: bool = False) -> int:
-    from pixart_pipeline.defs.assets.common import REPORT_KEY
+    from pixart_pipeline.defs.assets.common import asset_key
+    from pixart_pipeline.stages import EVALUATION_REPORT
 
-    event = _instance().get_latest_materialization_event(REPORT_KEY)
+    event = _instance().get_latest_materialization_event(asset_key(EVALUATION_REPORT))
     if event is None or event.asset_materialization is None:
         if not quiet:
             print("No evaluation report yet: run `pixart-pipeline sync` (or `make demo`).")

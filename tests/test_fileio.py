@@ -131,9 +131,16 @@ def test_importing_fileio_stays_light():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
-    from pixart_pipeline import fileio
-
-    path = atomic_write_text(tmp_path / "report.json", "{}")
-    assert path.stat().st_mode & 0o777 == 0o666 & ~fileio._UMASK
-    assert fileio._UMASK & 0o066 or path.stat().st_mode & 0o777 != 0o600
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path, umask, mode):
+    """A written file gets what ``open()`` would give it under the process's umask (others can read
+    a report under the usual 022), not the 0600 of the temp file it was renamed from."""
+    code = (
+        "import os, sys\n"
+        f"os.umask({umask:#o})\n"  # before the import: fileio reads the umask once, at import
+        "from pixart_pipeline.fileio import atomic_write_text\n"
+        "atomic_write_text(sys.argv[1], '{}')\n"
+    )
+    path = tmp_path / "report.json"
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+    assert oct(path.stat().st_mode & 0o777) == oct(mode)

@@ -2,7 +2,9 @@
 
 One persistent Dagster instance and one copy of the demo config (shrunk so training takes seconds);
 every scenario edits the config, rebuilds the Definitions as a fresh process would, and runs the
-real `sync` (real Dagster runs, real models, real files). The scenarios run in order and share state.
+real `sync` (real Dagster runs, real models, real files). The scenarios share that state but not an
+order: each starts from a synced project (the ``in_sync`` fixture syncs whatever the previous one left
+unsynced), and the first sync's metadata is kept for the test that checks it.
 """
 
 from __future__ import annotations
@@ -15,20 +17,21 @@ import yaml
 from PIL import Image
 
 from pixart_pipeline.config import load_config
-from pixart_pipeline.defs.assets import common as keys
+from pixart_pipeline import stages
+from pixart_pipeline.defs.assets.common import asset_key
 from pixart_pipeline.defs.build import build_definitions
 from pixart_pipeline.defs.planning import compute_plan, sync
 from demo_copy import REPO, copy_demo, edit_json
 
 pytestmark = pytest.mark.slow
 
-RAW = keys.raw_key("shapes")
-CAPTIONS = keys.captions_key("shapes")
-META = keys.metadata_key("shapes")
-VAE = keys.vae_key("shapes")
-TEXT = keys.TEXT_EMBED_KEY
-CKPT = keys.CHECKPOINT_KEY
-REPORT = keys.REPORT_KEY
+RAW = asset_key(stages.RAW_DATASET, "shapes")
+CAPTIONS = asset_key(stages.CAPTIONS, "shapes")
+META = asset_key(stages.BUCKETED_METADATA, "shapes")
+VAE = asset_key(stages.VAE_CACHE, "shapes")
+TEXT = asset_key(stages.TEXT_EMBED_CACHE)
+CKPT = asset_key(stages.TRAINED_CHECKPOINT)
+REPORT = asset_key(stages.EVALUATION_REPORT)
 ALL = {RAW, CAPTIONS, META, VAE, TEXT, CKPT, REPORT}
 
 
@@ -86,16 +89,24 @@ def project(tmp_path_factory):
     with dg.instance_for_test(temp_dir=str(home), overrides=settings) as instance:
         p = Project(root, instance)
         assert p.sync() == ALL
+        p.first_sync = {key: p.metadata(key) for key in ALL}
         yield p
 
 
+@pytest.fixture(autouse=True)
+def in_sync(project):
+    """Every scenario starts from a synced project, whichever scenario ran before it."""
+    project.sync()
+    assert project.plan() == []
+
+
 def test_first_sync_materializes_every_asset_and_training_helps(project):
-    report = project.metadata(REPORT)
+    report = project.first_sync[REPORT]
     assert Path(report["path"]).exists()
     assert report["eval_loss_trained"] < report["eval_loss_base"]
-    meta = project.metadata(META)
+    meta = project.first_sync[META]
     assert meta["rejected"] == 2  # the demo's corrupt file and its too-small image
-    assert project.metadata(TEXT)["reused"] == 0
+    assert project.first_sync[TEXT]["reused"] == 0
 
 
 def test_nothing_changed_plan_is_empty_and_sync_does_nothing(project):

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Callable
 
 from pixart_pipeline.cache.maintenance import PruneResult, _size, is_store, prune_store, store_stats
-from pixart_pipeline.cache.stage import caption_sources, text_key, text_store_root, vae_items, vae_store_root
+from pixart_pipeline.cache.stage import caption_sources, text_key, vae_items
 from pixart_pipeline.cache.store import ShardStore
 from pixart_pipeline.config import PipelineConfig
+from pixart_pipeline.stages import text_store_root, vae_store_root
 
 Print = Callable[[str], None]
 

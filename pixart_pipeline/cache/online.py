@@ -23,8 +23,17 @@ from typing import Iterable
 import torch
 
 from pixart_pipeline.cache.store import ShardStore
-from pixart_pipeline.cache.vae import VaeItem, check_source, failure_reason, load_pixels
+from pixart_pipeline.cache.vae import (
+    NONFINITE_REASON,
+    VaeItem,
+    check_source,
+    encode_posteriors,
+    failure_reason,
+    load_pixels,
+)
+from pixart_pipeline.errors import InputError
 from pixart_pipeline.fileio import atomic_write_json
+from pixart_pipeline.models import TORCH_DTYPES, load_vae, process_device
 
 ONLINE_DIR = "online"
 ONLINE_SPEC = "online.json"
@@ -76,7 +85,7 @@ class OnlineVaeStore:
         self.dtype, self.device = spec["dtype"], spec["device"]
         stale = [key for key, v in spec["items"].items() if "sha256" not in v]
         if stale:  # written before specs carried each image's sha256: nothing to check pixels against
-            raise ValueError(f"{self.root / ONLINE_SPEC}: item {stale[0]!r} has no sha256; "
+            raise InputError(f"{self.root / ONLINE_SPEC}: item {stale[0]!r} has no sha256; "
                              "re-materialize vae_cache to rewrite the spec")
         self.items = {
             key: VaeItem(key, Path(v["path"]), tuple(v["intermediary"]), tuple(v["crop"]), tuple(v["target"]),
@@ -102,11 +111,8 @@ class OnlineVaeStore:
 
     def _model(self):
         if self._vae is None:  # loaded on first use: a trainer process that never reads pays nothing
-            from pixart_pipeline.cache.stage import DTYPES, _encoding_device
-            from pixart_pipeline.models import load_vae
-
-            self._device = _encoding_device(self.device)
-            self._vae = load_vae(self.base_model, self.revision, DTYPES[self.dtype]).to(self._device).eval()
+            self._device = process_device(self.device)
+            self._vae = load_vae(self.base_model, self.revision, TORCH_DTYPES[self.dtype]).to(self._device).eval()
         return self._vae
 
     def get(self, key: str) -> dict[str, torch.Tensor]:
@@ -132,13 +138,12 @@ class OnlineVaeStore:
                     except Exception as e:  # noqa: BLE001 - name the image and the reason
                         # The stage checked every image when it wrote the spec; this is a file
                         # changed or removed since (re-materialize vae_cache to leave it out).
-                        raise ValueError(f"online VAE encoding failed for {item.path}: {failure_reason(e)}") from e
-                x = torch.stack(pixels).to(self._device, next(vae.parameters()).dtype)  # [B, 3, H, W]
-                posterior = vae.encode(x).latent_dist
-                mean, std = posterior.mean.float().cpu(), posterior.std.float().cpu()  # [B, 4, H/8, W/8]
+                        raise InputError(f"online VAE encoding failed for {item.path}: {failure_reason(e)}") from e
+                mean, std, finite = encode_posteriors(vae, pixels, self._device)  # [B, 4, H/8, W/8]
+                mean, std = mean.float(), std.float()
                 for i, p in enumerate(positions):
-                    if not (torch.isfinite(mean[i]).all() and torch.isfinite(std[i]).all()):
-                        raise ValueError(f"{self.items[keys[p]].path}: VAE posterior has NaN/Inf (use vae_dtype fp32)")
+                    if not finite[i]:
+                        raise InputError(f"{self.items[keys[p]].path}: {NONFINITE_REASON}")
                     out[p] = {"mean": mean[i].clone(), "std": std[i].clone()}
                 self.encoded += len(positions)
         return out  # type: ignore[return-value]

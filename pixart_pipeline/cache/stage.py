@@ -6,14 +6,11 @@ fingerprint, items by what determines them, so only missing items are ever encod
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from pixart_pipeline.cache.keys import text_item_key, vae_item_key
 from pixart_pipeline.cache.maintenance import repair
@@ -23,21 +20,23 @@ from pixart_pipeline.cache.store import EncodeStats, ShardStore
 from pixart_pipeline.cache.text import encode_captions
 from pixart_pipeline.cache.vae import VaeItem, encode_images
 from pixart_pipeline.config import ImageDataset, PipelineConfig
-from pixart_pipeline.config import fingerprints as fp
+from pixart_pipeline.config.fingerprints import stable_hash
 from pixart_pipeline.data.captions import usable_captions
-from pixart_pipeline.data.stage import captions_path, metadata_path
 from pixart_pipeline.fileio import read_parquet
 from pixart_pipeline.models import (
+    TORCH_DTYPES,
     load_text_encoder,
     load_tokenizer,
     load_vae,
-    resolve_device,
+    process_device,
     resolve_pretrained,
 )
 from pixart_pipeline.stage_result import MissingInputError, StageResult
+from pixart_pipeline.stages import (
+    TEXT_EMBED_CACHE, captions_path, metadata_path, text_store_root, vae_encoder_fields, vae_store_root,
+)
 
 Log = Callable[[str], None]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EMPTY_PROMPT = ""  # caption dropout trains on the empty prompt's embedding
 
 
@@ -45,30 +44,14 @@ def _quiet(_: str) -> None:
     pass
 
 
-def text_store_root(cfg: PipelineConfig) -> Path:
-    """``<cache_dir>/<hash of (stage revision, encoder fields)>``: a code change that alters what is
-    encoded (a bumped revision) gets a new store instead of reusing stale items."""
-    return cfg.text_cache_dir / fp.stable_hash([fp.STAGE_REVISIONS["text_embed_cache"], fp.text_encoder_fields(cfg)])
-
-
-def vae_store_root(cfg: PipelineConfig, ds: ImageDataset) -> Path:
-    """``<cache_dir_vae>/<hash of (stage revision, VAE fields)>`` (see ``text_store_root``)."""
-    return cfg.vae_cache_dir(ds) / fp.stable_hash([fp.STAGE_REVISIONS["vae_cache"], _vae_encoder_fields(cfg)])
-
-
 def text_encoder_id(cfg: PipelineConfig) -> str:
     """The text encoder's part of every text item key: T5 identity + revision, max length, dtype."""
-    return fp.stable_hash(fp.text_encoder_fields(cfg))
+    return stable_hash(TEXT_EMBED_CACHE.fingerprint_fields(cfg))
 
 
 def vae_encoder_id(cfg: PipelineConfig) -> str:
     """The VAE's part of every VAE item key: VAE identity + revision, dtype."""
-    return fp.stable_hash(_vae_encoder_fields(cfg))
-
-
-def _vae_encoder_fields(cfg: PipelineConfig) -> dict:
-    """``vae_fields`` without ``cache_disabled``: online and cached encoding share keys and store root."""
-    return {k: v for k, v in fp.vae_fields(cfg).items() if k != "cache_disabled"}
+    return stable_hash(vae_encoder_fields(cfg))
 
 
 def text_key(cfg: PipelineConfig, caption: str) -> str:
@@ -105,24 +88,15 @@ def all_captions(cfg: PipelineConfig) -> list[str]:
     return sorted(caption_sources(cfg))
 
 
-def _encoding_device(device: str) -> torch.device:
-    """The device of this process: under torchrun with several GPUs, this rank's own GPU."""
-    resolved = resolve_device(device)
-    local_rank = os.environ.get("LOCAL_RANK")
-    if resolved.type == "cuda" and resolved.index is None and local_rank is not None and torch.cuda.device_count() > 1:
-        return torch.device("cuda", int(local_rank))
-    return resolved
-
-
 def encode_text_items(
     cfg: PipelineConfig, captions: list[str], sources: dict[str, str], device: str, log: Log = _quiet
 ) -> EncodeStats:
     """Encode ``captions`` into the text store in this process (one rank's share under torchrun)."""
     t = cfg.training
     model = base_model_path(cfg)
-    torch_device = _encoding_device(device)
+    torch_device = process_device(device)
     tokenizer = load_tokenizer(model, t.revision)
-    encoder = load_text_encoder(model, t.revision, DTYPES[t.text_encoder_dtype]).to(torch_device)
+    encoder = load_text_encoder(model, t.revision, TORCH_DTYPES[t.text_encoder_dtype]).to(torch_device)
     return encode_captions(
         ShardStore(text_store_root(cfg)), captions, tokenizer, encoder, t.tokenizer_max_length,
         cfg.text_embeds.write_batch_size, torch_device, encoder=text_encoder_id(cfg), sources=sources, log=log,
@@ -133,8 +107,8 @@ def encode_vae_items(cfg: PipelineConfig, ds: ImageDataset, items: list[VaeItem]
     """Encode ``items`` into the dataset's VAE store in this process (one rank's share under torchrun)."""
     t = cfg.training
     model = base_model_path(cfg)
-    torch_device = _encoding_device(device)
-    vae = load_vae(model, t.revision, DTYPES[t.resolved_vae_dtype]).to(torch_device)
+    torch_device = process_device(device)
+    vae = load_vae(model, t.revision, TORCH_DTYPES[t.resolved_vae_dtype]).to(torch_device)
     return encode_images(ShardStore(vae_store_root(cfg, ds)), items, vae, t.vae_batch_size, torch_device, log=log)
 
 
@@ -149,8 +123,8 @@ def run_text_embed_cache(cfg: PipelineConfig, device: str, log: Log = _quiet) ->
     stats = EncodeStats()
     if missing:
         procs = cfg.training.num_processes
-        log(f"encoding {len(missing)} of {len(captions)} caption(s) with {base_model_path(cfg)} "
-            f"on {device} ({procs} process(es))")
+        model = base_model_path(cfg)  # built/resolved once here, not racing in every parallel rank
+        log(f"encoding {len(missing)} of {len(captions)} caption(s) with {model} on {device} ({procs} process(es))")
         if procs > 1:
             stats = launch_parallel(cfg, "text", None, missing, device, procs, {c: sources[c] for c in missing})
         else:
@@ -171,7 +145,6 @@ def run_text_embed_cache(cfg: PipelineConfig, device: str, log: Log = _quiet) ->
             "seconds": round(time.perf_counter() - start, 3),
             "store_bytes": store.stats().get("bytes", 0),
         },
-        config=fp.text_encoder_fields(cfg),
     )
 
 
@@ -234,11 +207,10 @@ def run_vae_cache(cfg: PipelineConfig, ds: ImageDataset, device: str, log: Log =
             f"{len(failed)} left out ({folder})")
         return StageResult(
             path=folder,
-            data_version=fp.stable_hash(["disabled", keys]),
+            data_version=stable_hash(["disabled", keys]),
             metadata={"disabled": True, "items": len(keys), "encoded": 0, "reused": 0, "failed": len(failed),
                       "failed_files": [f"{p}: {r}" for p, r in sorted(failed.values())][:20],
                       "seconds": round(time.perf_counter() - start, 3)},
-            config=fp.vae_fields(cfg),
         )
     store = ShardStore(vae_store_root(cfg, ds))
     repaired = repair(store, log)
@@ -246,7 +218,8 @@ def run_vae_cache(cfg: PipelineConfig, ds: ImageDataset, device: str, log: Log =
     stats = EncodeStats()
     if missing:
         procs = cfg.training.num_processes
-        log(f"encoding {len(missing)} of {len(items)} image(s) with the VAE of {base_model_path(cfg)} "
+        model = base_model_path(cfg)  # built/resolved once here, not racing in every parallel rank
+        log(f"encoding {len(missing)} of {len(items)} image(s) with the VAE of {model} "
             f"on {device} ({procs} process(es))")
         if procs > 1:
             stats = launch_parallel(cfg, "vae", ds.id, sorted({i.key for i in missing}), device, procs)
@@ -272,5 +245,4 @@ def run_vae_cache(cfg: PipelineConfig, ds: ImageDataset, device: str, log: Log =
             "seconds": round(time.perf_counter() - start, 3),
             "store_bytes": store.stats().get("bytes", 0),
         },
-        config=fp.vae_fields(cfg),
     )

@@ -25,8 +25,11 @@ from PIL import Image, ImageOps
 
 from pixart_pipeline.cache.store import EncodeStats, ShardStore, ShardWriter
 from pixart_pipeline.data.images import to_rgb
+from pixart_pipeline.errors import InputError
 
 VAE_DOWNSAMPLE = 8
+# Why an item with a NaN/Inf posterior is not stored (cached path) or served (online path).
+NONFINITE_REASON = "VAE posterior has NaN/Inf (the SDXL VAE overflows in fp16; use vae_dtype fp32)"
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class VaeItem:
     sha256: str
 
 
-class SourceChangedError(ValueError):
+class SourceChangedError(InputError):
     """The image file's bytes are not the ones its metadata row (and item key) was computed from."""
 
 
@@ -103,6 +106,22 @@ def load_pixels(item: VaeItem) -> torch.Tensor:
     return pixels / 127.5 - 1.0
 
 
+def encode_posteriors(
+    vae: torch.nn.Module, pixels: list[torch.Tensor], device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+    """One VAE pass over ``pixels`` (each [3, H, W], one size): CPU ``mean``, ``std`` in the VAE's
+    dtype, [B, 4, H/8, W/8] each, and whether each item's posterior is finite.
+
+    Shared by the cached path (``encode_images``) and online encoding (cache/online.py), so both
+    store or serve the same posterior and reject the same NaN/Inf (``NONFINITE_REASON``).
+    """
+    x = torch.stack(pixels).to(torch.device(device), next(vae.parameters()).dtype)  # [B, 3, H, W]
+    posterior = vae.encode(x).latent_dist
+    mean, std = posterior.mean, posterior.std  # [B, 4, H/8, W/8] each
+    finite = torch.isfinite(mean).flatten(1).all(1) & torch.isfinite(std).flatten(1).all(1)  # [B]
+    return mean.cpu(), std.cpu(), finite.tolist()
+
+
 def _batches(items: list[VaeItem], batch_size: int) -> list[list[VaeItem]]:
     """Batches of one target size each (the VAE needs equal shapes), in a deterministic order."""
     by_size: dict[tuple[int, int], list[VaeItem]] = defaultdict(list)
@@ -155,8 +174,6 @@ def encode_images(
     unique = list({item.key: item for item in items}.values())
     todo = [item for item in unique if item.key not in store]
     stats.reused = len(unique) - len(todo)
-    device = torch.device(device)
-    dtype = next(vae.parameters()).dtype
     writer = ShardWriter(store, items_per_shard)
     with torch.inference_mode():
         for batch, futures in _prefetched(_batches(todo, batch_size), load_workers, prefetch_batches):
@@ -169,16 +186,10 @@ def encode_images(
                     stats.failed.append((str(item.path), failure_reason(e)))
             if not ready:
                 continue
-            x = torch.stack(pixels).to(device, dtype)  # [B, 3, H, W]
-            posterior = vae.encode(x).latent_dist
-            mean, std = posterior.mean, posterior.std  # [B, 4, H/8, W/8] each
-            finite = torch.isfinite(mean).flatten(1).all(1) & torch.isfinite(std).flatten(1).all(1)  # [B]
-            mean, std, finite = mean.cpu(), std.cpu(), finite.tolist()
+            mean, std, finite = encode_posteriors(vae, pixels, device)
             for i, item in enumerate(ready):
                 if not finite[i]:
-                    stats.failed.append(
-                        (str(item.path), "VAE posterior has NaN/Inf (the SDXL VAE overflows in fp16; use fp32)")
-                    )
+                    stats.failed.append((str(item.path), NONFINITE_REASON))
                     continue
                 if writer.add(item.key, {"mean": mean[i], "std": std[i]}) and log:
                     log(f"vae: {writer.written}/{len(todo)} encoded, {len(stats.failed)} failed")

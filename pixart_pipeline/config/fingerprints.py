@@ -1,7 +1,8 @@
-"""Per-stage fingerprints: a stable hash of exactly the config fields that change a stage's output.
+"""Per-stage fingerprint fields: exactly the config fields that change a stage's output.
 
-``code_version = f"{STAGE_REVISIONS[stage]}-{fingerprint}"``. Bump a stage's revision when its code
-changes its output; change a field and only the stages whose fingerprint holds it become unsynced.
+``stages.py`` pairs each function here with its stage and revision (``code_version`` is
+``<revision>-<hash of these fields>``); change a field and only the stages whose fields hold it
+become unsynced.
 Fields deliberately left out (logging, checkpoint interval, device, batch sizes of the encoders) are
 those that cannot change the artefact.
 """
@@ -13,25 +14,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pixart_pipeline.config.identity import caption_filters, parquet_identity
 from pixart_pipeline.config.load import PipelineConfig
 from pixart_pipeline.config.models import (
     TINY_CLIP_NAME,
     TINY_MODEL_NAME,
     TINY_MODEL_REVISION,
+    Hyperparameters,
     ImageDataset,
 )
-
-# Bump when a stage's code changes what it writes.
-STAGE_REVISIONS = {
-    "raw_dataset": "r1",
-    "captions": "r2",  # r2: every textfile line / parquet list entry kept (the captions column)
-    # r2: one target per aspect key (area), crop_aspect closest/random; r3: note column, truncated code
-    "bucketed_metadata": "r3",
-    "text_embed_cache": "r1",
-    "vae_cache": "r2",  # r2: RGBA composited on white, 16-bit scaled (data.images.to_rgb)
-    "trained_checkpoint": "r2",  # r2: noise keyed by global batch index (1 and N processes agree)
-    "evaluation_report": "r1",
-}
 
 # PixArt's VAE downsamples by 8 and its transformer patchifies by 2, so SimpleTuner aligns to 64.
 PIXART_ALIGNMENT = 64
@@ -79,13 +70,9 @@ def captions_fields(cfg: PipelineConfig, ds: ImageDataset) -> dict:
               "prepend_instance_prompt": ds.prepend_instance_prompt, "only_instance_prompt": ds.only_instance_prompt}
     if ds.caption_strategy == "textfile" and ds.disable_multiline_split:  # only when set: old fingerprints stay
         fields["disable_multiline_split"] = True
-    from pixart_pipeline.data.caption_filter import caption_filters  # data imports config
-
     if filters := caption_filters(cfg):  # the filters themselves: editing the filter file counts
         fields["caption_filter_list"] = filters
     if ds.caption_strategy == "parquet":
-        from pixart_pipeline.data.parquet_source import parquet_identity  # data imports config
-
         fields["parquet"] = parquet_identity(cfg, ds)
     return fields
 
@@ -135,8 +122,6 @@ def _aspect_choice_fields(ds: ImageDataset) -> dict:
 def _parquet_sizes_identity(cfg: PipelineConfig, ds: ImageDataset) -> dict:
     if ds.metadata_backend != "parquet":
         return {}
-    from pixart_pipeline.data.parquet_source import parquet_identity  # data imports config
-
     return {"parquet": parquet_identity(cfg, ds)}
 
 
@@ -149,7 +134,9 @@ def text_encoder_fields(cfg: PipelineConfig) -> dict:
     }
 
 
-def vae_fields(cfg: PipelineConfig) -> dict:
+def vae_fields(cfg: PipelineConfig, ds: ImageDataset | None = None) -> dict:
+    """The VAE's identity and dtype: the same for every dataset (``ds`` is accepted for the
+    per-dataset ``vae_cache`` stage and not read)."""
     t = cfg.training
     fields = {
         "vae": model_identity(cfg, t.pretrained_model_name_or_path, t.revision, ("vae",)),
@@ -160,40 +147,32 @@ def vae_fields(cfg: PipelineConfig) -> dict:
     return fields
 
 
-def _applicable_training_keys(lr_scheduler: str, optimizer: str, use_ema: bool) -> list[str]:
-    """The training keys that only some settings read (diffusers' ``get_scheduler`` passes
+def inapplicable_keys(hp: Hyperparameters) -> set[str]:
+    """The hyperparameters this config never reads (diffusers' ``get_scheduler`` passes
     ``num_cycles`` only to cosine_with_restarts, ``power`` only to polynomial, ``step_rules`` only to
     piecewise_constant, and constant/piecewise_constant take no warm-up; Adafactor uses none of the
-    Adam betas/epsilon nor the fused kernel; ``ema_decay`` needs ``use_ema``). A key that cannot
-    change the weights under this config stays out, so editing it does not retrain."""
-    keys = []
-    if lr_scheduler not in ("constant", "piecewise_constant"):
-        keys.append("lr_warmup_steps")
-    keys += {"cosine_with_restarts": ["lr_num_cycles"], "polynomial": ["lr_power"],
-             "piecewise_constant": ["lr_step_rules"]}.get(lr_scheduler, [])
-    if optimizer == "adamw":
-        keys += ["adam_beta1", "adam_beta2", "adam_epsilon", "fused_optimizer"]
-    if use_ema:
-        keys.append("ema_decay")
-    return keys
+    Adam betas/epsilon nor the fused kernel; ``ema_decay`` needs ``use_ema``). Such a key cannot
+    change the weights, so it stays out of the fingerprint and editing it does not retrain."""
+    unused = {"lr_num_cycles", "lr_power", "lr_step_rules"} - {
+        {"cosine_with_restarts": "lr_num_cycles", "polynomial": "lr_power",
+         "piecewise_constant": "lr_step_rules"}.get(hp.lr_scheduler, "")}
+    if hp.lr_scheduler in ("constant", "piecewise_constant"):
+        unused.add("lr_warmup_steps")
+    if hp.optimizer != "adamw":
+        unused |= {"adam_beta1", "adam_beta2", "adam_epsilon", "fused_optimizer"}
+    if not hp.use_ema:
+        unused.add("ema_decay")
+    return unused
 
 
 def trained_checkpoint_fields(cfg: PipelineConfig) -> dict:
     t = cfg.training
-    keys = (
-        "seed learning_rate lr_scheduler train_batch_size gradient_accumulation_steps "
-        "max_train_steps num_train_epochs mixed_precision optimizer adam_weight_decay "
-        "max_grad_norm snr_gamma noise_offset caption_dropout_probability use_ema use_bitfit "
-        # num_processes multiplies the global batch, so it changes the result (DESIGN.md lists it as
-        # excluded; see the README).
-        "num_processes"
-    ).split()
-    keys += _applicable_training_keys(t.lr_scheduler, t.optimizer, t.use_ema)
+    skip = inapplicable_keys(t) | {"small_bucket_rule"}  # the sampler's rule has its own entry below
     fields = {
         "transformer": model_identity(
             cfg, t.pretrained_model_name_or_path, t.revision, ("transformer", "scheduler", "vae/config.json")
         ),
-        "hyperparameters": {k: getattr(t, k) for k in keys},
+        "hyperparameters": {k: getattr(t, k) for k in Hyperparameters.model_fields if k not in skip},
         "repeats": {ds.id: ds.repeats for ds in cfg.datasets},
         # which items the sampler draws: buckets too small for one optimizer step dropped or repeated
         "small_bucket_rule": t.small_bucket_rule,
@@ -217,8 +196,3 @@ def evaluation_fields(cfg: PipelineConfig) -> dict:
         "clip_model": model_identity(cfg, t.pretrained_evaluation_model_name_or_path, None),
         "eval_timesteps": t.eval_timesteps,
     }
-
-
-def code_version(stage: str, fields: dict) -> str:
-    """``<stage revision>-<fingerprint>``: what Dagster compares to decide a stage is unsynced."""
-    return f"{STAGE_REVISIONS[stage]}-{stable_hash(fields, 12)}"

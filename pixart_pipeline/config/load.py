@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from pixart_pipeline.config import dataset_keys
+from pixart_pipeline.config.caption_filters import load_filters, not_regular_expressions
 from pixart_pipeline.config.models import (
     IGNORED,
     UNSUPPORTED,
@@ -24,11 +25,12 @@ from pixart_pipeline.config.models import (
     TextEmbedsDataset,
     TrainingConfig,
 )
+from pixart_pipeline.errors import InputError
 
 CONFIG_ENV = "PIXART_CONFIG"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config problem, always naming the file and the key."""
 
 
@@ -166,8 +168,6 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
             )
         text_embeds = defaults
     text = text_embeds[0] if text_embeds else TextEmbedsDataset(id="text-embeds", dataset_type="text_embeds")
-    from pixart_pipeline.data.caption_filter import load_filters, not_regular_expressions  # data imports config
-
     try:
         filters = load_filters(text.caption_filter_list, backend_path.parent)
     except ValueError as e:
@@ -212,8 +212,8 @@ def _check_known_keys(raw: dict, path: Path) -> list[str]:
     """Refuse SimpleTuner options we do not implement; warn about harmless ones (and drop them)."""
     notes = []
     for key in list(raw):
-        if key in UNSUPPORTED and raw[key] not in (False, None, "", "none", "diffusers"):
-            raise ConfigError(f"{path}: key {key!r} = {raw[key]!r} is not supported: {UNSUPPORTED[key]}")
+        if key in UNSUPPORTED and not dataset_keys.is_off(raw[key], UNSUPPORTED[key][1]):
+            raise ConfigError(f"{path}: key {key!r} = {raw[key]!r} is not supported: {UNSUPPORTED[key][0]}")
         if key in UNSUPPORTED:
             raw.pop(key)
         elif key in IGNORED:

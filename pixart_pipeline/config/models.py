@@ -30,11 +30,16 @@ LR_SCHEDULERS = (
     "piecewise_constant",
 )
 
-# SimpleTuner keys we know but do not implement: value -> why. Setting one is an error.
-UNSUPPORTED: dict[str, str] = {
-    "validation_preview": "streamed validation previews need webhooks, which we do not have",
-    "attention_mechanism": "only the default diffusers attention is supported",
-    "lora_rank": "only model_type 'full' is supported",
+# SimpleTuner values that mean "off" for the config.json keys below (``"attention_mechanism":
+# "diffusers"`` is the default); checked with ``dataset_keys.is_off``.
+_OFF = (False, 0, None, "", "none", "diffusers")
+
+# SimpleTuner keys we know but do not implement: key -> (why, the values meaning "off", which are
+# accepted and dropped). Any other value is an error. Same shape as ``dataset_keys.UNSUPPORTED``.
+UNSUPPORTED: dict[str, tuple[str, tuple]] = {
+    "validation_preview": ("streamed validation previews need webhooks, which we do not have", _OFF),
+    "attention_mechanism": ("only the default diffusers attention is supported", _OFF),
+    "lora_rank": ("only model_type 'full' is supported", _OFF),
 }
 
 # SimpleTuner's multidatabackend.json keys we do not implement: see dataset_keys.py.
@@ -58,17 +63,13 @@ class StrictModel(BaseModel):
 Number = Union[int, float]
 
 
-class TrainingConfig(StrictModel):
-    """``config.json``: the model, the optimisation, and the evaluation."""
+class Hyperparameters(StrictModel):
+    """The ``config.json`` keys that change the trained weights: the one list of hyperparameters.
 
-    # -- model
-    model_family: Literal["pixart_sigma"] = "pixart_sigma"
-    model_type: Literal["full"] = "full"
-    pretrained_model_name_or_path: str = DEFAULT_BASE_MODEL
-    revision: str | None = None
-    output_dir: str = "output/models"
-    data_backend_config: str | None = None
-    # -- optimisation (all in the trained_checkpoint fingerprint)
+    The trained_checkpoint fingerprint (``config/fingerprints.py``), the run spec, the tracker and
+    the model card all read ``Hyperparameters.model_fields``; a new hyperparameter is added here only.
+    """
+
     seed: int = 42
     learning_rate: float = Field(1e-6, gt=0)
     lr_scheduler: Literal[LR_SCHEDULERS] = "constant"  # type: ignore[valid-type]
@@ -94,11 +95,35 @@ class TrainingConfig(StrictModel):
     use_ema: bool = False
     ema_decay: float = Field(0.999, gt=0, lt=1)
     use_bitfit: bool = False
+    # multiplies the global batch, so it changes the result (DESIGN.md lists it as excluded; see README)
     num_processes: int = Field(1, ge=1)
-    # -- not in any fingerprint: they cannot change the trained weights
+    # ours, not SimpleTuner's: what the sampler does with a bucket too small for one optimizer step
+    small_bucket_rule: Literal["drop", "repeat"] = "drop"
+
+    @model_validator(mode="after")
+    def _check_trainer_options(self) -> "Hyperparameters":
+        if self.lr_scheduler == "piecewise_constant" and not self.lr_step_rules:
+            raise ValueError("lr_scheduler 'piecewise_constant' needs lr_step_rules, e.g. \"1:100,0.1:200,0.01\" "
+                             "(multiplier:until_step pairs, then the final multiplier)")
+        if self.lr_step_rules is not None:
+            _check_step_rules(self.lr_step_rules)
+        if self.optimizer == "adafactor" and self.fused_optimizer == "on":
+            raise ValueError("fused_optimizer 'on' needs optimizer 'adamw' (Adafactor has no fused kernel)")
+        return self
+
+    def hyperparameters(self) -> "Hyperparameters":
+        """Just the hyperparameters (a ``TrainingConfig`` is one too, with every other key)."""
+        return Hyperparameters.model_validate({k: getattr(self, k) for k in Hyperparameters.model_fields})
+
+
+class TrainerSettings(StrictModel):
+    """The ``config.json`` keys of a training run that never change the weights: checkpointing,
+    resuming, memory, where it runs and where its results are reported. In no fingerprint."""
+
     checkpointing_steps: int = Field(500, ge=1)
     checkpoints_total_limit: int | None = Field(None, ge=1)
-    resume_from_checkpoint: str = "latest"
+    resume_from_checkpoint: str = "latest"  # "latest" | "none" | a checkpoint folder
+    # recompute activations in the backward pass: less memory, same gradients
     gradient_checkpointing: bool = False
     report_to: Literal["none", "wandb"] = "none"
     tracker_project_name: str = "pixart-pipeline"
@@ -106,17 +131,29 @@ class TrainingConfig(StrictModel):
     push_to_hub: bool = False
     hub_model_id: str | None = None
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
-    # -- buckets: decimals of the aspect ratios (SimpleTuner's; None = 2), in the metadata fingerprint
-    aspect_bucket_rounding: int | None = Field(None, ge=1, le=4)
-    # ours, not SimpleTuner's: what the sampler does with a bucket too small for one optimizer step
-    small_bucket_rule: Literal["drop", "repeat"] = "drop"
-    # -- caches
-    tokenizer_max_length: int = Field(300, ge=1)
-    text_encoder_dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
-    vae_dtype: Literal["default", "fp32", "bf16", "fp16"] = "default"
-    vae_batch_size: int = Field(4, ge=1)
-    vae_cache_disable: bool = False  # encode latents on the fly in the trainer (cache/online.py)
-    # -- evaluation
+
+    @model_validator(mode="after")
+    def _check_hub(self) -> "TrainerSettings":
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub is true but hub_model_id is not set (e.g. \"your-name/pixart-finetune\")")
+        return self
+
+    @field_validator("resume_from_checkpoint")
+    @classmethod
+    def _check_resume(cls, value: str) -> str:
+        if value not in ("latest", "none") and not value.strip():
+            raise ValueError("use 'latest', 'none', or a checkpoint folder")
+        return value
+
+    def trainer_settings(self) -> "TrainerSettings":
+        """Just the trainer settings (a ``TrainingConfig`` is one too, with every other key)."""
+        return TrainerSettings.model_validate({k: getattr(self, k) for k in TrainerSettings.model_fields})
+
+
+class EvaluationSettings(StrictModel):
+    """The ``config.json`` keys of the evaluation: what the validation images show, how they are
+    sampled and scored. The evaluation_report fingerprint and the eval spec read these."""
+
     validation_prompt: str | None = None
     validation_prompts: list[str] = []
     validation_resolution: str | int = "1024x1024"
@@ -134,30 +171,9 @@ class TrainingConfig(StrictModel):
         parse_resolutions(value)  # raises ValueError with the offending part
         return value
 
-    @model_validator(mode="after")
-    def _check_trainer_options(self) -> "TrainingConfig":
-        if self.lr_scheduler == "piecewise_constant" and not self.lr_step_rules:
-            raise ValueError("lr_scheduler 'piecewise_constant' needs lr_step_rules, e.g. \"1:100,0.1:200,0.01\" "
-                             "(multiplier:until_step pairs, then the final multiplier)")
-        if self.lr_step_rules is not None:
-            _check_step_rules(self.lr_step_rules)
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("push_to_hub is true but hub_model_id is not set (e.g. \"your-name/pixart-finetune\")")
-        if self.optimizer == "adafactor" and self.fused_optimizer == "on":
-            raise ValueError("fused_optimizer 'on' needs optimizer 'adamw' (Adafactor has no fused kernel)")
-        return self
-
-    @field_validator("resume_from_checkpoint")
-    @classmethod
-    def _check_resume(cls, value: str) -> str:
-        if value not in ("latest", "none") and not value.strip():
-            raise ValueError("use 'latest', 'none', or a checkpoint folder")
-        return value
-
-    @property
-    def resolved_vae_dtype(self) -> str:
-        """SimpleTuner's ``default`` VAE dtype is fp32 (the SDXL VAE overflows in fp16)."""
-        return "fp32" if self.vae_dtype == "default" else self.vae_dtype
+    def evaluation_settings(self) -> "EvaluationSettings":
+        """Just the evaluation settings (a ``TrainingConfig`` is one too, with every other key)."""
+        return EvaluationSettings.model_validate({k: getattr(self, k) for k in EvaluationSettings.model_fields})
 
     @property
     def all_validation_prompts(self) -> list[str]:
@@ -170,6 +186,32 @@ class TrainingConfig(StrictModel):
     def validation_sizes(self) -> list[tuple[int, int]]:
         """``"1024x1024,1280x768"`` -> ``[(1024, 1024), (1280, 768)]`` as (width, height)."""
         return parse_resolutions(self.validation_resolution)
+
+
+class TrainingConfig(Hyperparameters, TrainerSettings, EvaluationSettings):
+    """``config.json``: the model, the optimisation (``Hyperparameters``), the run (``TrainerSettings``),
+    the evaluation (``EvaluationSettings``) and the caches."""
+
+    # -- model
+    model_family: Literal["pixart_sigma"] = "pixart_sigma"
+    model_type: Literal["full"] = "full"
+    pretrained_model_name_or_path: str = DEFAULT_BASE_MODEL
+    revision: str | None = None
+    output_dir: str = "output/models"
+    data_backend_config: str | None = None
+    # -- buckets: decimals of the aspect ratios (SimpleTuner's; None = 2), in the metadata fingerprint
+    aspect_bucket_rounding: int | None = Field(None, ge=1, le=4)
+    # -- caches
+    tokenizer_max_length: int = Field(300, ge=1)
+    text_encoder_dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+    vae_dtype: Literal["default", "fp32", "bf16", "fp16"] = "default"
+    vae_batch_size: int = Field(4, ge=1)
+    vae_cache_disable: bool = False  # encode latents on the fly in the trainer (cache/online.py)
+
+    @property
+    def resolved_vae_dtype(self) -> str:
+        """SimpleTuner's ``default`` VAE dtype is fp32 (the SDXL VAE overflows in fp16)."""
+        return "fp32" if self.vae_dtype == "default" else self.vae_dtype
 
 
 def _check_step_rules(rules: str) -> None:
@@ -186,6 +228,16 @@ def _check_step_rules(rules: str) -> None:
         raise ValueError(f"lr_step_rules {rules!r}: the steps must increase")
 
 
+# An image size PixArt can generate: the VAE downsamples by 8 and the transformer patchifies latents by 2.
+PIXART_SIZE_MULTIPLE = 16
+
+
+def is_pixart_size(width: int, height: int) -> bool:
+    """Whether ``width`` x ``height`` are both positive multiples of ``PIXART_SIZE_MULTIPLE`` (16)."""
+    m = PIXART_SIZE_MULTIPLE
+    return width >= m and height >= m and not width % m and not height % m
+
+
 def parse_resolutions(value: str | int) -> list[tuple[int, int]]:
     """Parse SimpleTuner's ``validation_resolution``: ``1024``, ``"1024"`` or ``"WxH,WxH"``."""
     if isinstance(value, int):
@@ -198,8 +250,7 @@ def parse_resolutions(value: str | int) -> list[tuple[int, int]]:
             width, height = int(w), int(h)
         except ValueError:
             raise ValueError(f"{part!r} is not WIDTHxHEIGHT (e.g. 1024x1024,1280x768)") from None
-        # The VAE downsamples by 8 and the transformer patchifies latents by 2.
-        if width < 16 or height < 16 or width % 16 or height % 16:
+        if not is_pixart_size(width, height):
             raise ValueError(f"{part!r}: width and height must be multiples of 16 (VAE 8 x patch 2)")
         sizes.append((width, height))
     return sizes

@@ -48,7 +48,7 @@ from pixart_pipeline.config.models import ImageDataset
 from pixart_pipeline.data.caption_filter import apply_filters
 from pixart_pipeline.data.digest import in_order, table_digest
 from pixart_pipeline.data.manifest import IMAGE_EXTENSIONS, is_image_path
-from pixart_pipeline.data.parquet_source import parquet_captions
+from pixart_pipeline.data.parquet_source import EMPTY_CAPTION, parquet_captions
 
 # sidecar_sha256: the sha256 of the image's .txt sidecar (textfile strategy; null otherwise), so a
 # re-run re-reads only the sidecars that changed.
@@ -59,10 +59,8 @@ CAPTIONS_SCHEMA = pa.schema(
 # textfile and parquet tables add ``captions``: every usable caption of the image when it has two or
 # more (``caption`` is the first of them), null otherwise, so single-caption rows cost nothing.
 MULTI_SCHEMA = CAPTIONS_SCHEMA.append(pa.field("captions", pa.list_(pa.string())))
-FINGERPRINT_KEY = b"inputs_fingerprint"
-# Reason codes (``caption_status`` when not "ok").
+# Reason codes (``caption_status`` when not "ok"; ``empty_caption`` is EMPTY_CAPTION, shared with parquet_source).
 NO_CAPTION_FILE = "no_caption_file"
-EMPTY_CAPTION = "empty_caption"
 CAPTION_NOT_UTF8 = "caption_not_utf8"
 CAPTION_UNREADABLE = "caption_unreadable"
 CAPTION_TOO_LARGE = "caption_too_large"

@@ -30,13 +30,14 @@ import os
 import shutil
 from pathlib import Path
 
+from pixart_pipeline.errors import InputError
 from pixart_pipeline.fileio import atomic_write, atomic_write_json
 
 MARKER = ".hub_revision.json"
 _TRUE = {"1", "on", "yes", "true"}
 
 
-class HubUnavailableError(ValueError):
+class HubUnavailableError(InputError):
     """The Hub could not be reached (or refused the request) and no usable local copy exists."""
 
 

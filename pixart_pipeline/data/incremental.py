@@ -2,8 +2,8 @@
 
 A metadata row is a pure function of (path, image sha256, caption, caption status, the image's
 caption list when it has several) and of the stage's inputs fingerprint: the ``bucketed_metadata``
-config fields, the stage revision, the probe version and the source of every module of the data
-package (so editing the code never reuses rows it would now compute differently). The fingerprint
+config fields, the stage revision and the probe version (a code change that alters rows bumps the
+revision: ``stages.py``). The fingerprint
 is stored in the parquet's key-value metadata.
 
 When it matches, a previous row is kept iff the same (path, sha256, caption, caption list) is still
@@ -15,7 +15,6 @@ cost a few milliseconds.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,9 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pixart_pipeline.config import ImageDataset, PipelineConfig
-from pixart_pipeline.config import fingerprints as fp
+from pixart_pipeline.config.fingerprints import stable_hash
 from pixart_pipeline.data import probe, probe_cache
 from pixart_pipeline.data.digest import in_order
+from pixart_pipeline.data.manifest import manifest_sha256
+from pixart_pipeline.stages import BUCKETED_METADATA, CAPTIONS
 
 FINGERPRINT_KEY = b"inputs_fingerprint"
 # In the manifest: its own data version; in the captions table: the version it was built from.
@@ -33,23 +34,16 @@ MANIFEST_VERSION_KEY = "manifest_version"
 
 
 def inputs_fingerprint(cfg: PipelineConfig, ds: ImageDataset) -> str:
-    """Everything besides the row's own inputs that a metadata row depends on."""
-    code = hashlib.sha256()
-    for source in sorted(Path(__file__).parent.glob("*.py")):  # every module of the data package
-        code.update(source.name.encode() + b"\0" + source.read_bytes())
-    return fp.stable_hash([
-        fp.STAGE_REVISIONS["bucketed_metadata"], fp.bucketed_metadata_fields(cfg, ds),
-        probe_cache.PROBE_VERSION, code.hexdigest(),
-    ])
+    """Everything besides the row's own inputs that a metadata row depends on: the stage's revision
+    (its one "code changed" mark, see ``stages.py``), its config fields and the probe version."""
+    return stable_hash([BUCKETED_METADATA.revision, BUCKETED_METADATA.fingerprint_fields(cfg, ds),
+                        probe_cache.PROBE_VERSION])
 
 
 def captions_fingerprint(cfg: PipelineConfig, ds: ImageDataset) -> str:
-    """What a captions row depends on besides its image and sidecar: the captions config fields,
-    the stage revision and the caption code (a textfile re-run keeps rows only under the same one)."""
-    code = hashlib.sha256()
-    for name in ("captions.py", "caption_filter.py", "parquet_source.py"):
-        code.update((Path(__file__).parent / name).read_bytes())
-    return fp.stable_hash([fp.STAGE_REVISIONS["captions"], fp.captions_fields(cfg, ds), code.hexdigest()])
+    """What a captions row depends on besides its image and sidecar: the captions stage's revision
+    and config fields (a textfile re-run keeps rows only under the same ones)."""
+    return stable_hash([CAPTIONS.revision, CAPTIONS.fingerprint_fields(cfg, ds)])
 
 
 def built_from(manifest: pa.Table | pa.Schema, captions: pa.Table) -> bool:
@@ -73,11 +67,7 @@ def current_rows(manifest: pa.Table | pa.Schema, captions: pa.Table) -> pa.Table
     if not built_from(manifest, captions):
         if not isinstance(manifest, pa.Table):
             raise ValueError("the captions table was not built from this manifest: pass the manifest table")
-        # Each path's manifest row by ``index_in`` (not an Acero join: it cannot carry the list
-        # column ``captions``, even an all-null one).
-        where = pc.index_in(table.column("path"), value_set=manifest.column("path").combine_chunks())
-        sha = pc.coalesce(pc.take(manifest.column("sha256").combine_chunks(), where), table.column("sha256"))
-        table = table.set_column(1, "sha256", sha)
+        table = table.set_column(1, "sha256", manifest_sha256(manifest, table.column("path"), table.column("sha256")))
     return table if in_order(table.column("path")) else table.sort_by("path")
 
 

@@ -3,7 +3,15 @@
 Columns: ``path`` (POSIX, relative to the root), ``size``, ``mtime_ns``, ``sha256``. Caption
 sidecars are listed too, so editing a caption changes the dataset's data version.
 A re-scan re-hashes only files whose (size, mtime_ns) changed since the previous manifest, so
-scanning 10,000 unchanged images costs 10,000 ``stat`` calls and no reads. Which files are listed
+scanning 10,000 unchanged images costs 10,000 ``stat`` calls and no reads.
+
+The racy-mtime rule (as git's index has it): an edit within one timestamp tick of the previous scan
+can keep both size and mtime, so a file whose mtime was not safely older than the scan that hashed
+it (``mtime_ns >= scan start - RACY_MARGIN_NS``, the start kept in the manifest's schema metadata
+under ``scan_started_ns``) is hashed again by the next scan even when its stat matches. Only such
+recent files are re-read (``ScanStats.rechecked``); a file is trusted once a scan started well after
+its mtime. ``folder_changes`` (the sensor's and planner's cheap look) stays stat-only: a same-size,
+same-mtime edit is picked up by the next scan, not announced by a sensor. Which files are listed
 (hidden names, symlinks, names that are not UTF-8) is decided in ``walk.py``; a file whose path is
 not valid UTF-8 is skipped and counted (``ScanStats.skipped_names``) instead of failing the scan.
 """
@@ -11,6 +19,7 @@ not valid UTF-8 is skipped and counted (``ScanStats.skipped_names``) instead of 
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,18 +38,26 @@ SMALL_FILE_BYTES = 64 << 10
 MANIFEST_SCHEMA = pa.schema(
     [("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string())]
 )
+# Schema metadata: when the scan that wrote the manifest started (time.time_ns(), as text).
+SCAN_STARTED_KEY = "scan_started_ns"
+# A file whose mtime is less than this before the scan start may still be rewritten within its
+# mtime's tick: 2 s covers the coarsest common timestamps (FAT) and small clock skew (NFS).
+RACY_MARGIN_NS = 2_000_000_000
 
 
 @dataclass(frozen=True)
 class ScanStats:
-    """What a scan did: files hashed, hashes reused from the previous manifest, files now, files gone,
-    and image/caption files skipped because their path is not valid UTF-8."""
+    """What a scan did: files hashed (new or whose size/mtime changed), hashes reused from the
+    previous manifest, files now, files gone, image/caption files skipped because their path is not
+    valid UTF-8, and files hashed again only because the previous scan saw them too recently to
+    trust their stat (the racy-mtime rule in the module docstring)."""
 
     hashed: int
     reused: int
     total: int
     removed: int
     skipped_names: int = 0
+    rechecked: int = 0
 
 
 @dataclass(frozen=True)
@@ -151,15 +168,18 @@ def hashing_workers(sizes: pa.Array | pa.ChunkedArray, workers: int) -> int:
 def scan_dataset(
     root: Path, previous: pa.Table | None = None, workers: int = 4, log: Callable[[str], None] | None = None
 ) -> tuple[pa.Table, ScanStats]:
-    """Manifest of ``root``; hashes only files that are new or whose (size, mtime_ns) changed.
+    """Manifest of ``root``; hashes only files that are new, whose (size, mtime_ns) changed, or that
+    were too recent to trust at the previous scan (the racy-mtime rule above).
 
-    ``previous`` is the last manifest of the same root (or None). Rows are sorted by path. Files
-    whose path is not valid UTF-8 are left out and counted in ``ScanStats.skipped_names``.
-    ``log`` gets a progress line each tenth of the hashing (see ``progress.py``).
+    ``previous`` is the last manifest of the same root (or None). Rows are sorted by path; the
+    schema metadata records when this scan started. Files whose path is not valid UTF-8 are left
+    out and counted in ``ScanStats.skipped_names``. ``log`` gets a progress line each tenth of the
+    hashing (see ``progress.py``).
     """
     root = Path(root)
+    started = time.time_ns()  # before the first stat: every file's stat is at least this recent
     current, skipped = _listing_table(root)
-    joined, removed = _with_previous_digests(current, previous)
+    joined, removed, rechecked = _with_previous_digests(current, previous)
     digests = joined.column("sha256")
     missing = pc.is_null(digests)
     pending = joined.filter(missing)
@@ -174,38 +194,52 @@ def scan_dataset(
         else:
             digests = pc.replace_with_mask(digests.combine_chunks(), missing.combine_chunks(), hashed)
     table = joined.set_column(3, "sha256", digests).cast(MANIFEST_SCHEMA)
+    table = table.replace_schema_metadata({SCAN_STARTED_KEY: str(started)})
     if to_hash and None in fresh.values():
         # Listed, then gone before it was read: it is not part of the dataset any more.
         vanished = sum(v is None for v in fresh.values())
         table = table.filter(pc.is_valid(table.column("sha256")))
     stats = ScanStats(
-        hashed=len(to_hash) - vanished, reused=current.num_rows - len(to_hash), total=table.num_rows,
-        removed=removed, skipped_names=skipped,
+        hashed=len(to_hash) - vanished - rechecked, reused=current.num_rows - len(to_hash),
+        total=table.num_rows, removed=removed, skipped_names=skipped, rechecked=rechecked,
     )
     return table, stats
 
 
-def _with_previous_digests(current: pa.Table, previous: pa.Table | None) -> tuple[pa.Table, int]:
-    """(``current`` plus a ``sha256`` column, null where the file must be hashed; files removed).
+def _trusted_before(previous: pa.Table) -> int | None:
+    """mtime_ns below which the previous manifest's stat can be trusted; None when it does not say
+    when it was scanned (written before the racy rule: all its rows are trusted, as they were)."""
+    started = (previous.schema.metadata or {}).get(SCAN_STARTED_KEY.encode())
+    return int(started) - RACY_MARGIN_NS if started else None
+
+
+def _with_previous_digests(current: pa.Table, previous: pa.Table | None) -> tuple[pa.Table, int, int]:
+    """(``current`` plus a ``sha256`` column, null where the file must be hashed; files removed;
+    files to hash again only because they were racy at the previous scan).
 
     A file keeps its previous sha256 iff the previous manifest has its path with the same size and
-    mtime_ns. Column-wise: ``index_in`` finds each path's previous row (one hash table over the
+    mtime_ns, and that mtime was safely older than the previous scan's start. Column-wise: ``index_in`` finds each path's previous row (one hash table over the
     previous paths), then sizes and mtimes are compared row by row; an Acero hash join on three
     keys followed by a re-sort cost about ten times more at 100,000 files. Paths are unique on
     both sides, so the files removed are the previous rows that no current path found.
     """
     if previous is None or previous.num_rows == 0:
-        return current.append_column("sha256", pa.nulls(current.num_rows, pa.string())), 0
+        return current.append_column("sha256", pa.nulls(current.num_rows, pa.string())), 0, 0
     old = previous.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA).combine_chunks()
     where = pc.index_in(current.column("path"), value_set=old.column("path"))  # null: a new path
     same = pc.and_(
         pc.equal(current.column("size"), pc.take(old.column("size"), where)),
         pc.equal(current.column("mtime_ns"), pc.take(old.column("mtime_ns"), where)),
     )
-    digests = pc.if_else(pc.fill_null(same, False), pc.take(old.column("sha256"), where),
-                         pa.scalar(None, pa.string()))
+    same = pc.fill_null(same, False)
+    trusted, rechecked = same, 0
+    cutoff = _trusted_before(previous)
+    if cutoff is not None:
+        trusted = pc.and_(same, pc.less(current.column("mtime_ns"), cutoff))
+        rechecked = pc.sum(same).as_py() - pc.sum(trusted).as_py() if len(same) else 0
+    digests = pc.if_else(trusted, pc.take(old.column("sha256"), where), pa.scalar(None, pa.string()))
     removed = old.num_rows - (current.num_rows - where.null_count)
-    return current.append_column("sha256", digests), removed
+    return current.append_column("sha256", digests), removed, rechecked
 
 
 def manifest_data_version(table: pa.Table) -> str:
@@ -235,3 +269,11 @@ def folder_changes(root: Path, manifest: pa.Table) -> FolderChanges:
     gone = pc.invert(pc.is_in(old.column("path"), value_set=current.column("path").combine_chunks()))
     removed = sorted(pc.filter(old.column("path"), gone).to_pylist())
     return FolderChanges(new=new, changed=changed, removed=removed)
+
+
+def manifest_sha256(manifest: pa.Table, paths: pa.ChunkedArray, fallback: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The manifest's sha256 of each of ``paths``, else ``fallback``'s (the manifest wins where it has
+    the path). Column-wise, by ``index_in`` on the manifest's paths: a dict of 100,000 manifest rows
+    costs more than the few rows a re-run computes, and an Acero join cannot carry a list column."""
+    where = pc.index_in(paths, value_set=manifest.column("path").combine_chunks())  # null: not in the manifest
+    return pc.coalesce(pc.take(manifest.column("sha256").combine_chunks(), where), fallback)

@@ -26,37 +26,18 @@ import pyarrow.compute as pc
 from pixart_pipeline.config.models import ImageDataset
 from pixart_pipeline.data.buckets import geometry_function
 from pixart_pipeline.data.digest import in_order, table_digest
+from pixart_pipeline.data.manifest import manifest_sha256
+from pixart_pipeline.data.parquet_source import NOT_IN_PARQUET
 from pixart_pipeline.data.probe import Probe, probe_many
+from pixart_pipeline.stages import METADATA_SCHEMA
 
-# Reason codes of metadata_backend "parquet" (sizes read from the parquet, images never opened).
-NOT_IN_PARQUET = "not_in_parquet"
+# Reason codes of metadata_backend "parquet" (sizes read from the parquet, images never opened);
+# an image without a row is NOT_IN_PARQUET, as its caption status is (parquet_source.py).
 PARQUET_SIZE_INVALID = "parquet_size_invalid"
 # Reason codes of minimum_aspect_ratio / maximum_aspect_ratio (SimpleTuner's bucket filters).
 BELOW_MIN_ASPECT_RATIO = "below_min_aspect_ratio"
 ABOVE_MAX_ASPECT_RATIO = "above_max_aspect_ratio"
 
-METADATA_SCHEMA = pa.schema(
-    [
-        ("path", pa.string()),
-        ("sha256", pa.string()),
-        ("width", pa.int64()),
-        ("height", pa.int64()),
-        ("caption", pa.string()),
-        ("status", pa.string()),
-        ("intermediary_width", pa.int64()),
-        ("intermediary_height", pa.int64()),
-        ("target_width", pa.int64()),
-        ("target_height", pa.int64()),
-        ("crop_left", pa.int64()),
-        ("crop_top", pa.int64()),
-        ("bucket", pa.string()),
-        ("split", pa.string()),
-        ("note", pa.string()),
-        # Every caption of a kept training image that has several (textfile lines, parquet list
-        # entries; the trainer draws one per step), else null: ``caption`` is the first.
-        ("captions", pa.list_(pa.string())),
-    ]
-)
 GEOMETRY_COLUMNS = (
     "intermediary_width",
     "intermediary_height",
@@ -126,10 +107,7 @@ def build_metadata_table(
     cap = captions if in_order(captions.column("path")) else captions.sort_by("path")
     sha_column = cap.column("sha256")
     if manifest is not None:
-        # The manifest's sha256 of each captions row (column-wise: a dict of 100,000 manifest rows
-        # cost more than the few rows a re-run computes).
-        where = pc.index_in(cap.column("path"), value_set=manifest.column("path").combine_chunks())
-        sha_column = pc.coalesce(pc.take(manifest.column("sha256").combine_chunks(), where), sha_column)
+        sha_column = manifest_sha256(manifest, cap.column("path"), sha_column)
     paths = cap.column("path").to_pylist()
     texts = cap.column("caption").to_pylist()
     caption_status = cap.column("caption_status").to_pylist()

@@ -26,35 +26,16 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config.models import ParquetConfig
 from pixart_pipeline.stage_result import MissingInputError
 
-# Caption status of an image without a row in the parquet (metadata.py has the size counterpart).
+# Caption status (and, under metadata_backend "parquet", metadata status) of an image without a row.
 NOT_IN_PARQUET = "not_in_parquet"
-EMPTY_CAPTION = "empty_caption"
+EMPTY_CAPTION = "empty_caption"  # no usable caption (also captions.py's status for an empty sidecar)
 
 
 class ParquetSourceError(MissingInputError):
     """The parquet file is missing, unreadable, or lacks a configured column (names file and column)."""
-
-
-def parquet_file(cfg: PipelineConfig, ds: ImageDataset) -> Path:
-    """``ds.parquet.path`` resolved against the folder of ``multidatabackend.json``."""
-    path = Path(os.path.expanduser(ds.parquet.path))
-    return path if path.is_absolute() else (cfg.backend_path.parent / path).resolve()
-
-
-def parquet_identity(cfg: PipelineConfig, ds: ImageDataset) -> dict:
-    """The parquet block plus the file's (size, mtime_ns): in the captions/metadata fingerprints, so
-    editing the table makes those stages unsynced although no image changed."""
-    path = parquet_file(cfg, ds)
-    try:
-        st = path.stat()
-        state = [st.st_size, st.st_mtime_ns]
-    except OSError:
-        state = None
-    return {**ds.parquet.model_dump(), "file": str(path), "state": state}
 
 
 def _read(path: Path, columns: list[str]) -> pa.Table:

@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pixart_pipeline.config import ImageDataset, PipelineConfig
-from pixart_pipeline.config import fingerprints as fp
-from pixart_pipeline.data.caption_filter import caption_filters
+from pixart_pipeline.config.fingerprints import stable_hash
+from pixart_pipeline.config.identity import caption_filters, parquet_file
 from pixart_pipeline.data.captions import build_captions_table, captions_data_version, multi_caption_rows
 from pixart_pipeline.data.hub import download_hub_dataset
 from pixart_pipeline.data.manifest import FolderChanges, folder_changes, manifest_data_version, scan_dataset
@@ -29,7 +29,7 @@ from pixart_pipeline.data.metadata import (
     status_counts,
     value_counts,
 )
-from pixart_pipeline.data.parquet_source import parquet_file, parquet_sizes
+from pixart_pipeline.data.parquet_source import parquet_sizes
 from pixart_pipeline.data.incremental import (
     FINGERPRINT_KEY,
     MANIFEST_VERSION_KEY,
@@ -50,28 +50,13 @@ from pixart_pipeline.data.probe_cache import (
 from pixart_pipeline.data.synthetic import generate_synthetic_dataset
 from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
 from pixart_pipeline.stage_result import MissingInputError, StageResult, markdown_table
+from pixart_pipeline.stages import captions_path, manifest_path, metadata_dir, metadata_path
 
 Log = Callable[[str], None]
 
 
 def _quiet(_: str) -> None:
     pass
-
-
-def metadata_dir(cfg: PipelineConfig, ds: ImageDataset) -> Path:
-    return cfg.output_dir / "metadata" / ds.id
-
-
-def manifest_path(cfg: PipelineConfig, ds: ImageDataset) -> Path:
-    return metadata_dir(cfg, ds) / "manifest.parquet"
-
-
-def captions_path(cfg: PipelineConfig, ds: ImageDataset) -> Path:
-    return metadata_dir(cfg, ds) / "captions.parquet"
-
-
-def metadata_path(cfg: PipelineConfig, ds: ImageDataset) -> Path:
-    return metadata_dir(cfg, ds) / "metadata.parquet"
 
 
 def _read_input(path: Path, stage: str) -> pa.Table:
@@ -110,7 +95,7 @@ def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) ->
     meta = {MANIFEST_VERSION_KEY: data_version}
     if "hub_commit" in extra:
         meta |= {"hub_repo_id": ds.hub_repo_id, "hub_commit": extra["hub_commit"]}
-    table = table.replace_schema_metadata(meta)
+    table = table.replace_schema_metadata((table.schema.metadata or {}) | meta)  # keeps the scan's start
     atomic_write_parquet(path, table)
     log(f"manifest of {stats.total} file(s): {stats.hashed} hashed, {stats.reused} reused")
     if stats.skipped_names:
@@ -122,13 +107,13 @@ def run_raw_dataset(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) ->
             "files": stats.total,
             "hashed": stats.hashed,
             "reused_hashes": stats.reused,
+            "rechecked_recent": stats.rechecked,  # stat unchanged, but too recent last time to trust
             "removed": stats.removed,
             "skipped_non_utf8_names": stats.skipped_names,
             "dataset_dir": str(root),
             "seconds": round(time.perf_counter() - start, 3),
             **extra,
         },
-        config=fp.raw_dataset_fields(cfg, ds),
     )
 
 
@@ -167,7 +152,7 @@ def folder_changes_key(cfg: PipelineConfig, ds: ImageDataset, changes: FolderCha
             state.append([rel, st.st_size, st.st_mtime_ns])
         except FileNotFoundError:
             state.append([rel, None, None])
-    return fp.stable_hash([ds.id, state, sorted(changes.removed)])
+    return stable_hash([ds.id, state, sorted(changes.removed)])
 
 
 def run_captions(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> StageResult:
@@ -204,7 +189,6 @@ def run_captions(cfg: PipelineConfig, ds: ImageDataset, log: Log = _quiet) -> St
             "seconds": round(time.perf_counter() - start, 3),
         },
         markdown={"caption_status": markdown_table(("status", "images"), statuses)},
-        config=fp.captions_fields(cfg, ds),
     )
 
 
@@ -273,15 +257,7 @@ def run_bucketed_metadata(
             "bucket_histogram": markdown_table(("bucket (aspect)", "images"), buckets),
             "status_counts": markdown_table(("status", "images"), statuses),
         },
-        config=fp.bucketed_metadata_fields(cfg, ds),
     )
-
-
-def _counts(values: list) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[str(v)] = out.get(str(v), 0) + 1
-    return dict(sorted(out.items()))
 
 
 @dataclass
@@ -361,4 +337,5 @@ def batch_readiness(cfg: PipelineConfig, ds: ImageDataset) -> BatchReadiness:
     kept = table.filter(ok)
     names = [f"{b} ({w}x{h})" for b, w, h in zip(*(kept.column(c).to_pylist()
                                                    for c in ("bucket", "target_width", "target_height")))]
-    return readiness({b: n * (1 + ds.repeats) for b, n in _counts(names).items()}, cfg)
+    counts = sorted(value_counts(pa.array(names, pa.string())).items())
+    return readiness({b: n * (1 + ds.repeats) for b, n in counts}, cfg)

@@ -5,14 +5,18 @@ import dagster as dg
 
 from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.data.stage import batch_readiness
-from pixart_pipeline.defs.assets.common import CHECKPOINT_KEY, REPORT_KEY, metadata_key
+from pixart_pipeline.defs.assets.common import asset_key, upstream_metadata
 from pixart_pipeline.evaluation.stage import read_report_metrics
-from pixart_pipeline.training.stage import read_training_result
+from pixart_pipeline.stages import BUCKETED_METADATA, EVALUATION_REPORT, TRAINED_CHECKPOINT
+from pixart_pipeline.training.result import TrainResult
+
+CHECKPOINT_KEY = asset_key(TRAINED_CHECKPOINT)
+REPORT_KEY = asset_key(EVALUATION_REPORT)
 
 
 def build_dataset_checks(cfg: PipelineConfig, ds: ImageDataset) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(
-        asset=metadata_key(ds.id),
+        asset=asset_key(BUCKETED_METADATA, ds.id),
         name="enough_images_for_a_batch",
         blocking=True,
         description=(
@@ -30,7 +34,7 @@ def build_dataset_checks(cfg: PipelineConfig, ds: ImageDataset) -> list[dg.Asset
         )
 
     @dg.asset_check(
-        asset=metadata_key(ds.id),
+        asset=asset_key(BUCKETED_METADATA, ds.id),
         name="buckets_fill_a_batch",
         description=(
             "Buckets with fewer train draws per epoch than one optimizer step (train_batch_size x "
@@ -56,8 +60,8 @@ def build_dataset_checks(cfg: PipelineConfig, ds: ImageDataset) -> list[dg.Asset
 
 @dg.asset_check(asset=CHECKPOINT_KEY, description="The final training loss is a finite number.")
 def loss_is_finite(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    result = read_training_result(_latest_metadata(context, CHECKPOINT_KEY, "run_dir"))
-    loss = float(result.get("final_loss", float("nan")))
+    result = TrainResult.load(upstream_metadata(context.instance, CHECKPOINT_KEY, "run_dir"))
+    loss = float("nan") if result.final_loss is None else float(result.final_loss)
     return dg.AssetCheckResult(passed=loss == loss and abs(loss) != float("inf"), metadata={"final_loss": loss})
 
 
@@ -66,7 +70,7 @@ def loss_is_finite(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResul
     description="The trained model's stable eval loss is below the base model's (a warning, not an error).",
 )
 def trained_beats_base(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    metrics = read_report_metrics(_latest_metadata(context, REPORT_KEY, "path"))
+    metrics = read_report_metrics(upstream_metadata(context.instance, REPORT_KEY, "path"))
     base, trained = metrics.get("eval_loss_base"), metrics.get("eval_loss_trained")
     passed = base is not None and trained is not None and trained < base
     return dg.AssetCheckResult(
@@ -75,13 +79,6 @@ def trained_beats_base(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckR
         description=f"eval loss: base {base}, trained {trained}",
         metadata={"eval_loss_base": float(base or 0.0), "eval_loss_trained": float(trained or 0.0)},
     )
-
-
-def _latest_metadata(context: dg.AssetCheckExecutionContext, key: dg.AssetKey, name: str) -> str:
-    event = context.instance.get_latest_materialization_event(key)
-    if event is None or event.asset_materialization is None:
-        raise dg.Failure(f"{key.to_user_string()} has not been materialized yet")
-    return str(event.asset_materialization.metadata[name].value)
 
 
 def build_checks(cfg: PipelineConfig) -> list[dg.AssetChecksDefinition]:

@@ -15,18 +15,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import dagster as dg
-from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-from dagster._core.definitions.data_version import (
-    CachingStaleStatusResolver,
-    StaleCauseCategory,
-    StaleStatus,
-)
-from dagster._time import get_current_datetime
 
 from pixart_pipeline.config import PipelineConfig
-from pixart_pipeline.config import fingerprints as fp
 from pixart_pipeline.data.stage import dataset_folder_changes
-from pixart_pipeline.defs.assets import common as keys
+from pixart_pipeline.defs.assets.common import CONFIG_METADATA_KEY, asset_key
+from pixart_pipeline.defs.staleness import AssetGraph, StaleCauseCategory, StaleStatus, stale_status_resolver
+from pixart_pipeline.stages import RAW_DATASET, fields_by_key
 
 
 @dataclass
@@ -42,29 +36,19 @@ class PlanEntry:
 
 def stage_fields(cfg: PipelineConfig) -> dict[dg.AssetKey, dict]:
     """The fingerprint fields of every asset for this config (what its code version hashes)."""
-    fields: dict[dg.AssetKey, dict] = {}
-    for ds in cfg.datasets:
-        fields[keys.raw_key(ds.id)] = fp.raw_dataset_fields(cfg, ds)
-        fields[keys.captions_key(ds.id)] = fp.captions_fields(cfg, ds)
-        fields[keys.metadata_key(ds.id)] = fp.bucketed_metadata_fields(cfg, ds)
-        fields[keys.vae_key(ds.id)] = fp.vae_fields(cfg)
-    fields[keys.TEXT_EMBED_KEY] = fp.text_encoder_fields(cfg)
-    fields[keys.CHECKPOINT_KEY] = fp.trained_checkpoint_fields(cfg)
-    fields[keys.REPORT_KEY] = fp.evaluation_fields(cfg)
-    return fields
+    return {dg.AssetKey(list(key)): fields for key, fields in fields_by_key(cfg).items()}
 
 
 def compute_plan(instance: dg.DagsterInstance, defs: dg.Definitions, cfg: PipelineConfig) -> list[PlanEntry]:
     """Every asset that is missing or unsynced, in dependency order, each with its reasons."""
-    graph = defs.resolve_asset_graph()
-    view = AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-        instance=instance,
-        asset_graph=graph,
-    )
-    resolver = CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+    return plan_asset_graph(instance, defs.resolve_asset_graph(), cfg)
+
+
+def plan_asset_graph(instance: dg.DagsterInstance, graph: AssetGraph, cfg: PipelineConfig) -> list[PlanEntry]:
+    """``compute_plan`` for an asset graph already at hand (a schedule tick's ``repository_def.asset_graph``)."""
+    resolver = stale_status_resolver(instance, graph)
     current = stage_fields(cfg)
-    raw_datasets = {keys.raw_key(ds.id): ds for ds in cfg.datasets}
+    raw_datasets = {asset_key(RAW_DATASET, ds.id): ds for ds in cfg.datasets}
     plan: dict[dg.AssetKey, PlanEntry] = {}
     for key in graph.toposorted_asset_keys:
         if not graph.get(key).is_materializable:
@@ -101,7 +85,7 @@ def _config_diff(instance: dg.DagsterInstance, key: dg.AssetKey, now: dict) -> l
     event = instance.get_latest_materialization_event(key)
     recorded = None
     if event is not None and event.asset_materialization is not None:
-        entry = event.asset_materialization.metadata.get(keys.CONFIG_METADATA_KEY)
+        entry = event.asset_materialization.metadata.get(CONFIG_METADATA_KEY)
         recorded = entry.value if entry is not None else None
     if not isinstance(recorded, dict):
         return ["stage code version changed"]

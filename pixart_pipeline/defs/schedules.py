@@ -4,6 +4,7 @@
 import dagster as dg
 
 from pixart_pipeline.config import PipelineConfig
+from pixart_pipeline.defs.planning import plan_asset_graph
 
 
 def build_retraining_schedule(cfg: PipelineConfig) -> dg.ScheduleDefinition:
@@ -18,11 +19,9 @@ def build_retraining_schedule(cfg: PipelineConfig) -> dg.ScheduleDefinition:
         ),
     )
     def retraining_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        # Imported here: planning reads the instance, which only the evaluation has.
-        from pixart_pipeline.defs.build import build_definitions
-        from pixart_pipeline.defs.planning import compute_plan
-
-        plan = compute_plan(context.instance, build_definitions(cfg), cfg)
+        # The tick's own code location: its asset graph is the one this schedule belongs to (the
+        # Definitions are not rebuilt on every tick).
+        plan = plan_asset_graph(context.instance, context.repository_def.asset_graph, cfg)
         selection = [entry.key for entry in plan if entry.actionable or entry.state == "downstream"]
         if not selection:
             return dg.SkipReason("everything is in sync")

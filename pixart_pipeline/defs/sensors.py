@@ -5,13 +5,14 @@ import dagster as dg
 
 from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.data.stage import dataset_folder_changes, folder_changes_key
-from pixart_pipeline.defs.assets.common import raw_key
+from pixart_pipeline.defs.assets.common import asset_key
+from pixart_pipeline.stages import RAW_DATASET
 
 
 def build_dataset_folder_sensor(cfg: PipelineConfig) -> dg.SensorDefinition:
     @dg.sensor(
         name="dataset_folder_sensor",
-        asset_selection=dg.AssetSelection.assets(*[raw_key(ds.id) for ds in cfg.datasets]),
+        asset_selection=dg.AssetSelection.assets(*[asset_key(RAW_DATASET, ds.id) for ds in cfg.datasets]),
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.STOPPED,
         description=(
@@ -27,7 +28,7 @@ def build_dataset_folder_sensor(cfg: PipelineConfig) -> dg.SensorDefinition:
             if changes:
                 context.log.info(f"{ds.id}: {changes}")
                 key = folder_changes_key(cfg, ds, changes)
-                requests.append(dg.RunRequest(run_key=f"{ds.id}-{key}", asset_selection=[raw_key(ds.id)]))
+                requests.append(dg.RunRequest(run_key=f"{ds.id}-{key}", asset_selection=[asset_key(RAW_DATASET, ds.id)]))
         return requests or dg.SkipReason("no dataset folder changed since its manifest")
 
     return dataset_folder_sensor

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -31,9 +31,6 @@ from pixart_pipeline.training.loss import pixart_epsilon_loss
 if TYPE_CHECKING:
     from diffusers import DDPMScheduler
 
-ITEM_COLUMNS = ("vae_store", "vae_key", "text_key", "target_width", "target_height", "dataset_id")
-
-
 @dataclass(frozen=True)
 class EvalItem:
     """One eval-split image: where its cached latents and prompt embedding live."""
@@ -44,6 +41,10 @@ class EvalItem:
     target_width: int
     target_height: int
     dataset_id: str
+
+
+# The items-table columns (``stages.ITEMS_SCHEMA``) an eval item reads; the eval loss ignores repeats.
+EVAL_COLUMNS = tuple(f.name for f in fields(EvalItem))
 
 
 @dataclass
@@ -66,15 +67,13 @@ def read_eval_items(path: str | Path) -> list[EvalItem]:
     if not path.is_file():
         raise ValueError(f"eval items file {path} does not exist")
     table = pq.read_table(path)
-    missing = [c for c in ITEM_COLUMNS if c not in table.column_names]
+    missing = [c for c in EVAL_COLUMNS if c not in table.column_names]
     if missing:
-        raise ValueError(
-            f"eval items file {path} lacks column(s) {missing}; needs {list(ITEM_COLUMNS)}"
-        )
-    rows = table.select(list(ITEM_COLUMNS)).to_pylist()
+        raise ValueError(f"eval items file {path} lacks column(s) {missing}; needs {list(EVAL_COLUMNS)}")
+    rows = table.select(list(EVAL_COLUMNS)).to_pylist()
     items = []
     for i, row in enumerate(rows):
-        if any(row[c] is None for c in ITEM_COLUMNS):
+        if any(row[c] is None for c in EVAL_COLUMNS):
             raise ValueError(f"eval items file {path}, row {i}: null in {row}")
         items.append(
             EvalItem(

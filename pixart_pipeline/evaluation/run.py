@@ -25,13 +25,13 @@ from pixart_pipeline.evaluation.eval_loss import (
 )
 from pixart_pipeline.evaluation.report import write_report
 from pixart_pipeline.evaluation.sampling import (
-    TORCH_DTYPES,
     generate_images,
     load_pipeline,
     save_images,
 )
 from pixart_pipeline.evaluation.spec import EvalSpec
 from pixart_pipeline.models import (
+    TORCH_DTYPES,
     load_clip,
     load_noise_scheduler,
     load_transformer,

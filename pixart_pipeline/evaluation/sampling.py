@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 
 from pixart_pipeline.fileio import atomic_write_bytes
+from pixart_pipeline.models import TORCH_DTYPES
 
 if TYPE_CHECKING:
     from diffusers import PixArtSigmaPipeline
 
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Seeds are base + PROMPT_STRIDE * prompt_index + size_index: stable when prompts/sizes are appended.
 PROMPT_STRIDE = 1000
 

@@ -1,133 +1,85 @@
-"""EvalSpec: everything one evaluation run needs, as a JSON-serialisable dataclass.
+"""EvalSpec: everything one evaluation run needs, as a pydantic model that reads and writes JSON.
 
-The Dagster asset resolves the user's config (model names -> local folders, dataset ids -> cache roots)
-into an EvalSpec; the core never reads config.json itself. Paths are stored as strings in JSON.
+The evaluation stage resolves the user's config (model names -> local folders, dataset ids -> cache
+roots) into an EvalSpec; the core never reads config.json itself. The evaluation keys themselves
+are the config's own ``EvaluationSettings``, embedded: their names, defaults and checks (a
+validation size off the 16-px grid, an empty prompt list) are stated once, in ``config/models.py``.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Literal
 
-from pixart_pipeline.fileio import atomic_write_text
+from pydantic import Field, model_validator
 
-EvaluationType = Literal["clip", "none"]
-DTYPES = ("fp32", "bf16", "fp16")
+from pixart_pipeline.config.models import EvaluationSettings
+from pixart_pipeline.training.spec import SpecModel
 
 
-@dataclass(frozen=True)
-class EvalSpec:
+class EvalSpec(SpecModel):
     """One evaluation: sample validation images, score them, compare eval loss base vs trained.
 
     pipeline_dir: the exported, trained diffusers pipeline folder (``run_dir/pipeline``).
     base_model: resolved base model (a local pipeline folder or a hub id); its transformer gives the
         "base" eval loss and its ``scheduler/`` config the DDPM noise schedule.
-    sizes: validation sizes as (width, height).
-    clip_model: resolved CLIP model (folder or hub id); only used when evaluation_type == "clip".
-    eval_items: parquet with the trainer's item columns (vae_store, vae_key, text_key,
-        target_width, target_height, dataset_id) for the eval split; None or empty -> no eval loss.
+    clip_model: resolved CLIP model (folder or hub id) of ``settings.pretrained_evaluation_model_name_or_path``;
+        only used when ``evaluation_type`` is "clip".
+    eval_items: the eval split's items parquet (``stages.ITEMS_SCHEMA``); None -> no eval loss.
     text_store: root of the text-embedding ShardStore holding the eval items' prompt_embeds.
-    eval_timesteps: how many evenly spaced timesteps the eval loss averages over.
     """
 
-    pipeline_dir: str
-    base_model: str
-    prompts: list[str]
-    sizes: list[tuple[int, int]]
-    out_dir: str
+    pipeline_dir: str = Field(min_length=1)
+    base_model: str = Field(min_length=1)
+    out_dir: str = Field(min_length=1)
+    settings: EvaluationSettings = EvaluationSettings()
     revision: str | None = None
-    guidance: float = 3.5
-    num_inference_steps: int = 20
-    seed: int = 42
-    negative_prompt: str = ""
-    evaluation_type: EvaluationType = "clip"
     clip_model: str | None = None
     eval_items: str | None = None
     text_store: str | None = None
-    eval_timesteps: int = 8
-    device: str = "auto"
-    # Not in the brief's minimum but needed to match training: T5 length used for the caches, and the
-    # dtype to sample in (fp32 default: reproducible on CPU; bf16 halves memory on a GPU).
-    max_sequence_length: int = 300
-    dtype: str = "fp32"
-    eval_batch_size: int = 8
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    # The T5 length used for the caches, and the dtype to sample in (fp32: reproducible on the CPU;
+    # bf16 halves memory on a GPU).
+    max_sequence_length: int = Field(300, ge=1)
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    eval_batch_size: int = Field(8, ge=1)
 
-    def __post_init__(self) -> None:
-        # Normalise JSON lists back to tuples so a round trip compares equal.
-        object.__setattr__(self, "sizes", [tuple(int(v) for v in s) for s in self.sizes])
-        object.__setattr__(self, "prompts", list(self.prompts))
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ValueError naming the field and what is allowed."""
-        if not self.prompts:
-            raise ValueError("EvalSpec.prompts is empty: give at least one validation prompt")
-        if not self.sizes:
-            raise ValueError("EvalSpec.sizes is empty: give at least one (width, height)")
-        for w, h in self.sizes:
-            if w < 16 or h < 16 or w % 16 or h % 16:
-                raise ValueError(
-                    f"EvalSpec.sizes: {w}x{h} is not allowed; width and height must be multiples "
-                    "of 16 (the VAE downsamples by 8, the transformer patchifies by 2)"
-                )
-        if self.evaluation_type not in ("clip", "none"):
-            raise ValueError(
-                f"EvalSpec.evaluation_type={self.evaluation_type!r}; allowed: 'clip', 'none'"
-            )
-        if self.evaluation_type == "clip" and not self.clip_model:
-            raise ValueError("EvalSpec.clip_model is required when evaluation_type is 'clip'")
-        if self.eval_timesteps < 1:
-            raise ValueError(f"EvalSpec.eval_timesteps={self.eval_timesteps}; must be >= 1")
-        if self.num_inference_steps < 1:
-            raise ValueError(
-                f"EvalSpec.num_inference_steps={self.num_inference_steps}; must be >= 1"
-            )
-        if self.eval_batch_size < 1:
-            raise ValueError(f"EvalSpec.eval_batch_size={self.eval_batch_size}; must be >= 1")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"EvalSpec.dtype={self.dtype!r}; allowed: {', '.join(DTYPES)}")
+    @model_validator(mode="after")
+    def _inputs_for_what_is_asked(self) -> "EvalSpec":
+        if self.settings.evaluation_type == "clip" and not self.clip_model:
+            raise ValueError("'clip_model' is required when 'settings.evaluation_type' is 'clip'")
         if self.eval_items and not self.text_store:
-            raise ValueError("EvalSpec.text_store is required when eval_items is set")
+            raise ValueError("'text_store' is required when 'eval_items' is set")
+        return self
 
-    # -- JSON round trip -------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["sizes"] = [list(s) for s in self.sizes]
-        return data
+    # The settings under the names the evaluation code uses.
+    @property
+    def prompts(self) -> list[str]:
+        return self.settings.all_validation_prompts
 
-    def to_json(self, path: Path | str | None = None) -> str:
-        """Serialise; with ``path``, also write it atomically."""
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
-        if path is not None:
-            atomic_write_text(Path(path), text)
-        return text
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        return self.settings.validation_sizes
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "EvalSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"EvalSpec: unknown key(s) {unknown}; allowed: {sorted(known)}"
-            )
-        return cls(**data)
+    @property
+    def guidance(self) -> float:
+        return self.settings.validation_guidance
 
-    @classmethod
-    def from_json(cls, text_or_path: str | Path) -> "EvalSpec":
-        """Parse a JSON string, or read a JSON file when given a path that exists."""
-        source = "<string>"
-        text = str(text_or_path)
-        if isinstance(text_or_path, Path) or (
-            not text.lstrip().startswith("{") and Path(text).is_file()
-        ):
-            source = str(text_or_path)
-            text = Path(text_or_path).read_text(encoding="utf-8")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"EvalSpec {source}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"EvalSpec {source}: expected a JSON object")
-        return cls.from_dict(data)
+    @property
+    def num_inference_steps(self) -> int:
+        return self.settings.validation_num_inference_steps
+
+    @property
+    def seed(self) -> int:
+        return self.settings.validation_seed
+
+    @property
+    def negative_prompt(self) -> str:
+        return self.settings.validation_negative_prompt
+
+    @property
+    def evaluation_type(self) -> str:
+        return self.settings.evaluation_type
+
+    @property
+    def eval_timesteps(self) -> int:
+        return self.settings.eval_timesteps

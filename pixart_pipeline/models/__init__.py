@@ -1,5 +1,6 @@
 """Model loading (real hub models or local folders) and tiny random models for tests and the demo."""
 
+from pixart_pipeline.models.devices import TORCH_DTYPES, process_device, resolve_device
 from pixart_pipeline.models.loading import (
     TINY_CLIP_NAME,
     TINY_MODEL_NAME,
@@ -10,7 +11,6 @@ from pixart_pipeline.models.loading import (
     load_tokenizer,
     load_transformer,
     load_vae,
-    resolve_device,
     resolve_pretrained,
 )
 from pixart_pipeline.models.tiny import build_tiny_clip, build_tiny_pixart
@@ -18,6 +18,7 @@ from pixart_pipeline.models.tiny import build_tiny_clip, build_tiny_pixart
 __all__ = [
     "TINY_CLIP_NAME",
     "TINY_MODEL_NAME",
+    "TORCH_DTYPES",
     "ModelUnavailableError",
     "build_tiny_clip",
     "build_tiny_pixart",
@@ -27,6 +28,7 @@ __all__ = [
     "load_tokenizer",
     "load_transformer",
     "load_vae",
+    "process_device",
     "resolve_device",
     "resolve_pretrained",
 ]

@@ -16,12 +16,13 @@ from typing import Iterator
 import torch
 
 from pixart_pipeline.config.models import TINY_CLIP_NAME, TINY_MODEL_NAME
+from pixart_pipeline.errors import InputError
 from pixart_pipeline.models.tiny import TINY_REVISION, build_tiny_clip, build_tiny_pixart
 
 _TINY_BUILDERS = {TINY_MODEL_NAME: build_tiny_pixart, TINY_CLIP_NAME: build_tiny_clip}
 
 
-class ModelUnavailableError(ValueError):
+class ModelUnavailableError(InputError):
     """A model (or one of its files) could not be loaded from a local folder or the Hugging Face Hub."""
 
 
@@ -145,14 +146,3 @@ def load_clip(path: str, revision: str | None = None):
         model = CLIPModel.from_pretrained(path, revision=revision, use_safetensors=True)
         processor = CLIPProcessor.from_pretrained(path, revision=revision)
     return model.eval().requires_grad_(False), processor
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> cuda if available, else mps, else cpu; any other name is used as given."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")

@@ -2,7 +2,8 @@
 
 Exit status 0 when the run finished (or was already finished), 2 for a bad spec or input (the message
 names the file and key) or a failed Hub upload (after the run was saved), 130 when SIGTERM/SIGINT
-stopped it (after a checkpoint), 1 for anything else. Under Dagster Pipes the error also goes back to Dagster.
+stopped it (after a checkpoint), 1 for anything else (a bug: Python prints its traceback). Under
+Dagster Pipes the error also goes back to Dagster.
 """
 
 from __future__ import annotations
@@ -10,8 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pixart_pipeline.errors import InputError
+from pixart_pipeline.stage_result import InsufficientDataError, MissingInputError
 from pixart_pipeline.training.report import Reporter
-from pixart_pipeline.training.spec import RunSpec
+from pixart_pipeline.training.spec import RunSpec, RunSpecError
+
+# What the user can fix (exit 2, one line); anything else is a bug and keeps its traceback (exit 1).
+# InputError covers ConfigError, HubUploadError, ModelUnavailableError and the trainer's input checks.
+USER_ERRORS = (InputError, RunSpecError, MissingInputError, InsufficientDataError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"stopped by a signal at step {result.steps}; resumable from {result.checkpoint}",
                       file=sys.stderr)
                 return 130
-        except ValueError as exc:  # bad spec or input: a clear message (naming file and key), no traceback
+        except USER_ERRORS as exc:  # bad spec or input: a clear message (naming file and key), no traceback
             if reporter.under_pipes:
                 reporter.context.log.error(str(exc))
             print(f"error: {exc}", file=sys.stderr)

@@ -25,9 +25,9 @@ import torch
 from pixart_pipeline.cache import ShardStore, pad_prompt_embeds, sample_latents
 from pixart_pipeline.cache.online import open_vae_store
 from pixart_pipeline.cache.reader import prefetch
+from pixart_pipeline.errors import InputError
+from pixart_pipeline.stages import REQUIRED_ITEM_COLUMNS
 from pixart_pipeline.training.sampler import BucketBatchSampler
-
-ITEM_COLUMNS = ("vae_store", "vae_key", "text_key", "target_width", "target_height", "dataset_id", "repeats")
 
 
 @dataclass(frozen=True)
@@ -66,28 +66,28 @@ def load_items(path: str | Path) -> Items:
     try:
         table = pq.read_table(path)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read the items table: {exc}") from None
-    missing = [c for c in ITEM_COLUMNS if c not in table.column_names]
+        raise InputError(f"{path}: cannot read the items table: {exc}") from None
+    missing = [c for c in REQUIRED_ITEM_COLUMNS if c not in table.column_names]
     if missing:
-        raise ValueError(f"{path}: items table lacks column(s) {', '.join(missing)}; needs {', '.join(ITEM_COLUMNS)}")
+        raise InputError(f"{path}: items table lacks column(s) {', '.join(missing)}; needs {', '.join(REQUIRED_ITEM_COLUMNS)}")
     if table.num_rows == 0:
-        raise ValueError(f"{path}: items table is empty; there is nothing to train on")
-    cols = {c: table.column(c).to_pylist() for c in ITEM_COLUMNS}
-    for c in ITEM_COLUMNS:
+        raise InputError(f"{path}: items table is empty; there is nothing to train on")
+    cols = {c: table.column(c).to_pylist() for c in REQUIRED_ITEM_COLUMNS}
+    for c in REQUIRED_ITEM_COLUMNS:
         if None in cols[c]:
-            raise ValueError(f"{path}: column '{c}' is null in row {cols[c].index(None)}")
+            raise InputError(f"{path}: column '{c}' is null in row {cols[c].index(None)}")
     for row, (w, h) in enumerate(zip(cols["target_width"], cols["target_height"])):
         if w <= 0 or h <= 0 or w % 8 or h % 8:
-            raise ValueError(f"{path}: row {row} has target size {w}x{h}; it must be positive multiples of 8")
+            raise InputError(f"{path}: row {row} has target size {w}x{h}; it must be positive multiples of 8")
     for row, r in enumerate(cols["repeats"]):
         if r < 0:
-            raise ValueError(f"{path}: row {row} has repeats {r}; it must be >= 0")
+            raise InputError(f"{path}: row {row} has repeats {r}; it must be >= 0")
     text_keys = None
     if "text_keys" in table.column_names:
         text_keys = [None if keys is None else tuple(keys) for keys in table.column("text_keys").to_pylist()]
         for row, keys in enumerate(text_keys):
             if keys is not None and (not keys or any(not isinstance(k, str) or not k for k in keys)):
-                raise ValueError(f"{path}: row {row} has text_keys {list(keys)}; it must be null or non-empty keys")
+                raise InputError(f"{path}: row {row} has text_keys {list(keys)}; it must be null or non-empty keys")
     return Items(
         vae_store=[str(s) for s in cols["vae_store"]],
         vae_key=[str(k) for k in cols["vae_key"]],
@@ -106,7 +106,7 @@ def vae_scaling_factor(base_model: str, revision: str | None) -> float:
     try:
         config = AutoencoderKL.load_config(base_model, subfolder="vae", revision=revision)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read the VAE config of {base_model!r} (vae/config.json): {exc}") from None
+        raise InputError(f"cannot read the VAE config of {base_model!r} (vae/config.json): {exc}") from None
     return float(config.get("scaling_factor", 0.18215))
 
 
@@ -135,14 +135,14 @@ class BatchBuilder:
             have = store.keys()
             missing = sorted({k for k, r in zip(self.items.vae_key, self.items.vae_store) if r == root} - have)
             if missing:
-                raise ValueError(_describe_missing(missing, "VAE item", f"the VAE cache {root}"))
+                raise InputError(_describe_missing(missing, "VAE item", f"the VAE cache {root}"))
         have = self.text_store.keys()
         wanted = set(self.items.text_key).union(*(self.items.choices(i) or () for i in range(len(self.items))))
         missing = sorted(wanted - have)
         if missing:
-            raise ValueError(_describe_missing(missing, "text", f"the text cache {self.text_store_root}"))
+            raise InputError(_describe_missing(missing, "text", f"the text cache {self.text_store_root}"))
         if need_empty and self.empty_text_key not in have:
-            raise ValueError(
+            raise InputError(
                 f"the empty prompt's key {self.empty_text_key!r} (caption dropout) is not in the text cache "
                 f"{self.text_store_root}; encode \"\" into it"
             )
@@ -191,7 +191,7 @@ class BatchBuilder:
         shapes = {tuple(item["mean"].shape) for item in posteriors}
         if len(shapes) != 1:
             keys = [self.items.vae_key[i] for i in indices]
-            raise ValueError(f"one batch mixes latent shapes {sorted(shapes)} (items {keys}); the VAE cache "
+            raise InputError(f"one batch mixes latent shapes {sorted(shapes)} (items {keys}); the VAE cache "
                              "does not match the items table's target sizes")
         mean = torch.stack([item["mean"] for item in posteriors]).float()  # [B, 4, h, w]
         std = torch.stack([item["std"] for item in posteriors]).float()

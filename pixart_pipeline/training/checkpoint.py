@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from pixart_pipeline.errors import InputError
 from pixart_pipeline.fileio import atomic_save_tensors, atomic_write_json, atomic_write_text
 
 MARKER = "COMPLETE"
@@ -247,7 +248,7 @@ def load_checkpoint(path: Path, verify: bool = True) -> CheckpointState:
     """Read a complete checkpoint (safetensors + JSON). ``verify`` checks every file's sha256."""
     path = Path(path)
     if not is_complete(path):
-        raise ValueError(
+        raise InputError(
             f"{path} is not a complete checkpoint (expected a 'step-N' folder with a {MARKER} marker)"
         )
     marker = json.loads((path / MARKER).read_text())
@@ -255,7 +256,7 @@ def load_checkpoint(path: Path, verify: bool = True) -> CheckpointState:
         for name, info in marker["files"].items():
             file = path / name
             if not file.is_file() or _sha256(file) != info["sha256"]:
-                raise ValueError(f"checkpoint {path}: {name} is missing or does not match its recorded sha256")
+                raise InputError(f"checkpoint {path}: {name} is missing or does not match its recorded sha256")
     state = json.loads((path / "trainer_state.json").read_text())
     ema_file = path / "ema.safetensors"
     return CheckpointState(

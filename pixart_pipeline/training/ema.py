@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from pixart_pipeline.errors import InputError
+
 
 def ema_decay_at(step: int, decay: float) -> float:
     """Decay for the ``step``-th update (1-based). Step 1 copies the parameters (decay 0)."""
@@ -60,6 +62,6 @@ class EMA:
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], num_updates: int) -> None:
         missing = set(self.shadow) - set(tensors)
         if missing:
-            raise ValueError(f"EMA state lacks {len(missing)} parameter(s), e.g. {sorted(missing)[0]!r}")
+            raise InputError(f"EMA state lacks {len(missing)} parameter(s), e.g. {sorted(missing)[0]!r}")
         self.shadow = {name: tensors[name].float().clone() for name in self.shadow}
         self.num_updates = int(num_updates)

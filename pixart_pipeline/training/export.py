@@ -9,6 +9,7 @@ to the base model's folders (symlinks; copied where the file system cannot link)
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import uuid
@@ -17,7 +18,11 @@ from typing import Any
 
 import torch
 
-from pixart_pipeline.fileio import atomic_write_text
+from pixart_pipeline.config.models import Hyperparameters
+from pixart_pipeline.errors import InputError
+from pixart_pipeline.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from pixart_pipeline.training.result import TrainResult
+from pixart_pipeline.training.spec import RunSpec
 
 _COMPONENT_PATTERNS = ["model_index.json", "scheduler/*", "vae/*", "text_encoder/*", "tokenizer/*"]
 
@@ -32,7 +37,7 @@ def base_model_folder(base_model: str, revision: str | None) -> Path:
     try:
         return Path(snapshot_download(base_model, revision=revision, allow_patterns=_COMPONENT_PATTERNS))
     except Exception as exc:  # offline cache miss, 404, gated repo ...
-        raise ValueError(
+        raise InputError(
             f"cannot export the pipeline: the base model {base_model!r} (revision {revision or 'main'}) "
             f"is not a local folder and could not be fetched from the Hub ({type(exc).__name__}: {exc}). "
             "Download it first or point base_model at a local folder."
@@ -54,7 +59,7 @@ def export_pipeline(transformer: torch.nn.Module, base_model: str, revision: str
     base = base_model_folder(base_model, revision)
     index_file = base / "model_index.json"
     if not index_file.is_file():
-        raise ValueError(f"cannot export the pipeline: {index_file} is missing (is {base} a diffusers pipeline?)")
+        raise InputError(f"cannot export the pipeline: {index_file} is missing (is {base} a diffusers pipeline?)")
     index: dict[str, Any] = json.loads(index_file.read_text())
 
     out_dir = Path(out_dir)
@@ -70,7 +75,7 @@ def export_pipeline(transformer: torch.nn.Module, base_model: str, revision: str
                 continue
             src = base / name
             if not src.exists():
-                raise ValueError(f"cannot export the pipeline: component folder {src} is missing")
+                raise InputError(f"cannot export the pipeline: component folder {src} is missing")
             _link_or_copy(src.resolve(), tmp / name)
         if out_dir.exists() or out_dir.is_symlink():
             old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
@@ -183,11 +188,6 @@ Trained with pixart_pipeline (SimpleTuner's option names); per-step metrics are 
 """
 
 
-def write_model_card(path: Path, info: dict[str, Any]) -> None:
-    """Write ``model_card(info)`` to ``path`` (atomically)."""
-    atomic_write_text(Path(path), model_card(info))
-
-
 CARD_INFO = "model_card.json"  # in the run folder: what the card was written from, for refresh_model_card
 
 
@@ -195,14 +195,10 @@ def refresh_model_card(run_dir: Path, metrics: dict[str, float], samples: list[t
     """Rewrite the card of a finished run with evaluation results: ``metrics`` (finite floats only)
     into ``model-index`` and a table, ``samples`` (prompt, image file) copied into ``pipeline/samples/``
     and shown (and listed as the Hub ``widget``). Only the card changes, never the weights."""
-    import math
-
-    from pixart_pipeline.fileio import atomic_write_bytes
-
     run_dir = Path(run_dir)
     info_file = run_dir / CARD_INFO
     if not info_file.is_file():
-        raise ValueError(f"{info_file} is missing: the run did not finish exporting, so there is no card to update")
+        raise InputError(f"{info_file} is missing: the run did not finish exporting, so there is no card to update")
     info = json.loads(info_file.read_text())
     sample_dir = run_dir / "pipeline" / "samples"
     sample_dir.mkdir(exist_ok=True)
@@ -217,3 +213,23 @@ def refresh_model_card(run_dir: Path, metrics: dict[str, float], samples: list[t
     atomic_write_text(run_dir / "pipeline" / "README.md", card)
     atomic_write_text(run_dir / "README.md", card.replace("](samples/", "](pipeline/samples/"))
     return run_dir / "pipeline" / "README.md"
+
+
+def export_run(spec: RunSpec, final: torch.nn.Module, result: TrainResult, datasets: list[str],
+               num_items: int) -> None:
+    """A finished run's pipeline folder and model card (and the card's inputs, ``CARD_INFO``, which
+    evaluation later extends with its metrics and samples)."""
+    run_dir, pipeline_path = Path(spec.run_dir), Path(spec.run_dir) / "pipeline"
+    export_pipeline(final, spec.base_model, spec.revision, pipeline_path)
+    hp = spec.hyperparameters
+    info = {
+        "base_model": spec.base_model_name or spec.base_model, "revision": spec.revision, "steps": result.steps,
+        "epochs": result.epochs, "final_loss": result.final_loss, "seconds": result.seconds,
+        "weights_sha256": result.weights_sha256, "datasets": datasets, "num_items": num_items,
+        "hub_datasets": sorted({spec.hub_datasets[d] for d in datasets if d in spec.hub_datasets}),
+        "hyperparameters": {k: getattr(hp, k) for k in Hyperparameters.model_fields},
+    }
+    atomic_write_json(run_dir / CARD_INFO, info)
+    card = model_card(info)
+    atomic_write_text(pipeline_path / "README.md", card)  # the Hub renders the uploaded folder's card
+    atomic_write_text(run_dir / "README.md", card)

@@ -13,8 +13,10 @@ import os
 import shutil
 from pathlib import Path
 
+from pixart_pipeline.errors import InputError
 
-class HubUploadError(ValueError):
+
+class HubUploadError(InputError):
     """The upload failed; the trained pipeline is saved locally (named in the message)."""
 
 

@@ -13,10 +13,11 @@ from typing import Any, Callable, Iterable
 import torch
 from diffusers.optimization import get_scheduler
 
-from pixart_pipeline.config.models import TrainingConfig
+from pixart_pipeline.config.models import Hyperparameters
+from pixart_pipeline.errors import InputError
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], hp: TrainingConfig, device: torch.device,
+def build_optimizer(params: Iterable[torch.nn.Parameter], hp: Hyperparameters, device: torch.device,
                     log: Callable[[str], None] = print) -> torch.optim.Optimizer:
     """SimpleTuner's ``optimizer``: ``adamw`` (``adam_*`` hyperparameters) or ``adafactor``.
 
@@ -40,7 +41,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], hp: TrainingConfig, de
         if supported:
             return torch.optim.AdamW(params, fused=True, **kwargs)
         if hp.fused_optimizer == "on":
-            raise ValueError(f"fused_optimizer is 'on' but fused AdamW is not available here: {why}; "
+            raise InputError(f"fused_optimizer is 'on' but fused AdamW is not available here: {why}; "
                              "set fused_optimizer to 'auto' (falls back to the unfused kernel) or 'off'")
         log(f"fused AdamW is not available ({why}); using the unfused (foreach) AdamW")
     return torch.optim.AdamW(params, fused=False, **kwargs)
@@ -60,7 +61,7 @@ def fused_adamw_supported(params: list[torch.nn.Parameter], device: torch.device
     return True, ""
 
 
-def training_steps(hp: TrainingConfig, batches_per_epoch: int, world: int) -> int:
+def training_steps(hp: Hyperparameters, batches_per_epoch: int, world: int) -> int:
     """Optimizer steps of the run: ``max_train_steps``, or fewer when ``num_train_epochs`` ends first.
 
     One optimizer step draws ``gradient_accumulation_steps * world`` batches; an epoch is
@@ -71,12 +72,12 @@ def training_steps(hp: TrainingConfig, batches_per_epoch: int, world: int) -> in
     per_step = hp.gradient_accumulation_steps * world
     by_epochs = hp.num_train_epochs * batches_per_epoch // per_step
     if by_epochs < 1:
-        raise ValueError(f"num_train_epochs {hp.num_train_epochs} is less than one optimizer step: an epoch has "
+        raise InputError(f"num_train_epochs {hp.num_train_epochs} is less than one optimizer step: an epoch has "
                          f"{batches_per_epoch} batch(es) and a step takes {per_step}")
     return min(hp.max_train_steps, by_epochs)
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, hp: TrainingConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, hp: Hyperparameters, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """``diffusers.optimization.get_scheduler`` (every schedule it offers); stepped once per optimizer
     step (not per process, not per micro-batch), so ``lr_warmup_steps`` and ``total_steps`` count
     optimizer steps. ``lr_num_cycles``/``lr_power``/``lr_step_rules`` go to the schedules that use them."""
@@ -92,7 +93,7 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, hp: TrainingConfig, tot
 
 
 def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                          hp: TrainingConfig) -> None:
+                          hp: Hyperparameters) -> None:
     """After loading a checkpoint's optimizer/scheduler state, put this run's learning rate, betas,
     weight decay and epsilon back: ``load_state_dict`` restores the checkpoint's param groups, so
     resuming another run's checkpoint would silently keep *its* learning rate. The schedule's position

@@ -19,28 +19,27 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import torch
-from accelerate import Accelerator
+from accelerate.utils import gather_object
 
-from pixart_pipeline.config.models import TrainingConfig
+from pixart_pipeline.config.models import Hyperparameters
+from pixart_pipeline.errors import InputError
 from pixart_pipeline.training import checkpoint as ckpt
-from pixart_pipeline.training.ema import EMA
 from pixart_pipeline.training.optim import optimizer_state_to_flat, scheduler_state_to_json
 from pixart_pipeline.training.report import Reporter
-from pixart_pipeline.training.sampler import BucketBatchSampler
 from pixart_pipeline.training.spec import RunSpec
+from pixart_pipeline.training.state import Progress, Run
 
 
 def resolve_resume(spec: RunSpec) -> Path | None:
     """The checkpoint to resume from: ``latest`` (or none yet), ``none``, or an explicit folder."""
-    choice = spec.resume_from_checkpoint
+    choice = spec.settings.resume_from_checkpoint
     if choice == "none":
         return None
     if choice == "latest":
         return ckpt.latest_checkpoint(Path(spec.run_dir))
     path = Path(choice)
     if not ckpt.is_complete(path):
-        raise ValueError(
+        raise InputError(
             f"resume_from_checkpoint {choice!r} is not a complete checkpoint folder (step-N with COMPLETE)"
         )
     return path
@@ -53,7 +52,7 @@ def load_resume(spec: RunSpec, reporter: Reporter) -> tuple[Path | None, ckpt.Ch
     skipped with a warning and the one before it is used: losing some steps beats refusing to resume.
     An explicitly named checkpoint must verify.
     """
-    if spec.resume_from_checkpoint != "latest":
+    if spec.settings.resume_from_checkpoint != "latest":
         path = resolve_resume(spec)
         return path, (ckpt.load_checkpoint(path) if path else None)
     for _, path in reversed(ckpt.list_checkpoints(Path(spec.run_dir))):
@@ -86,25 +85,25 @@ def set_aside_later_checkpoints(run_dir: Path, resume_path: Path | None) -> list
     return moved
 
 
-def check_resumable(state: ckpt.CheckpointState, hp: TrainingConfig, world: int) -> None:
+def check_resumable(state: ckpt.CheckpointState, hp: Hyperparameters, world: int) -> None:
     """Refuse a checkpoint whose sampler position or optimizer state cannot mean the same thing here."""
     saved_world = state.extra.get("world_size", 1)
     if saved_world != world:
-        raise ValueError(
+        raise InputError(
             f"cannot resume {state.path}: it was written by a run with {saved_world} process(es) but this run "
             f"has {world}; the number of processes sets which batches each step draws, so a resume would not "
             "continue the same run. Keep num_processes, or start a new run (resume_from_checkpoint 'none')"
         )
     saved_batch = state.sampler.get("batch_size")
     if saved_batch is not None and int(saved_batch) != hp.train_batch_size:
-        raise ValueError(
+        raise InputError(
             f"cannot resume {state.path}: it was written with train_batch_size {saved_batch} but this run has "
             f"{hp.train_batch_size}; the sampler position would name different batches. Keep train_batch_size, "
             "or start a new run (resume_from_checkpoint 'none')"
         )
     saved_gas = state.extra.get("gradient_accumulation_steps")  # absent in checkpoints before it was stored
     if saved_gas is not None and int(saved_gas) != hp.gradient_accumulation_steps:
-        raise ValueError(
+        raise InputError(
             f"cannot resume {state.path}: it was written with gradient_accumulation_steps {saved_gas} but this "
             f"run has {hp.gradient_accumulation_steps}; the sampler position and the per-batch noise are counted "
             "in micro-batches of the old value, so a resume would not continue the same run. Keep "
@@ -112,15 +111,13 @@ def check_resumable(state: ckpt.CheckpointState, hp: TrainingConfig, world: int)
         )
     saved_optimizer = state.extra.get("optimizer", "adamw")
     if saved_optimizer != hp.optimizer:
-        raise ValueError(
+        raise InputError(
             f"cannot resume {state.path}: it holds {saved_optimizer} optimizer state but optimizer is "
             f"{hp.optimizer!r}; keep the optimizer or start a new run (resume_from_checkpoint 'none')"
         )
 
 
-def save(accelerator: Accelerator, run_dir: Path, global_step: int, transformer: torch.nn.Module,
-         optimizer: torch.optim.Optimizer, lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
-         sampler: BucketBatchSampler, ema: EMA | None, spec: RunSpec, hp: TrainingConfig, train_seconds: float, reporter: Reporter) -> str:
+def save(run: Run, progress: Progress) -> str:
     """Write ``step-<global_step>`` (main process; every process waits for it) and prune old ones.
 
     Pruning keeps exactly ``checkpoints_total_limit`` folders: the one just written and the newest
@@ -128,33 +125,33 @@ def save(accelerator: Accelerator, run_dir: Path, global_step: int, transformer:
     marker, every file hashed) checkpoint exists -- which the one just written is -- so from then on
     it is pruned like any other; before that nothing is pruned, so it is never deleted while it is
     the only way back."""
+    accelerator, hp = run.accelerator, run.hp
     accelerator.wait_for_everyone()
-    path = ckpt.checkpoints_dir(run_dir) / f"step-{global_step}"
+    path = ckpt.checkpoints_dir(run.run_dir) / f"step-{progress.global_step}"
     rng_states = [ckpt.capture_rng_state()]
     if accelerator.num_processes > 1:  # every process's RNG states, by rank, to the main process
-        from accelerate.utils import gather_object
-
         rng_states = gather_object(rng_states)
     if accelerator.is_main_process:
-        model = accelerator.unwrap_model(transformer)
+        model = accelerator.unwrap_model(run.transformer)
         extra = {"world_size": accelerator.num_processes, "optimizer": hp.optimizer,
-                 "gradient_accumulation_steps": hp.gradient_accumulation_steps, "train_seconds": train_seconds}
+                 "gradient_accumulation_steps": hp.gradient_accumulation_steps,
+                 "train_seconds": progress.train_seconds()}
         if accelerator.scaler is not None:
             extra["grad_scaler"] = accelerator.scaler.state_dict()
         path = ckpt.save_checkpoint(
-            run_dir, global_step,
+            run.run_dir, progress.global_step,
             transformer_state=model.state_dict(),
-            optimizer_flat=optimizer_state_to_flat(getattr(optimizer, "optimizer", optimizer)),  # unwrap accelerate
-            lr_scheduler_json=scheduler_state_to_json(lr_scheduler),
-            sampler_state=sampler.state_dict(),
-            ema_state=ema.state_tensors() if ema is not None else None,
-            ema_updates=ema.num_updates if ema is not None else 0,
+            optimizer_flat=optimizer_state_to_flat(getattr(run.optimizer, "optimizer", run.optimizer)),  # unwrap
+            lr_scheduler_json=scheduler_state_to_json(run.lr_scheduler),
+            sampler_state=run.sampler.state_dict(),
+            ema_state=run.ema.state_tensors() if run.ema is not None else None,
+            ema_updates=run.ema.num_updates if run.ema is not None else 0,
             extra=extra,
             rng_states=rng_states,
         )
-        reporter.info(f"saved checkpoint {path}")
+        run.reporter.info(f"saved checkpoint {path}")
         # only the new checkpoint is protected: it is newer than the resume source and complete
-        for gone in ckpt.prune_checkpoints(run_dir, spec.checkpoints_total_limit, protect=[path]):
-            reporter.info(f"removed old checkpoint {gone}")
+        for gone in ckpt.prune_checkpoints(run.run_dir, run.spec.settings.checkpoints_total_limit, protect=[path]):
+            run.reporter.info(f"removed old checkpoint {gone}")
     accelerator.wait_for_everyone()
     return str(path)

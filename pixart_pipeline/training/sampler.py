@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from pixart_pipeline.errors import InputError
+
 
 class BucketBatchSampler:
     """Yields lists of item indices, all of one bucket, forever (epoch after epoch).
@@ -84,7 +86,7 @@ class BucketBatchSampler:
         self.batches_per_epoch = sum(draws // self.batch_size for _, draws in self._groups)
         if self.batches_per_epoch == 0:
             largest = max(self.bucket_sizes.values(), default=0)
-            raise ValueError(
+            raise InputError(
                 f"no bucket holds a full batch: train_batch_size is {batch_size} and one optimizer step needs "
                 f"{min_draws} draws of one bucket, but the largest bucket has {largest} (repeats included); "
                 "lower train_batch_size or gradient_accumulation_steps, add images or repeats, "
@@ -153,7 +155,7 @@ class BucketBatchSampler:
         because then the same position would name different batches."""
         for key in ("seed", "batch_size", "num_items", "batches_per_epoch"):
             if key in state and int(state[key]) != getattr(self, key):
-                raise ValueError(
+                raise InputError(
                     f"sampler state does not match this run: {key} is {state[key]} in the checkpoint "
                     f"but {getattr(self, key)} now (did the items table or batch size change?)"
                 )

@@ -2,199 +2,51 @@
 
 The Dagster asset (or a person) writes ``run_spec.json`` and launches
 ``python -m pixart_pipeline.training run_spec.json``; ``train(RunSpec)`` does the same in Python.
-Hyperparameter names and their allowed values are those of ``config.TrainingConfig`` (SimpleTuner's
-``config.json`` keys), validated with the same strict pydantic rules.
+The spec embeds the config's own models, ``Hyperparameters`` (what changes the weights) and
+``TrainerSettings`` (checkpointing, resuming, reporting, device), so the keys, their allowed values
+and their defaults are stated once, in ``config/models.py``, and validated by the same strict
+pydantic rules on both sides of the process boundary.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pixart_pipeline.config.models import TrainingConfig
+from pixart_pipeline.config.models import Hyperparameters, TrainerSettings
+from pixart_pipeline.errors import InputError
 from pixart_pipeline.fileio import atomic_write_text
 
-# The TrainingConfig fields a run spec may set: those that change the trained weights.
-HYPERPARAMETER_KEYS: tuple[str, ...] = (
-    "seed",
-    "learning_rate",
-    "lr_scheduler",
-    "lr_warmup_steps",
-    "train_batch_size",
-    "gradient_accumulation_steps",
-    "max_train_steps",
-    "num_train_epochs",
-    "lr_num_cycles",
-    "lr_power",
-    "lr_step_rules",
-    "mixed_precision",
-    "optimizer",
-    "fused_optimizer",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_weight_decay",
-    "adam_epsilon",
-    "max_grad_norm",
-    "snr_gamma",
-    "noise_offset",
-    "caption_dropout_probability",
-    "use_ema",
-    "ema_decay",
-    "use_bitfit",
-    "num_processes",
-    "small_bucket_rule",
-)
-# TrainingConfig fields a run spec may also set that never change the weights: where results go.
-REPORTING_KEYS: tuple[str, ...] = ("report_to", "tracker_project_name", "tracker_run_name", "push_to_hub",
-                                   "hub_model_id")
-SPEC_CONFIG_KEYS = HYPERPARAMETER_KEYS + REPORTING_KEYS
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
+Spec = TypeVar("Spec", bound="SpecModel")
 
 
-class RunSpecError(ValueError):
-    """A run spec problem, naming the spec file (when known) and the key."""
+class RunSpecError(InputError):
+    """A spec problem, naming the spec file (when known) and the key."""
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """One training run. Paths are strings so the spec is plain JSON; relative paths are taken
-    relative to the working directory of the trainer (the asset always writes absolute ones)."""
+class SpecModel(BaseModel):
+    """A strict, frozen pydantic model read from and written to one JSON file. Read through
+    ``load``/``from_json``/``from_dict``, its errors are ``RunSpecError`` naming the file and the
+    dotted key (with a did-you-mean for an unknown one)."""
 
-    run_dir: str
-    base_model: str  # a resolved local pipeline folder or a hub id
-    items: str  # parquet: vae_store, vae_key, text_key, target_width, target_height, dataset_id, repeats
-    text_store: str  # root of the text-embedding ShardStore
-    empty_text_key: str | None = None  # key of the "" prompt; required when caption dropout is on
-    revision: str | None = None
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = None
-    resume_from_checkpoint: str = "latest"  # "latest" | "none" | a checkpoint folder
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "mps"
-    log_every_steps: int = 10  # progress lines; metrics.jsonl always gets every step
-    # Recompute activations in the backward pass: less memory, same gradients (not a hyperparameter).
-    gradient_checkpointing: bool = False
-    # Write runs/<id>/ranks/rank-<r>.json (final weights hash, every batch's item indices) per process:
-    # an audit of data-parallel training (the tests use it); off by default.
-    record_items: bool = False
-    # Batches whose cache reads run ahead on a background thread (0: read in the training thread).
-    # Never changes what is trained: the sampler position and every random draw stay on the main thread.
-    read_ahead_batches: int = 2
-    # For the model card only: the base model as configured (a Hub id, a local folder or a tiny name;
-    # ``base_model`` may be its resolved local folder) and dataset id -> Hub dataset repo id for the
-    # datasets downloaded from the Hub. The Hub validates both card fields, so local names stay in the body.
-    base_model_name: str | None = None
-    hub_datasets: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    # -- validation -------------------------------------------------------------------------------
-    def validate(self, source: str = "run spec") -> None:
-        """Raise ``RunSpecError`` naming the key and what is allowed."""
-        for name in ("run_dir", "base_model", "items", "text_store"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise RunSpecError(f"{source}: '{name}' must be a non-empty string, got {value!r}")
-        for name in ("empty_text_key", "revision", "base_model_name"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                raise RunSpecError(f"{source}: '{name}' must be a string or null, got {value!r}")
-        if not isinstance(self.hub_datasets, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in self.hub_datasets.items()):
-            raise RunSpecError(f"{source}: 'hub_datasets' must map dataset ids to Hub repo ids, got {self.hub_datasets!r}")
-        if not isinstance(self.hyperparameters, dict):
-            raise RunSpecError(f"{source}: 'hyperparameters' must be an object, got {self.hyperparameters!r}")
-        if not _is_int(self.checkpointing_steps) or self.checkpointing_steps < 1:
-            raise RunSpecError(
-                f"{source}: 'checkpointing_steps' must be an integer >= 1, got {self.checkpointing_steps!r}"
-            )
-        limit = self.checkpoints_total_limit
-        if limit is not None and (not _is_int(limit) or limit < 1):
-            raise RunSpecError(f"{source}: 'checkpoints_total_limit' must be null or an integer >= 1, got {limit!r}")
-        if not isinstance(self.record_items, bool):
-            raise RunSpecError(f"{source}: 'record_items' must be true or false, got {self.record_items!r}")
-        if not _is_int(self.read_ahead_batches) or self.read_ahead_batches < 0:
-            raise RunSpecError(
-                f"{source}: 'read_ahead_batches' must be an integer >= 0, got {self.read_ahead_batches!r}"
-            )
-        if not _is_int(self.log_every_steps) or self.log_every_steps < 1:
-            raise RunSpecError(f"{source}: 'log_every_steps' must be an integer >= 1, got {self.log_every_steps!r}")
-        resume = self.resume_from_checkpoint
-        if not isinstance(resume, str) or not resume.strip():
-            raise RunSpecError(
-                f"{source}: 'resume_from_checkpoint' must be 'latest', 'none' or a checkpoint folder, got {resume!r}"
-            )
-        if self.device not in DEVICES:
-            raise RunSpecError(f"{source}: 'device' must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        hp = self.training_config(source)  # validates every hyperparameter
-        if hp.caption_dropout_probability > 0 and not self.empty_text_key:
-            raise RunSpecError(
-                f"{source}: 'hyperparameters.caption_dropout_probability' is "
-                f"{hp.caption_dropout_probability} but 'empty_text_key' is not set; caption dropout "
-                "trains on the empty prompt's embedding, so the spec must name its text-store key"
-            )
-
-    def training_config(self, source: str = "run spec") -> TrainingConfig:
-        """The hyperparameters as a validated ``TrainingConfig`` (unset ones take its defaults)."""
-        for key in self.hyperparameters:
-            if key not in SPEC_CONFIG_KEYS:
-                close = difflib.get_close_matches(key, SPEC_CONFIG_KEYS, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise RunSpecError(
-                    f"{source}: unknown hyperparameter '{key}'{hint}; allowed: {', '.join(SPEC_CONFIG_KEYS)}"
-                )
-        try:
-            return TrainingConfig.model_validate(dict(self.hyperparameters))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"'hyperparameters.{'.'.join(str(p) for p in err['loc'])}': {err['msg']} (got {err.get('input')!r})"
-                for err in exc.errors()
-            )
-            raise RunSpecError(f"{source}: {problems}") from None
-
-    # -- JSON -------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "run spec") -> "RunSpec":
+    def from_dict(cls: type[Spec], data: Any, source: str = "spec") -> Spec:
         if not isinstance(data, dict):
             raise RunSpecError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise RunSpecError(f"{source}: unknown key '{key}'{hint}; allowed: {', '.join(names)}")
-        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING and f.name not in data]  # type: ignore[misc]
-        if missing:
-            raise RunSpecError(f"{source}: missing required key(s): {', '.join(missing)}")
-        spec = object.__new__(cls)
-        for f in dataclasses.fields(cls):
-            if f.name in data:
-                value = data[f.name]
-            elif f.default is not dataclasses.MISSING:
-                value = f.default
-            else:
-                value = f.default_factory()  # type: ignore[misc]
-            object.__setattr__(spec, f.name, value)
-        spec.validate(source)
-        return spec
+        try:
+            # JSON mode: lists read as tuples, as in the file; strict otherwise ("1" is not 1)
+            return cls.model_validate_json(json.dumps(data))
+        except ValidationError as exc:
+            raise RunSpecError(describe(exc, cls, source)) from None
 
     @classmethod
-    def from_json(cls, text: str, source: str = "run spec") -> "RunSpec":
+    def from_json(cls: type[Spec], text: str, source: str = "spec") -> Spec:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -202,13 +54,19 @@ class RunSpec:
         return cls.from_dict(data, source)
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunSpec":
+    def load(cls: type[Spec], path: str | Path) -> Spec:
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise RunSpecError(f"{path}: cannot read the run spec: {exc.strerror or exc}") from None
+            raise RunSpecError(f"{path}: cannot read the spec: {exc.strerror or exc}") from None
         return cls.from_json(text, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -216,5 +74,90 @@ class RunSpec:
         return path
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def describe(exc: ValidationError, model: type[BaseModel], source: str) -> str:
+    """``source: 'key.sub': what is wrong (got value)`` for every error, an unknown key with the
+    closest allowed name of the model it was found in."""
+    problems, missing = [], []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        where = ".".join(loc)
+        if err["type"] == "missing":
+            missing.append(where)
+        elif err["type"] == "extra_forbidden":
+            allowed = list(_model_at(model, loc[:-1]).model_fields)
+            close = difflib.get_close_matches(loc[-1], allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(f"unknown key '{where}'{hint}; allowed: {', '.join(allowed)}")
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"'{where}': {message} (got {err.get('input')!r})" if where else message)
+    if missing:
+        problems.insert(0, f"missing required key(s): {', '.join(missing)}")
+    return f"{source}: " + "; ".join(problems)
+
+
+def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel]:
+    """The (nested) model that the location ``loc`` points into."""
+    for name in loc:
+        annotation = model.model_fields[name].annotation if name in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return model
+
+
+class RunSpec(SpecModel):
+    """One training run. Paths are strings so the spec is plain JSON; relative paths are taken
+    relative to the working directory of the trainer (the asset always writes absolute ones)."""
+
+    run_dir: str = Field(min_length=1)
+    base_model: str = Field(min_length=1)  # a resolved local pipeline folder or a hub id
+    items: str = Field(min_length=1)  # the items parquet (stages.ITEMS_SCHEMA)
+    text_store: str = Field(min_length=1)  # root of the text-embedding ShardStore
+    empty_text_key: str | None = None  # key of the "" prompt; required when caption dropout is on
+    revision: str | None = None
+    hyperparameters: Hyperparameters = Hyperparameters()
+    settings: TrainerSettings = TrainerSettings()
+    log_every_steps: int = Field(10, ge=1)  # progress lines; metrics.jsonl always gets every step
+    # Write runs/<id>/ranks/rank-<r>.json (final weights hash, every batch's item indices) per process:
+    # an audit of data-parallel training (the tests use it); off by default.
+    record_items: bool = False
+    # Batches whose cache reads run ahead on a background thread (0: read in the training thread).
+    # Never changes what is trained: the sampler position and every random draw stay on the main thread.
+    read_ahead_batches: int = Field(2, ge=0)
+    # For the model card only: the base model as configured (a Hub id, a local folder or a tiny name;
+    # ``base_model`` may be its resolved local folder) and dataset id -> Hub dataset repo id for the
+    # datasets downloaded from the Hub. The Hub validates both card fields, so local names stay in the body.
+    base_model_name: str | None = None
+    hub_datasets: dict[str, str] = {}
+
+    def replace(self, **changes: Any) -> "RunSpec":
+        """A validated copy with ``changes``: a hyperparameter or trainer-setting name goes into its
+        model (``spec.replace(learning_rate=1e-4, checkpointing_steps=10, run_dir="...")``)."""
+        data = self.to_dict()
+        for key, value in changes.items():
+            part = ("hyperparameters" if key in Hyperparameters.model_fields
+                    else "settings" if key in TrainerSettings.model_fields else None)
+            if part:
+                data[part][key] = value
+            else:
+                data[key] = value
+        return type(self).from_dict(data, "spec.replace")
+
+    @classmethod
+    def build(cls, **values: Any) -> "RunSpec":
+        """A spec from flat keyword values, hyperparameters and trainer settings included by name
+        (the way tests and notebooks write them)."""
+        fields = {k: v for k, v in values.items() if k in cls.model_fields}
+        return cls.from_dict({"hyperparameters": {}, "settings": {}, **fields}, "RunSpec.build").replace(
+            **{k: v for k, v in values.items() if k not in cls.model_fields})
+
+    @model_validator(mode="after")
+    def _dropout_needs_empty_prompt(self) -> "RunSpec":
+        p = self.hyperparameters.caption_dropout_probability
+        if p > 0 and not self.empty_text_key:
+            raise ValueError(
+                f"'hyperparameters.caption_dropout_probability' is {p} but 'empty_text_key' is not set; "
+                "caption dropout trains on the empty prompt's embedding, so the spec must name its text-store key"
+            )
+        return self

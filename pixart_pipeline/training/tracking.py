@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pixart_pipeline.errors import InputError
 from pixart_pipeline.fileio import atomic_write_json
 
 TRACKER_FILE = "tracker.json"
@@ -28,7 +29,7 @@ def _import_wandb():
     try:
         import wandb
     except ImportError:
-        raise ValueError("report_to is 'wandb' but the wandb package is not installed; "
+        raise InputError("report_to is 'wandb' but the wandb package is not installed; "
                          "pip install 'pixart_pipeline[wandb]' or set report_to to 'none'") from None
     return wandb
 

@@ -15,7 +15,8 @@ import torch
 from safetensors import safe_open
 
 from demo_copy import copy_demo
-from pixart_pipeline.cache.stage import run_vae_cache, vae_items, vae_store_root
+from pixart_pipeline.cache.stage import run_vae_cache, vae_items
+from pixart_pipeline.stages import vae_store_root
 from pixart_pipeline.cache.store import CRASH_HOLD_ENV, ShardStore
 from pixart_pipeline.config import load_config
 from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
@@ -27,7 +28,8 @@ from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_
 CHILD = """
 import os, sys, time
 from pathlib import Path
-from pixart_pipeline.cache.stage import base_model_path, vae_items, vae_store_root
+from pixart_pipeline.cache.stage import base_model_path, vae_items
+from pixart_pipeline.stages import vae_store_root
 from pixart_pipeline.cache.store import ShardStore
 from pixart_pipeline.cache.vae import encode_images
 from pixart_pipeline.config import load_config

@@ -11,9 +11,8 @@ import torch
 
 from demo_copy import copy_demo, edit_json, run_stages_before_training
 from pixart_pipeline.cache.online import OnlineVaeStore, open_vae_store
-from pixart_pipeline.cache.stage import (
-    base_model_path, run_vae_cache, text_store_root, vae_store_root,
-)
+from pixart_pipeline.cache.stage import base_model_path, run_vae_cache
+from pixart_pipeline.stages import text_store_root, vae_store_root
 from pixart_pipeline.cache.store import ShardStore
 from pixart_pipeline.config import load_config
 from pixart_pipeline.training.batches import BatchBuilder, load_items, vae_scaling_factor

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from demo_copy import copy_demo
-from pixart_pipeline.cache.stage import run_text_embed_cache, run_vae_cache, text_store_root, vae_store_root
+from pixart_pipeline.cache.stage import run_text_embed_cache, run_vae_cache
+from pixart_pipeline.stages import text_store_root, vae_store_root
 from pixart_pipeline.cache.store import ShardStore
 from pixart_pipeline.config import load_config
 from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset

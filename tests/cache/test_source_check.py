@@ -13,7 +13,8 @@ from PIL import Image
 
 from demo_copy import copy_demo
 from pixart_pipeline.cache.online import OnlineVaeStore
-from pixart_pipeline.cache.stage import run_text_embed_cache, run_vae_cache, vae_items, vae_store_root
+from pixart_pipeline.cache.stage import run_text_embed_cache, run_vae_cache, vae_items
+from pixart_pipeline.stages import vae_store_root
 from pixart_pipeline.cache.store import ShardStore
 from pixart_pipeline.config import load_config
 from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors import safe_open
+from support import rewrite
 
 from pixart_pipeline.cache import ShardStore, pad_prompt_embeds, sample_latents, text_item_key, vae_item_key
 from pixart_pipeline.cache.store import stat_stamp
@@ -196,18 +197,17 @@ def test_quick_verify_rehashes_rewritten_shards_even_with_their_old_mtime(tmp_pa
     # A rewrite (new mtime) is re-hashed by the quick check.
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
+    rewrite(path, bytes(data), keep_mtime=False)
     assert store.verify(quick=True) == [(path.name, "sha256 mismatch")]
 
     # A rewrite that puts the stamped size and mtime back is re-hashed too: the write (and utime
     # itself) moved the inode's ctime, which user space cannot set back.
     data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
+    rewrite(path, bytes(data), keep_mtime=False)
     assert store.verify(quick=True) == []
     before = path.stat()
     data[-2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    rewrite(path, bytes(data), keep_mtime=True)
     after = path.stat()
     assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     assert store.verify(quick=True) == [(path.name, "sha256 mismatch")]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pixart_pipeline.config import fingerprints as fp
+from pixart_pipeline.stages import BUCKETED_METADATA, CAPTIONS, TRAINED_CHECKPOINT
 from pixart_pipeline.config.load import PipelineConfig
 from pixart_pipeline.config.models import (
     ImageDataset,
@@ -26,9 +26,9 @@ def config(training=None, **dataset):
 def versions(cfg):
     ds = cfg.datasets[0]
     return {
-        "metadata": fp.code_version("bucketed_metadata", fp.bucketed_metadata_fields(cfg, ds)),
-        "captions": fp.code_version("captions", fp.captions_fields(cfg, ds)),
-        "checkpoint": fp.code_version("trained_checkpoint", fp.trained_checkpoint_fields(cfg)),
+        "metadata": BUCKETED_METADATA.code_version(cfg, ds),
+        "captions": CAPTIONS.code_version(cfg, ds),
+        "checkpoint": TRAINED_CHECKPOINT.code_version(cfg),
     }
 
 

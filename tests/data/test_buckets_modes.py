@@ -258,12 +258,8 @@ def test_the_metadata_stage_rounds_bucket_keys_as_configured(tmp_path):
     from demo_copy import copy_demo
 
     from pixart_pipeline.config import load_config
-    from pixart_pipeline.data.stage import (
-        metadata_path,
-        run_bucketed_metadata,
-        run_captions,
-        run_raw_dataset,
-    )
+    from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
+    from pixart_pipeline.stages import metadata_path
     from pixart_pipeline.fileio import read_parquet
 
     keys = {}

@@ -145,11 +145,11 @@ def test_the_trainer_applies_the_rule_from_its_run_spec(tmp_path, tiny_pixart_pa
     def spec(name, rule):
         hp = {"learning_rate": 1e-3, "train_batch_size": 8, "max_train_steps": 2, "mixed_precision": "no",
               "seed": 3, "small_bucket_rule": rule}
-        return RunSpec(run_dir=str(tmp_path / name), base_model=tiny_pixart_path, items=caches["items"],
-                       text_store=caches["text_store"], empty_text_key=caches["empty_text_key"],
-                       hyperparameters=hp, checkpointing_steps=10, device="cpu")
+        return RunSpec.build(run_dir=str(tmp_path / name), base_model=tiny_pixart_path, items=caches["items"],
+                             text_store=caches["text_store"], empty_text_key=caches["empty_text_key"],
+                             checkpointing_steps=10, device="cpu", **hp)
 
-    assert spec("r", "repeat").training_config().small_bucket_rule == "repeat"
+    assert spec("r", "repeat").hyperparameters.small_bucket_rule == "repeat"
     with pytest.raises(ValueError, match="small_bucket_rule 'repeat'"):
         train(spec("drop", "drop"))
     result = train(spec("repeat", "repeat"))

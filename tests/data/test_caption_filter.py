@@ -10,8 +10,9 @@ from PIL import Image
 
 from pixart_pipeline.config import fingerprints as fp
 from pixart_pipeline.config import load_config
+from pixart_pipeline.config.caption_filters import load_filters
 from pixart_pipeline.config.load import ConfigError
-from pixart_pipeline.data.caption_filter import filter_caption, load_filters
+from pixart_pipeline.data.caption_filter import filter_caption
 from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
 from pixart_pipeline.fileio import read_parquet
 from tests.demo_copy import copy_demo

@@ -7,9 +7,11 @@ from pixart_pipeline.data.manifest import (
     folder_changes,
     manifest_data_version,
     scan_dataset,
+    sha256_file,
 )
 from pixart_pipeline.data.synthetic import generate_synthetic_dataset
 from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
+from tests.support import age_files
 
 
 def _bump(path, data):
@@ -22,6 +24,7 @@ def _bump(path, data):
 def test_rescan_hashes_only_changed_and_new(tmp_path):
     root = tmp_path / "ds"
     generate_synthetic_dataset(root, 10, seed=0)
+    age_files(root)  # an existing dataset: older than any scan, so its stat is trusted
     first, stats = scan_dataset(root)
     assert (stats.hashed, stats.reused, stats.total, stats.removed) == (12, 0, 12, 0)
     assert first.column_names == ["path", "size", "mtime_ns", "sha256"]
@@ -99,6 +102,7 @@ def test_names_that_are_not_utf8_are_skipped_and_counted(tmp_path):
     (tmp_path / "sub").mkdir()
     for name in (b"bad\xff.png", b"bad\xff.txt", b"sub/also\xfe.jpg", b"ignored\xff.json"):
         os.close(os.open(os.path.join(os.fsencode(tmp_path), name), os.O_CREAT | os.O_WRONLY, 0o644))
+    age_files(tmp_path)
     table, stats = scan_dataset(tmp_path)
     assert stats.skipped_names == 3  # images and captions only; the .json was never a dataset file
     assert (stats.total, stats.hashed) == (5, 5)
@@ -159,3 +163,52 @@ def test_small_files_hash_in_one_thread_big_ones_in_several_with_equal_digests(t
     assert hash_files(tmp_path, list(blobs), workers=1) == expected == hash_files(tmp_path, list(blobs), workers=3)
     table, stats = scan_dataset(tmp_path)
     assert stats.hashed == 40 and dict(zip(*(table.column(c).to_pylist() for c in ("path", "sha256")))) == expected
+
+
+def _same_stat_edit(path: Path, data: bytes) -> None:
+    """New bytes with the old size and mtime: what a second write within one timestamp tick leaves."""
+    st = path.stat()
+    assert len(data) == st.st_size
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_same_stat_edit_of_a_file_the_scan_saw_too_recently_is_rehashed(tmp_path):
+    """The racy-mtime rule: files written less than RACY_MARGIN_NS before a scan are hashed again by
+    the next one even with an unchanged stat, so an edit that kept size and mtime is picked up; older
+    files keep their hash without a read."""
+    from pixart_pipeline.data.manifest import RACY_MARGIN_NS, SCAN_STARTED_KEY
+
+    old, recent = tmp_path / "old.txt", tmp_path / "recent.txt"
+    old.write_text("old caption")
+    age_files(tmp_path)
+    recent.write_text("new caption")
+    first, stats = scan_dataset(tmp_path)
+    started = int(first.schema.metadata[SCAN_STARTED_KEY.encode()])
+    assert old.stat().st_mtime_ns < started - RACY_MARGIN_NS <= recent.stat().st_mtime_ns
+    atomic_write_parquet(tmp_path / "m.parquet", first)
+    first = read_parquet(tmp_path / "m.parquet")  # the scan start survives the round trip
+
+    _same_stat_edit(recent, b"NEW CAPTION")
+    second, stats = scan_dataset(tmp_path, previous=first)
+    assert (stats.hashed, stats.rechecked, stats.reused) == (0, 1, 1)
+    shas = dict(zip(second.column("path").to_pylist(), second.column("sha256").to_pylist()))
+    assert shas["recent.txt"] == sha256_file(recent) != dict(zip(first.column("path").to_pylist(),
+                                                               first.column("sha256").to_pylist()))["recent.txt"]
+    assert manifest_data_version(second) != manifest_data_version(first)
+
+    # Once a scan started well after every mtime, nothing is read again.
+    age_files(tmp_path)
+    third, _ = scan_dataset(tmp_path, previous=second)
+    _, stats = scan_dataset(tmp_path, previous=third)
+    assert (stats.hashed, stats.rechecked, stats.reused) == (0, 0, 2)
+
+
+def test_a_manifest_from_before_the_racy_rule_keeps_trusting_its_stat(tmp_path):
+    """A manifest without a recorded scan start (written before the rule) is trusted as it was, so
+    upgrading does not re-hash a whole dataset."""
+    (tmp_path / "a.txt").write_text("a")
+    first, _ = scan_dataset(tmp_path)
+    legacy = first.replace_schema_metadata(None)
+    _, stats = scan_dataset(tmp_path, previous=legacy)
+    assert (stats.hashed, stats.rechecked, stats.reused) == (0, 0, 1)

@@ -77,11 +77,33 @@ def test_data_version_is_order_free_and_semantic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "meta.parquet"]  # no temp file left
     shuffled = pa.Table.from_pylist(table.to_pylist()[::-1], schema=table.schema)
     assert metadata_data_version(shuffled) == metadata_data_version(table)
-    # A config change that alters no row (the training seed is not an input) keeps the version;
-    # a resolution change alters rows and the version.
-    assert metadata_data_version(_metadata(tmp_path / "ds", ds)) == metadata_data_version(table)
+    # A resolution change alters rows and the version.
     bigger = ds.model_copy(update={"resolution": 192})
     assert metadata_data_version(_metadata(tmp_path / "ds", bigger)) != metadata_data_version(table)
+
+
+def test_a_training_seed_change_keeps_the_metadata_rows_and_version(tmp_path):
+    """The training ``seed`` is not an input of the metadata stage (the eval split hashes the image,
+    not the seed): two demo copies that differ only in config.json's seed build, each from nothing,
+    the same table and data version."""
+    from demo_copy import copy_demo
+    from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
+
+    def metadata(seed: int):
+        config = copy_demo(tmp_path / f"seed{seed}", config={"seed": seed}, dataset={"synthetic_num_images": 10})
+        cfg = load_config(config)
+        assert cfg.training.seed == seed
+        ds = cfg.datasets[0]
+        run_raw_dataset(cfg, ds)
+        run_captions(cfg, ds)
+        result = run_bucketed_metadata(cfg, ds)
+        return result, read_parquet(result.path)
+
+    first, table = metadata(1)
+    second, again = metadata(2)
+    assert second.data_version == first.data_version
+    assert again.equals(table)
+    assert table.num_rows == 12 and set(table.column("split").to_pylist()) == {"train", "eval"}
 
 
 def test_geometry_values_are_the_metadata_geometry_columns_in_order():

@@ -13,9 +13,11 @@ from pixart_pipeline.config import load_config
 from pixart_pipeline.data.digest import in_order, table_digest
 from pixart_pipeline.data.incremental import split_reusable
 from pixart_pipeline.data.manifest import list_dataset_files, manifest_data_version, scan_dataset, sha256_file
-from pixart_pipeline.data.stage import metadata_dir, run_bucketed_metadata, run_captions, run_raw_dataset
+from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
+from pixart_pipeline.stages import metadata_dir
 from pixart_pipeline.fileio import read_parquet
 from tests.demo_copy import copy_demo
+from tests.support import age_files
 
 
 def _same_size_edit(path, data: bytes) -> None:
@@ -51,6 +53,7 @@ def test_scan_notices_adds_deletes_and_same_size_edits_across_folders(tmp_path):
         (root / f"part_{part}").mkdir(parents=True)
         for i in range(5):
             (root / f"part_{part}" / f"img_{i}.png").write_bytes(bytes([part, i]) * 50)
+    age_files(root)  # older than the scan: their stat is trusted (see the racy-mtime rule)
     first, stats = scan_dataset(root)
     assert (stats.hashed, stats.total) == (15, 15)
     assert first.column("path").to_pylist() == sorted(first.column("path").to_pylist())

@@ -4,16 +4,19 @@ the real stage functions (manifest -> captions -> bucketed metadata)."""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 from PIL import Image
 
 from pixart_pipeline.config import load_config
 from pixart_pipeline.data.probe_cache import load_probe_cache, probe_cache_path
-from pixart_pipeline.data.stage import metadata_dir, run_bucketed_metadata, run_captions, run_raw_dataset
+from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
+from pixart_pipeline.stages import metadata_dir
 from pixart_pipeline.fileio import read_parquet
 from tests.data.test_data_probe import _png_with_size
 from tests.demo_copy import copy_demo
+from tests.support import age_files
 
 
 def _jpeg(image: Image.Image, **kw) -> bytes:
@@ -142,9 +145,10 @@ def test_rerun_probes_only_new_and_edited_files(tmp_path):
     assert read_parquet(scratch.path).equals(incremental)
 
 
-def test_textfile_rerun_reads_only_changed_sidecars(tmp_path):
-    import os
-
+def test_textfile_rerun_picks_up_every_edit_and_rereads_nothing_once_files_are_old(tmp_path):
+    """A sidecar rewritten with its old size and mtime right after a scan is picked up (the racy-mtime
+    rule: the scan saw it too recently to trust its stat); once every file is older than the scan
+    before, a re-run hashes nothing."""
     config = copy_demo(tmp_path, dataset={"type": "local", "instance_data_dir": "imgs", "crop": False,
                                           "caption_strategy": "textfile"})
     cfg = load_config(config)
@@ -156,20 +160,29 @@ def test_textfile_rerun_reads_only_changed_sidecars(tmp_path):
         (root / f"img{i}.txt").write_text(f"caption {i}\n")
 
     def captions():
-        run_raw_dataset(cfg, ds)
+        raw = run_raw_dataset(cfg, ds)
         table = read_parquet(run_captions(cfg, ds).path)
-        return {p: (c, s) for p, c, s in zip(*(table.column(n).to_pylist() for n in ("path", "caption", "caption_status")))}
+        got = {p: (c, s) for p, c, s in zip(*(table.column(n).to_pylist() for n in ("path", "caption", "caption_status")))}
+        return got, {k: raw.metadata[k] for k in ("hashed", "rechecked_recent", "reused_hashes")}
 
-    assert captions()["img0.png"] == ("caption 0", "ok")
-    # Same size and mtime: the manifest keeps its sha256, so the caption row is reused, not re-read.
+    assert captions()[0]["img0.png"] == ("caption 0", "ok")
+    # Same size and mtime, within the racy window of the scan above: re-hashed, so re-read.
     st = (root / "img1.txt").stat()
     (root / "img1.txt").write_text("CAPTION 1\n")
     os.utime(root / "img1.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (root / "img1.txt").stat().st_size == st.st_size
     (root / "img2.txt").write_text("an edited caption\n")
     (root / "img3.txt").unlink()
     Image.new("RGB", (64, 64)).save(root / "img9.png")
     (root / "img9.txt").write_text("a new one\n")
-    got = captions()
-    assert got == {"img0.png": ("caption 0", "ok"), "img1.png": ("caption 1", "ok"),
+    got, counts = captions()
+    assert got == {"img0.png": ("caption 0", "ok"), "img1.png": ("CAPTION 1", "ok"),
                    "img2.png": ("an edited caption", "ok"), "img3.png": (None, "no_caption_file"),
                    "img4.png": ("caption 4", "ok"), "img9.png": ("a new one", "ok")}
+    # img2.txt (new size), img9.png, img9.txt hashed; the 8 others had their stat but were too recent
+    assert counts == {"hashed": 3, "rechecked_recent": 8, "reused_hashes": 0}
+
+    age_files(root)  # as a real dataset is: written long before the scan
+    assert captions()[1]["hashed"] == 11  # every mtime moved
+    again, counts = captions()
+    assert again == got and counts == {"hashed": 0, "rechecked_recent": 0, "reused_hashes": 11}

@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from pixart_pipeline.config import load_config
-from pixart_pipeline.config.fingerprints import STAGE_REVISIONS
+from pixart_pipeline.stages import STAGES, TRAINED_CHECKPOINT
 from pixart_pipeline.defs.build import build_definitions
 from demo_copy import copy_demo
 
@@ -69,8 +69,13 @@ def test_gpu_stages_share_the_gpu_pool_and_have_descriptions(defs):
 def test_code_versions_carry_stage_revision_and_fingerprint(defs):
     graph = defs.resolve_asset_graph()
     version = graph.get(dg.AssetKey("trained_checkpoint")).code_version
-    revision = STAGE_REVISIONS["trained_checkpoint"]
+    revision = TRAINED_CHECKPOINT.revision
     assert version.startswith(f"{revision}-") and len(version) == len(revision) + 1 + 12
+    # every asset is a stage of the contract, in its group and pool
+    for key in graph.get_all_asset_keys():
+        stage = {s.name: s for s in STAGES}[key.path[0]]
+        node = graph.get(key)
+        assert node.group_name == stage.group and node.code_version.startswith(f"{stage.revision}-"), key
 
 
 def test_sensors_and_schedule_exist_and_are_stopped_by_default(defs):
@@ -130,7 +135,8 @@ def test_cli_plan_on_a_fresh_instance_lists_every_asset_as_missing(tmp_path):
 def test_sync_stops_at_the_blocking_batch_check_with_its_message(tmp_path):
     """Too few images for one batch: the metadata stage runs, its blocking check fails, and sync
     stops there with the check's advice instead of spending GPU time on caches and training."""
-    from pixart_pipeline.defs.assets import common as keys
+    from pixart_pipeline.defs.assets.common import asset_key
+    from pixart_pipeline.stages import BUCKETED_METADATA, VAE_CACHE
     from pixart_pipeline.defs.planning import SyncError, sync
 
     cfg = load_config(copy_demo(tmp_path, config={"train_batch_size": 64}))
@@ -139,8 +145,8 @@ def test_sync_stops_at_the_blocking_batch_check_with_its_message(tmp_path):
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         with pytest.raises(SyncError, match="enough_images_for_a_batch.*lower train_batch_size"):
             sync(instance, build_definitions(cfg), cfg, echo=lambda _: None, log_level="ERROR")
-        assert instance.get_latest_materialization_event(keys.metadata_key("shapes")) is not None
-        assert instance.get_latest_materialization_event(keys.vae_key("shapes")) is None
+        assert instance.get_latest_materialization_event(asset_key(BUCKETED_METADATA, "shapes")) is not None
+        assert instance.get_latest_materialization_event(asset_key(VAE_CACHE, "shapes")) is None
 
 
 @pytest.mark.slow

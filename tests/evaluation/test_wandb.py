@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from demo_copy import copy_demo
+from support import require_wandb
 from pixart_pipeline.cache.stage import run_text_embed_cache, run_vae_cache
 from pixart_pipeline.config import load_config
 from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
@@ -26,7 +26,7 @@ OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_CODE"
 
 
 def test_evaluation_logs_images_and_metrics_to_the_training_wandb_run(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    require_wandb()
     for key, value in OFFLINE.items():
         monkeypatch.setenv(key, value)
     path = copy_demo(tmp_path, dataset={"synthetic_num_images": 12},
@@ -41,7 +41,7 @@ def test_evaluation_logs_images_and_metrics_to_the_training_wandb_run(tmp_path, 
     prepared = prepare_training_run(cfg, "cpu")
     train(RunSpec.load(prepared.spec_path))
     logs: list[str] = []
-    result = run_evaluation_report(cfg, "cpu", logs.append)
+    result = run_evaluation_report(cfg, "cpu", prepared.run_dir, logs.append)
 
     run_dir = prepared.run_dir
     tracker = json.loads((run_dir / "tracker.json").read_text())
@@ -75,7 +75,10 @@ def test_evaluation_logs_images_and_metrics_to_the_training_wandb_run(tmp_path, 
 def test_a_run_trained_without_wandb_is_not_logged_and_says_why(tmp_path):
     from pixart_pipeline.evaluation.stage import log_to_training_tracker
 
-    (tmp_path / "result.json").write_text(json.dumps({"steps": 3}))
+    from pixart_pipeline.training.result import TrainResult
+
+    TrainResult(run_dir=str(tmp_path), steps=3, final_loss=0.5, seconds=1.0, samples_per_s=2.0, weights_sha256="ab",
+                pipeline_path=str(tmp_path / "pipeline"), checkpoint=None, resumed_from=None, completed=True).save()
     logs: list[str] = []
     assert log_to_training_tracker(tmp_path, {"clip_score": 0.3}, {"images": []}, tmp_path, logs.append) is None
     assert logs == [f"report_to is 'wandb' but {tmp_path / 'tracker.json'} does not exist (the run was trained "

@@ -119,16 +119,19 @@ def test_stock_pipeline_samples_128px(tiny_pixart_path):
 def test_tiny_clip_loads_and_scores(tiny_clip_path):
     from PIL import Image
 
+    from pixart_pipeline.evaluation.clip_score import clip_score
+    from support import hand_clip_scores
+
     model, processor = load_clip(tiny_clip_path)
-    image = Image.new("RGB", (96, 64), (255, 0, 0))
-    inputs = processor(text=["a red circle"], images=[image], return_tensors="pt", padding=True)
-    assert inputs["pixel_values"].shape == (1, 3, 32, 32)
-    with torch.inference_mode():
-        image_embeds = model.get_image_features(pixel_values=inputs["pixel_values"])
-        text_embeds = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-    image_embeds = getattr(image_embeds, "pooler_output", image_embeds)
-    text_embeds = getattr(text_embeds, "pooler_output", text_embeds)
-    assert image_embeds.shape == text_embeds.shape == (1, 32)
+    images = [Image.new("RGB", (96, 64), (255, 0, 0)), Image.new("RGB", (64, 64), (0, 0, 255))]
+    prompts = ["a red circle", "a blue square on a green background"]
+    inputs = processor(text=prompts[:1], images=images[:1], return_tensors="pt", padding=True)
+    assert inputs["pixel_values"].shape == (1, 3, 32, 32)  # the tiny CLIP's 32 px input
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    # The score the evaluation reports equals 100 * max(cos, 0) of CLIP's own projected embeddings.
+    scores = clip_score(images, prompts, model, processor).tolist()
+    assert scores == pytest.approx(hand_clip_scores(tiny_clip_path, images, prompts), abs=1e-3)
+    assert len(set(scores)) == 2  # each image was scored against its own prompt
 
 
 def test_resolve_pretrained(tmp_path, tiny_pixart_path):
@@ -154,9 +157,25 @@ def test_unreachable_hub_model_gives_clear_error(loader, monkeypatch, tmp_path):
     assert isinstance(info.value, ValueError)
 
 
-def test_resolve_device():
+def test_resolve_device(monkeypatch):
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type in {"cuda", "mps", "cpu"}
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)  # any other name is used as given
+    # auto: what this machine has, in the order cuda, mps, cpu
+    if torch.cuda.is_available():
+        expected = "cuda"
+    elif torch.backends.mps.is_available():
+        expected = "mps"
+    else:
+        expected = "cpu"
+    assert resolve_device("auto") == torch.device(expected)
+    # and the order itself, on whichever machine runs the test
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
 
 
 def test_tiny_vae_latents_are_near_deterministic_and_unit_variance(tiny_pixart_path, tmp_path):

@@ -11,13 +11,8 @@ import pytest
 
 from pixart_pipeline.cache.stage import run_text_embed_cache, run_vae_cache
 from pixart_pipeline.config import load_config
-from pixart_pipeline.data.stage import (
-    batch_readiness,
-    metadata_path,
-    run_bucketed_metadata,
-    run_captions,
-    run_raw_dataset,
-)
+from pixart_pipeline.data.stage import batch_readiness, run_bucketed_metadata, run_captions, run_raw_dataset
+from pixart_pipeline.stages import metadata_path
 from pixart_pipeline.fileio import read_parquet
 from pixart_pipeline.training.stage import prepare_training_run
 from demo_copy import copy_demo, edit_json, run_stages_before_training
@@ -76,18 +71,16 @@ def test_batch_readiness_says_what_to_change(cached):
 def test_a_stage_revision_bump_never_reuses_stale_runs_or_caches(cached, monkeypatch):
     """Bumping a stage's revision (its code changed its output) must give a new run folder and new
     stores; otherwise the unsynced asset would re-run, find the old artefact and report it as new."""
-    from pixart_pipeline.cache.stage import text_store_root, vae_store_root
-    from pixart_pipeline.config import fingerprints as fp
+    from pixart_pipeline.stages import TEXT_EMBED_CACHE, TRAINED_CHECKPOINT, VAE_CACHE, text_store_root, vae_store_root
 
     cfg = load_config(cached)
-    current = dict(fp.STAGE_REVISIONS)
     before = (prepare_training_run(cfg, "cpu").run_dir, text_store_root(cfg), vae_store_root(cfg, cfg.datasets[0]))
-    monkeypatch.setitem(fp.STAGE_REVISIONS, "text_embed_cache", "r-next")
-    monkeypatch.setitem(fp.STAGE_REVISIONS, "vae_cache", "r-next")
-    assert text_store_root(cfg) != before[1] and vae_store_root(cfg, cfg.datasets[0]) != before[2]
-    monkeypatch.setitem(fp.STAGE_REVISIONS, "text_embed_cache", current["text_embed_cache"])
-    monkeypatch.setitem(fp.STAGE_REVISIONS, "vae_cache", current["vae_cache"])
-    monkeypatch.setitem(fp.STAGE_REVISIONS, "trained_checkpoint", "r-next")
+    with monkeypatch.context() as patch:
+        patch.setattr(TEXT_EMBED_CACHE, "revision", "r-next")
+        patch.setattr(VAE_CACHE, "revision", "r-next")
+        assert text_store_root(cfg) != before[1] and vae_store_root(cfg, cfg.datasets[0]) != before[2]
+    assert (text_store_root(cfg), vae_store_root(cfg, cfg.datasets[0])) == before[1:]
+    monkeypatch.setattr(TRAINED_CHECKPOINT, "revision", "r-next")
     assert prepare_training_run(cfg, "cpu").run_dir != before[0]
 
 

@@ -56,14 +56,15 @@ def caches(tmp_path_factory) -> dict:
 
 @pytest.fixture
 def make_spec(tiny_pixart_path, caches, tmp_path):
-    """``make_spec(name, **hyperparameters)`` -> a RunSpec for a tiny CPU run under tmp_path/name."""
+    """``make_spec(name, **values)`` -> a RunSpec for a tiny CPU run under tmp_path/name (values:
+    hyperparameters and trainer settings by name)."""
 
-    def make(name: str = "run", checkpointing_steps: int = 10, **hp) -> RunSpec:
-        hyper = {"learning_rate": 1e-3, "lr_scheduler": "constant", "train_batch_size": 2,
-                 "max_train_steps": 20, "mixed_precision": "no", "seed": 7} | hp
-        return RunSpec(run_dir=str(tmp_path / name), base_model=tiny_pixart_path, items=caches["items"],
-                       text_store=caches["text_store"], empty_text_key=caches["empty_text_key"],
-                       hyperparameters=hyper, checkpointing_steps=checkpointing_steps, device="cpu",
-                       log_every_steps=5)
+    def make(name: str = "run", checkpointing_steps: int = 10, **values) -> RunSpec:
+        defaults = {"learning_rate": 1e-3, "lr_scheduler": "constant", "train_batch_size": 2,
+                    "max_train_steps": 20, "mixed_precision": "no", "seed": 7}
+        return RunSpec.build(run_dir=str(tmp_path / name), base_model=tiny_pixart_path, items=caches["items"],
+                             text_store=caches["text_store"], empty_text_key=caches["empty_text_key"],
+                             checkpointing_steps=checkpointing_steps, device="cpu", log_every_steps=5,
+                             **(defaults | values))
 
     return make

@@ -15,6 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from support import session_leftovers
+
 from pixart_pipeline.training import checkpoint as ckpt
 from pixart_pipeline.training.loop import train
 from pixart_pipeline.training.metrics import read_metrics
@@ -40,7 +42,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(make_spec, t
     # cosine with warm-up (not constant): the schedule must step once per optimizer step on every rank
     schedule = {"lr_scheduler": "cosine", "lr_warmup_steps": 3}
     spec = make_spec("ddp", max_train_steps=8, num_processes=2, checkpointing_steps=4, **schedule)
-    spec = type(spec).from_dict(spec.to_dict() | {"record_items": True})
+    spec = spec.replace(record_items=True)
     path = spec.save(tmp_path / "ddp.json")
     done = subprocess.run(_torchrun(path), env=_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -83,7 +85,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(make_spec, t
     assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
 
     # resuming a 2-process checkpoint with 1 process is refused, naming both counts
-    one_proc = type(spec).from_dict(spec.to_dict() | {"hyperparameters": spec.hyperparameters | {"num_processes": 1}})
+    one_proc = spec.replace(num_processes=1)
     with pytest.raises(ValueError, match=r"written by a run with 2 process\(es\) but this run has 1"):
         train(one_proc)
 
@@ -103,8 +105,7 @@ def test_sigterm_to_torchrun_stops_every_rank_with_a_resumable_checkpoint(make_s
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode != 0
     # no rank survives: nothing is left in the launcher's session
-    leftover = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert leftover == [], out[-2000:]
+    assert session_leftovers(proc.pid) == [], out[-2000:]
 
     latest = ckpt.latest_checkpoint(Path(spec.run_dir))
     assert latest is not None, out[-3000:]  # written on the signal, not by the 1000-step interval

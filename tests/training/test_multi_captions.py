@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 from collections import Counter
@@ -33,7 +32,7 @@ def multi_spec(make_spec, caches, tmp_path):
     pq.write_table(table.append_column("text_keys", pa.array(keys, pa.list_(pa.string()))), path)
 
     def make(name: str, **hp):
-        return dataclasses.replace(make_spec(name, **hp), items=str(path), record_items=True)
+        return make_spec(name, **hp).replace(items=str(path), record_items=True)
 
     return make
 
@@ -143,7 +142,8 @@ def _stage_config(tmp_path: Path, tiny_pixart_path: str, strategy: str):
 
 @pytest.mark.parametrize("strategy", ["textfile", "parquet"])
 def test_stages_encode_every_caption_and_the_trainer_draws_them(tmp_path, tiny_pixart_path, strategy):
-    from pixart_pipeline.cache.stage import caption_sources, text_key, text_store_root
+    from pixart_pipeline.cache.stage import caption_sources, text_key
+    from pixart_pipeline.stages import text_store_root
     from pixart_pipeline.fileio import read_parquet
     from pixart_pipeline.training.spec import RunSpec
     from pixart_pipeline.training.stage import prepare_training_run
@@ -162,7 +162,7 @@ def test_stages_encode_every_caption_and_the_trainer_draws_them(tmp_path, tiny_p
     assert items[multi]["text_keys"] == [text_key(cfg, c) for c in THREE]
     assert all(row["text_keys"] is None for row in items if row["path"] != "multi.png")
 
-    spec = dataclasses.replace(RunSpec.load(prepared.spec_path), record_items=True)
+    spec = RunSpec.load(prepared.spec_path).replace(record_items=True)
     train(spec)
     used = _captions_of(_draws(spec.run_dir), multi)
     assert set(used) <= {text_key(cfg, c) for c in THREE} and len(set(used)) > 1, used
@@ -170,7 +170,7 @@ def test_stages_encode_every_caption_and_the_trainer_draws_them(tmp_path, tiny_p
     # The metadata table carries every image's captions, so its data version (what trained_checkpoint
     # depends on) follows any edit of a list, even one that only moves existing captions between
     # images: the text cache's key set and every first caption stay the same here.
-    from pixart_pipeline.data.parquet_source import parquet_file
+    from pixart_pipeline.config.identity import parquet_file
     from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
 
     ds = cfg.datasets[0]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,7 +16,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from pixart_pipeline.training.checkpoint import load_checkpoint
-from pixart_pipeline.training.loop import micro_batch_generator, train, trainable_transformer
+from pixart_pipeline.training.loop import micro_batch_generator, train
+from pixart_pipeline.training.setup import trainable_transformer
 from pixart_pipeline.training.loss import draw_noise, pixart_epsilon_loss
 
 EXPORTED = "pipeline/transformer/diffusion_pytorch_model.safetensors"
@@ -44,7 +44,7 @@ def test_caption_dropout_one_trains_on_the_empty_prompt_only(make_spec, caches, 
 
     dropped = train(make_spec("dropout-all", max_train_steps=3, caption_dropout_probability=1.0))
     spec = make_spec("captions-empty", max_train_steps=3, caption_dropout_probability=1.0)
-    spec = type(spec).from_dict(spec.to_dict() | {"items": str(tmp_path / "empty.parquet")})
+    spec = spec.replace(items=str(tmp_path / "empty.parquet"))
     assert train(spec).weights_sha256 == dropped.weights_sha256
     kept = train(make_spec("dropout-none", max_train_steps=3, caption_dropout_probability=0.0))
     assert kept.weights_sha256 != dropped.weights_sha256  # the captions do matter to the weights
@@ -98,9 +98,8 @@ def _block_forwards(transformer: torch.nn.Module) -> int:
 
 def test_gradient_checkpointing_is_switched_on_in_the_trainers_model(make_spec):
     spec = make_spec("gc")
-    plain = trainable_transformer(spec, spec.training_config())
-    on = type(spec).from_dict(spec.to_dict() | {"gradient_checkpointing": True})
-    checkpointed = trainable_transformer(on, on.training_config())
+    plain = trainable_transformer(spec)
+    checkpointed = trainable_transformer(spec.replace(gradient_checkpointing=True))
     assert not plain.is_gradient_checkpointing and checkpointed.is_gradient_checkpointing
     assert checkpointed.training
     # checkpointing recomputes the block's forward in the backward pass: 2 calls instead of 1
@@ -108,20 +107,15 @@ def test_gradient_checkpointing_is_switched_on_in_the_trainers_model(make_spec):
 
 
 def test_the_loss_curve_image_is_in_the_trained_checkpoint_metadata(make_spec, caches, tmp_path):
-    from demo_copy import copy_demo
-    from pixart_pipeline.config import load_config
-    from pixart_pipeline.defs.assets.common import to_materialize_result
-    from pixart_pipeline.training.stage import PreparedRun, finish_training_run
+    from pixart_pipeline.training.result import run_metadata
 
-    run = train(make_spec("curve", max_train_steps=6))
+    spec = make_spec("curve", max_train_steps=6)
+    run = train(spec)
     run_dir = Path(run.run_dir)
-    shutil.copyfile(caches["items"], run_dir / "items.parquet")  # as prepare_training_run leaves it
-    cfg = load_config(copy_demo(tmp_path))
-    stage = finish_training_run(cfg, PreparedRun(run_dir, run_dir / "run_spec.json", [], {}))
-    assert stage.images == [run_dir / "loss.png"]
-    markdown = to_materialize_result(stage).metadata["images"].value
+    metadata = run_metadata(run, spec.items)  # what the trainer reports to Dagster
+    markdown = metadata["images_md"]
     encoded = markdown.split("](data:image/png;base64,", 1)[1].rstrip(")")
     with Image.open(io.BytesIO(base64.b64decode(encoded))) as shown, Image.open(run_dir / "loss.png") as png:
         assert shown.size == png.size == (480, 240)
         assert shown.convert("RGB").tobytes() == png.convert("RGB").tobytes()
-    assert json.loads((run_dir / "result.json").read_text())["steps"] == stage.metadata["steps"] == 6
+    assert json.loads((run_dir / "result.json").read_text())["steps"] == metadata["steps"] == 6

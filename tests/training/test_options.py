@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from support import require_wandb
 
 from pixart_pipeline.config.models import LR_SCHEDULERS, TrainingConfig
 from pixart_pipeline.training.checkpoint import load_checkpoint
@@ -133,7 +134,7 @@ def test_resuming_another_runs_checkpoint_uses_this_runs_learning_rate(make_spec
     train(first, stop_at_step=4)
     source = Path(first.run_dir) / "checkpoints" / "step-4"
     other = make_spec("continued", max_train_steps=8, learning_rate=2e-4)
-    other = type(other).from_dict(other.to_dict() | {"resume_from_checkpoint": str(source)})
+    other = other.replace(resume_from_checkpoint=str(source))
     result = train(other)
     assert result.resumed_from == str(source)
     assert _lrs(other.run_dir)[-4:] == [2e-4] * 4  # not the source's 1e-3
@@ -167,7 +168,7 @@ def test_seconds_add_up_over_a_resume(make_spec):
 def test_gradient_checkpointing_and_seed(make_spec):
     base = train(make_spec("gc-off", max_train_steps=3))
     checkpointed = make_spec("gc-on", max_train_steps=3)
-    checkpointed = type(checkpointed).from_dict(checkpointed.to_dict() | {"gradient_checkpointing": True})
+    checkpointed = checkpointed.replace(gradient_checkpointing=True)
     name = "pipeline/transformer/diffusion_pytorch_model.safetensors"
     a = load_file(str(Path(base.run_dir) / name))
     b = load_file(str(Path(train(checkpointed).run_dir) / name))
@@ -176,7 +177,7 @@ def test_gradient_checkpointing_and_seed(make_spec):
 
 
 def test_wandb_offline_logs_every_step_without_network(make_spec, monkeypatch):
-    pytest.importorskip("wandb")
+    require_wandb()
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DISABLE_CODE", "true")
@@ -275,7 +276,7 @@ def test_resuming_an_earlier_checkpoint_sets_the_later_ones_aside(make_spec):
     spec = make_spec("branch", checkpointing_steps=2, max_train_steps=8)
     train(spec, stop_at_step=8)
     run = Path(spec.run_dir)
-    earlier = type(spec).from_dict(spec.to_dict() | {"resume_from_checkpoint": str(run / "checkpoints" / "step-4")})
+    earlier = spec.replace(resume_from_checkpoint=str(run / "checkpoints" / "step-4"))
     train(earlier, stop_at_step=6)
     # step-6 is the new branch's; the old step-6 and step-8 are kept aside, never picked as latest
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-2", "step-4", "step-6"]
@@ -322,8 +323,7 @@ def test_changing_gradient_accumulation_steps_then_resuming_is_refused(make_spec
     train(spec, stop_at_step=2)
     saved = load_checkpoint(Path(spec.run_dir) / "checkpoints" / "step-2")
     assert saved.extra["gradient_accumulation_steps"] == 2
-    changed = type(spec).from_dict(spec.to_dict() | {"hyperparameters": spec.hyperparameters
-                                                     | {"gradient_accumulation_steps": 1}})
+    changed = spec.replace(gradient_accumulation_steps=1)
     with pytest.raises(ValueError, match="written with gradient_accumulation_steps 2 but this run has 1"):
         train(changed)
     assert train(spec).steps == 4  # the same value resumes
@@ -355,7 +355,7 @@ def test_model_card_front_matter_names_only_hub_ids(tmp_path):
 
 def test_total_limit_one_keeps_exactly_one_once_a_resumed_run_has_saved_a_newer_one(make_spec):
     spec = make_spec("limit-one", checkpointing_steps=2, max_train_steps=6)
-    spec = type(spec).from_dict(spec.to_dict() | {"checkpoints_total_limit": 1})
+    spec = spec.replace(checkpoints_total_limit=1)
     root = Path(spec.run_dir) / "checkpoints"
     train(spec, stop_at_step=4)
     assert sorted(p.name for p in root.iterdir()) == ["step-4"]

@@ -1,5 +1,6 @@
 """Reporting through Dagster Pipes (the SIGKILL/resume tests are in test_resume.py)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 import dagster
 import pytest
 
+from support import require_wandb, session_leftovers
+
 from pixart_pipeline.training.checkpoint import latest_checkpoint, load_checkpoint
 from pixart_pipeline.training.metrics import read_metrics
 
@@ -18,34 +21,47 @@ ENV = {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 
 
 @pytest.mark.slow
-def test_progress_and_result_come_back_through_dagster_pipes(make_spec, tmp_path):
-    pytest.importorskip("wandb")
-    spec = make_spec("pipes", max_train_steps=4, checkpointing_steps=2, report_to="wandb")
-    path = spec.save(tmp_path / "run_spec.json")
-    env = ENV | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}  # no network
+def test_the_real_asset_materialises_what_the_trainer_reports(tmp_path, monkeypatch):
+    """The real `trained_checkpoint` asset: progress and the result come back through Dagster Pipes,
+    and a second materialization of the finished run reports the same result without training."""
+    require_wandb()
+    from demo_copy import copy_demo, run_stages_before_training
+    from pixart_pipeline.config import load_config
+    from pixart_pipeline.defs.build import build_definitions
 
-    @dagster.asset
-    def trained_checkpoint(context: dagster.AssetExecutionContext, pipes: dagster.PipesSubprocessClient):
-        cmd = [sys.executable, "-m", "pixart_pipeline.training", str(path)]
-        return pipes.run(command=cmd, context=context, env=env).get_materialize_result()
-
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no network
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    path = copy_demo(tmp_path, config={"max_train_steps": 4, "checkpointing_steps": 2, "report_to": "wandb"},
+                     dataset={"synthetic_num_images": 16})
+    cfg = load_config(path)
+    run_stages_before_training(cfg)  # the caches, outside Dagster: the asset reads them from disk
+    job = build_definitions(cfg).resolve_implicit_global_asset_job_def()
+    key = dagster.AssetKey("trained_checkpoint")
     instance = dagster.DagsterInstance.ephemeral()
-    result = dagster.materialize([trained_checkpoint], resources={"pipes": dagster.PipesSubprocessClient()},
-                                 instance=instance)
-    assert result.success
-    mat = result.asset_materializations_for_node("trained_checkpoint")[0]
-    weights = (Path(spec.run_dir) / "result.json").read_text()
-    assert mat.metadata["steps"].value == 4
-    assert mat.metadata["weights_sha256"].value in weights
-    assert mat.tags["dagster/data_version"] == mat.metadata["weights_sha256"].value
-    assert str(mat.metadata["path"].value) == str(Path(spec.run_dir) / "pipeline")
-    assert isinstance(mat.metadata["final_loss"].value, float) and mat.metadata["epochs"].value == 1.0
+
+    first = job.execute_in_process(instance=instance, asset_selection=[key])
+    mat = first.asset_materializations_for_node("trained_checkpoint")[0]
+    run_dir = Path(str(mat.metadata["run_dir"].value))
+    result = json.loads((run_dir / "result.json").read_text())
+    assert mat.metadata["steps"].value == result["steps"] == 4
+    assert mat.tags["dagster/data_version"] == mat.metadata["weights_sha256"].value == result["weights_sha256"]
+    assert str(mat.metadata["path"].value) == str(run_dir / "pipeline")
+    assert isinstance(mat.metadata["final_loss"].value, float) and mat.metadata["epochs"].value > 0
+    assert "loss.png" in mat.metadata["images"].value or "data:image/png" in mat.metadata["images"].value
+    assert mat.metadata["pixart/config"].value["hyperparameters"]["max_train_steps"] == 4
     # the W&B run's local folder (offline; its URL online) is in the asset metadata
     tracker = Path(str(mat.metadata["tracker_url"].value))
-    assert tracker.parent == Path(spec.run_dir) / "wandb" and list(tracker.glob("*.wandb"))
-    messages = [e.user_message for e in instance.all_logs(result.run_id)]
-    assert any("step 4/4 loss" in m for m in messages)
-    assert any("saved checkpoint" in m for m in messages)
+    assert tracker.parent == run_dir / "wandb" and list(tracker.glob("*.wandb"))
+    messages = [e.user_message for e in instance.all_logs(first.run_id)]
+    assert any("step 4/4 loss" in m for m in messages) and any("saved checkpoint" in m for m in messages)
+
+    again = job.execute_in_process(instance=instance, asset_selection=[key])
+    mat2 = again.asset_materializations_for_node("trained_checkpoint")[0]
+    assert {k: v.value for k, v in mat2.metadata.items()} == {k: v.value for k, v in mat.metadata.items()}
+    assert mat2.tags["dagster/data_version"] == mat.tags["dagster/data_version"]
+    messages = [e.user_message for e in instance.all_logs(again.run_id)]
+    assert any("Reporting the finished run" in m for m in messages)
+    assert not any("step 1/4 loss" in m or "saved checkpoint" in m for m in messages)  # nothing retrained
 
 
 def test_only_rank_zero_talks_to_pipes(monkeypatch):
@@ -94,12 +110,7 @@ def test_terminating_the_dagster_run_stops_every_rank_and_leaves_a_checkpoint(ma
     proc.send_signal(signal.SIGINT)  # what `dagster` does to its run worker on termination / Ctrl-C
     out, _ = proc.communicate(timeout=120)
     # the step process, torchrun and the ranks wind down after the CLI exits: all of them must end
-    deadline, leftover = time.time() + 60, ["?"]
-    while leftover and time.time() < deadline:
-        leftover = subprocess.run(["pgrep", "-a", "-s", str(proc.pid)], capture_output=True, text=True).stdout
-        leftover = leftover.splitlines()
-        time.sleep(0.5)
-    assert leftover == [], out[-2000:]  # no rank survives
+    assert session_leftovers(proc.pid) == [], out[-2000:]  # no rank survives
     assert "sending SIGINT to subprocess" in out
     latest = latest_checkpoint(Path(spec.run_dir))
     assert latest is not None, out[-3000:]

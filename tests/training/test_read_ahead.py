@@ -3,7 +3,6 @@ what is trained (sampler position in checkpoints, random draws) -- tested agains
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def test_read_ahead_yields_the_samplers_batches_without_moving_it(caches):
 
 def test_training_with_read_ahead_is_bit_identical_and_checkpoints_the_consumed_position(make_spec):
     hp = dict(caption_dropout_probability=0.3, gradient_accumulation_steps=2, max_train_steps=6)
-    in_place = train(dataclasses.replace(make_spec("in-place", checkpointing_steps=3, **hp), read_ahead_batches=0))
+    in_place = train(make_spec("in-place", checkpointing_steps=3, **hp).replace(read_ahead_batches=0))
     ahead = train(make_spec("ahead", checkpointing_steps=3, **hp))  # default: 2 batches ahead
     assert ahead.weights_sha256 == in_place.weights_sha256
     losses = [[r["loss"] for r in read_metrics(Path(r.run_dir) / "metrics.jsonl")] for r in (in_place, ahead)]

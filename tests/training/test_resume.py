@@ -127,7 +127,7 @@ def test_a_checkpoint_half_written_by_a_kill_is_never_latest(make_spec, tmp_path
 @pytest.mark.slow
 def test_total_limit_keeps_exactly_that_many_across_a_resume(make_spec, tmp_path):
     spec = make_spec("limit", checkpointing_steps=2, max_train_steps=12)
-    spec = type(spec).from_dict(spec.to_dict() | {"checkpoints_total_limit": 2})
+    spec = spec.replace(checkpoints_total_limit=2)
     path = spec.save(tmp_path / "run_spec.json")
     first = subprocess.run(_cmd(path, "--stop-at-step", "6"), env=_env(), capture_output=True, text=True,
                            timeout=240)
@@ -150,8 +150,7 @@ def test_changing_train_batch_size_then_resuming_is_refused(make_spec, tmp_path)
     first = subprocess.run(_cmd(path, "--stop-at-step", "2"), env=_env(), capture_output=True, text=True,
                            timeout=240)
     assert first.returncode == 0, first.stderr[-3000:]
-    changed = spec.to_dict() | {"hyperparameters": spec.hyperparameters | {"train_batch_size": 1}}
-    path.write_text(json.dumps(changed))
+    path.write_text(spec.replace(train_batch_size=1).to_json())
     refused = subprocess.run(_cmd(path), env=_env(), capture_output=True, text=True, timeout=240)
     assert refused.returncode == 2
     assert "written with train_batch_size 2 but this run has 1" in refused.stderr

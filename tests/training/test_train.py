@@ -74,7 +74,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(make_spec):
 
 def test_bitfit_changes_only_biases_and_limit_prunes_checkpoints(make_spec, tiny_pixart_path):
     spec = make_spec("bitfit", checkpointing_steps=2, use_bitfit=True, max_train_steps=6)
-    spec = type(spec).from_dict(spec.to_dict() | {"checkpoints_total_limit": 1})
+    spec = spec.replace(checkpoints_total_limit=1)
     train(spec)
     base = load_transformer(tiny_pixart_path).state_dict()
     trained = _exported_weights(spec.run_dir)
@@ -95,7 +95,7 @@ def test_missing_cache_items_fail_before_training(make_spec, caches, tmp_path):
     keys[3] = "not-encoded"
     items = tmp_path / "items.parquet"
     pq.write_table(table.set_column(1, "vae_key", [keys]), items)
-    spec = type(make_spec()).from_dict(make_spec("missing").to_dict() | {"items": str(items)})
+    spec = make_spec("missing").replace(items=str(items))
     with pytest.raises(ValueError, match=r"1 VAE item key\(s\) are not in the VAE cache .*'not-encoded'"):
         train(spec)
     assert not (Path(spec.run_dir) / "checkpoints").exists()
@@ -119,7 +119,7 @@ def test_cli_runs_a_spec_and_reports_bad_specs(make_spec, tmp_path):
     path.write_text(json.dumps(spec.to_dict() | {"hyperparameters": {"learnig_rate": 1.0}}))
     bad = _cli(path)
     assert bad.returncode == 2
-    assert "run_spec.json: unknown hyperparameter 'learnig_rate' (did you mean 'learning_rate'?)" in bad.stderr
+    assert "run_spec.json: unknown key 'hyperparameters.learnig_rate' (did you mean 'learning_rate'?)" in bad.stderr
     assert "Traceback" not in bad.stderr
 
 

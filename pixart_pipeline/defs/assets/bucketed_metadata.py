@@ -4,26 +4,14 @@
 import dagster as dg
 
 from pixart_pipeline.config import ImageDataset, PipelineConfig
-from pixart_pipeline.config.fingerprints import bucketed_metadata_fields
 from pixart_pipeline.data.stage import run_bucketed_metadata
-from pixart_pipeline.defs.assets.common import (
-    user_errors,
-    automation,
-    captions_key,
-    metadata_key,
-    raw_key,
-    stage_code_version,
-    to_materialize_result,
-)
+from pixart_pipeline.defs.assets.common import stage_asset, to_materialize_result, user_errors
+from pixart_pipeline.stages import BUCKETED_METADATA
 
 
 def build_bucketed_metadata_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=metadata_key(ds.id),
-        deps=[raw_key(ds.id), captions_key(ds.id)],
-        group_name="data",
-        code_version=stage_code_version("bucketed_metadata", bucketed_metadata_fields(cfg, ds)),
-        automation_condition=automation(),
+    @stage_asset(
+        BUCKETED_METADATA, cfg, ds,
         kinds={"parquet"},
         description=(
             f"Probed, filtered and bucketed metadata of dataset `{ds.id}` "
@@ -34,6 +22,6 @@ def build_bucketed_metadata_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.A
     )
     def bucketed_metadata(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         with user_errors():
-            return to_materialize_result(run_bucketed_metadata(cfg, ds, log=context.log.info))
+            return to_materialize_result(context, run_bucketed_metadata(cfg, ds, log=context.log.info))
 
     return bucketed_metadata

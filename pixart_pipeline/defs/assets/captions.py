@@ -5,25 +5,14 @@ dataset's `caption_strategy`."""
 import dagster as dg
 
 from pixart_pipeline.config import ImageDataset, PipelineConfig
-from pixart_pipeline.config.fingerprints import captions_fields
 from pixart_pipeline.data.stage import run_captions
-from pixart_pipeline.defs.assets.common import (
-    user_errors,
-    automation,
-    captions_key,
-    raw_key,
-    stage_code_version,
-    to_materialize_result,
-)
+from pixart_pipeline.defs.assets.common import stage_asset, to_materialize_result, user_errors
+from pixart_pipeline.stages import CAPTIONS
 
 
 def build_captions_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=captions_key(ds.id),
-        deps=[raw_key(ds.id)],
-        group_name="data",
-        code_version=stage_code_version("captions", captions_fields(cfg, ds)),
-        automation_condition=automation(),
+    @stage_asset(
+        CAPTIONS, cfg, ds,
         kinds={"parquet"},
         description=(
             f"Captions of dataset `{ds.id}` (strategy `{ds.caption_strategy}`): one row per image, with a "
@@ -35,6 +24,6 @@ def build_captions_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.AssetsDefi
     )
     def captions(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         with user_errors():
-            return to_materialize_result(run_captions(cfg, ds, log=context.log.info))
+            return to_materialize_result(context, run_captions(cfg, ds, log=context.log.info))
 
     return captions

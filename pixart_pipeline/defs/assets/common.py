@@ -1,47 +1,45 @@
-"""Shared pieces of every asset: keys, automation, and StageResult -> MaterializeResult."""
+"""Shared pieces of every asset: keys and decorator from the stage contract, automation,
+StageResult -> MaterializeResult, upstream metadata."""
 
-
-import base64
-import io
-from pathlib import Path
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
-from PIL import Image
 
-from pixart_pipeline.config import ConfigError
+from pixart_pipeline.config import ConfigError, ImageDataset, PipelineConfig
 from pixart_pipeline.data.hub import HubUnavailableError
 from pixart_pipeline.models import ModelUnavailableError
-
-from pixart_pipeline.config.fingerprints import code_version
-from pixart_pipeline.stage_result import InsufficientDataError, MissingInputError, StageResult
+from pixart_pipeline.stage_result import InsufficientDataError, MissingInputError, StageResult, thumbnails_markdown
+from pixart_pipeline.stages import Stage, input_keys
 
 # Metadata key under which each materialization records its fingerprint fields, so that
 # `pixart-pipeline plan` can say which config key changed since the last run.
 CONFIG_METADATA_KEY = "pixart/config"
 
 
-def raw_key(dataset_id: str) -> dg.AssetKey:
-    return dg.AssetKey(["raw_dataset", dataset_id])
+def asset_key(stage: Stage, dataset_id: str | None = None) -> dg.AssetKey:
+    """The Dagster key of ``stage``'s asset (of dataset ``dataset_id`` for a per-dataset stage)."""
+    return dg.AssetKey(list(stage.key(dataset_id)))
 
 
-def captions_key(dataset_id: str) -> dg.AssetKey:
-    return dg.AssetKey(["captions", dataset_id])
-
-
-def metadata_key(dataset_id: str) -> dg.AssetKey:
-    return dg.AssetKey(["bucketed_metadata", dataset_id])
-
-
-def vae_key(dataset_id: str) -> dg.AssetKey:
-    return dg.AssetKey(["vae_cache", dataset_id])
-
-
-TEXT_EMBED_KEY = dg.AssetKey("text_embed_cache")
-CHECKPOINT_KEY = dg.AssetKey("trained_checkpoint")
-REPORT_KEY = dg.AssetKey("evaluation_report")
+def stage_asset(stage: Stage, cfg: PipelineConfig, ds: ImageDataset | None = None, *, kinds: set[str],
+                description: str):
+    """``@dg.asset`` for one stage, everything but the description read from the stage contract:
+    key, inputs, group, the `gpu` pool, code version, automation. The fingerprint fields are
+    computed once, here, so the code version and the recorded ``pixart/config`` always agree."""
+    fields = stage.fingerprint_fields(cfg, ds)
+    return dg.asset(
+        key=asset_key(stage, ds.id if ds else None),
+        deps=[dg.AssetKey(list(k)) for k in input_keys(stage, cfg, ds)],
+        group_name=stage.group,
+        pool="gpu" if stage.gpu else None,
+        code_version=stage.version_of(fields),
+        automation_condition=automation(),
+        kinds=kinds,
+        description=description,
+        metadata={CONFIG_METADATA_KEY: fields},  # definition metadata: what the code version hashes
+    )
 
 
 def automation() -> dg.AutomationCondition:
@@ -73,12 +71,21 @@ def user_errors() -> Iterator[None]:
         raise dg.Failure(description=str(e), allow_retries=False) from None
 
 
-def stage_code_version(stage: str, fields: dict) -> str:
-    return code_version(stage, fields)
+def to_materialize_result(context: dg.AssetExecutionContext, result: StageResult) -> dg.MaterializeResult:
+    """Translate a core StageResult into Dagster metadata (paths, floats, tables), plus the stage's
+    fingerprint fields (``plan`` diffs them)."""
+    return dg.MaterializeResult(metadata=_metadata(result) | config_metadata(context),
+                                data_version=dg.DataVersion(result.data_version))
 
 
-def to_materialize_result(result: StageResult) -> dg.MaterializeResult:
-    """Translate a core StageResult into Dagster metadata (paths, floats, tables, config)."""
+def config_metadata(context: dg.AssetExecutionContext) -> dict[str, dg.MetadataValue]:
+    """The fingerprint fields that the asset's code version hashes (its definition metadata), to be
+    recorded with the materialization."""
+    fields = context.assets_def.metadata_by_key[context.asset_key][CONFIG_METADATA_KEY]
+    return {CONFIG_METADATA_KEY: dg.MetadataValue.json(getattr(fields, "value", fields))}
+
+
+def _metadata(result: StageResult) -> dict[str, dg.MetadataValue]:
     metadata: dict[str, dg.MetadataValue] = {"path": dg.MetadataValue.path(str(result.path))}
     for name, value in result.metadata.items():
         if isinstance(value, bool) or value is None:
@@ -95,18 +102,18 @@ def to_materialize_result(result: StageResult) -> dg.MaterializeResult:
         metadata[name] = dg.MetadataValue.md(table)
     if result.images:
         metadata["images"] = dg.MetadataValue.md(thumbnails_markdown(result.images))
-    metadata[CONFIG_METADATA_KEY] = dg.MetadataValue.json(result.config)
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(result.data_version))
+    return metadata
 
 
-def thumbnails_markdown(paths: list[Path], size: int = 480, limit: int = 12) -> str:
-    """Inline PNG thumbnails (data URLs) so the UI shows sample images beside the numbers."""
-    parts = []
-    for path in paths[:limit]:
-        with Image.open(path) as image:
-            image.thumbnail((size, size))
-            buf = io.BytesIO()
-            image.convert("RGB").save(buf, format="PNG")
-        data = base64.b64encode(buf.getvalue()).decode()
-        parts.append(f"![{path.name}](data:image/png;base64,{data})")
-    return " ".join(parts)
+def upstream_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, name: str) -> str:
+    """A metadata value of ``key``'s latest materialization (e.g. the checkpoint's ``run_dir``): how a
+    downstream stage finds its upstream artefacts, never by re-deriving them (DESIGN.md 3.1)."""
+    event = instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure(f"{key.to_user_string()} has not been materialized yet: materialize it first",
+                         allow_retries=False)
+    entry = event.asset_materialization.metadata.get(name)
+    if entry is None:
+        raise dg.Failure(f"the latest materialization of {key.to_user_string()} has no '{name}' metadata "
+                         "(it predates this version): materialize it again", allow_retries=False)
+    return str(entry.value)

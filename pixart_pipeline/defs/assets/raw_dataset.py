@@ -4,17 +4,14 @@
 import dagster as dg
 
 from pixart_pipeline.config import ImageDataset, PipelineConfig
-from pixart_pipeline.config.fingerprints import raw_dataset_fields
 from pixart_pipeline.data.stage import run_raw_dataset
-from pixart_pipeline.defs.assets.common import user_errors, automation, raw_key, stage_code_version, to_materialize_result
+from pixart_pipeline.defs.assets.common import stage_asset, to_materialize_result, user_errors
+from pixart_pipeline.stages import RAW_DATASET
 
 
 def build_raw_dataset_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=raw_key(ds.id),
-        group_name="data",
-        code_version=stage_code_version("raw_dataset", raw_dataset_fields(cfg, ds)),
-        automation_condition=automation(),
+    @stage_asset(
+        RAW_DATASET, cfg, ds,
         kinds={"parquet"},
         description=(
             f"Files of dataset `{ds.id}` ({ds.type}) under `{cfg.dataset_dir(ds)}`, with a manifest "
@@ -24,6 +21,6 @@ def build_raw_dataset_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.AssetsD
     )
     def raw_dataset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         with user_errors():
-            return to_materialize_result(run_raw_dataset(cfg, ds, log=context.log.info))
+            return to_materialize_result(context, run_raw_dataset(cfg, ds, log=context.log.info))
 
     return raw_dataset

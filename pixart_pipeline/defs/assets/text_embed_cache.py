@@ -5,26 +5,14 @@ import dagster as dg
 
 from pixart_pipeline.cache.stage import run_text_embed_cache
 from pixart_pipeline.config import PipelineConfig
-from pixart_pipeline.config.fingerprints import text_encoder_fields
-from pixart_pipeline.defs.assets.common import (
-    user_errors,
-    TEXT_EMBED_KEY,
-    automation,
-    captions_key,
-    stage_code_version,
-    to_materialize_result,
-)
+from pixart_pipeline.defs.assets.common import stage_asset, to_materialize_result, user_errors
 from pixart_pipeline.defs.resources import DeviceResource
+from pixart_pipeline.stages import TEXT_EMBED_CACHE
 
 
 def build_text_embed_cache_asset(cfg: PipelineConfig) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=TEXT_EMBED_KEY,
-        deps=[captions_key(ds.id) for ds in cfg.datasets],
-        group_name="caches",
-        pool="gpu",
-        code_version=stage_code_version("text_embed_cache", text_encoder_fields(cfg)),
-        automation_condition=automation(),
+    @stage_asset(
+        TEXT_EMBED_CACHE, cfg,
         kinds={"pytorch", "safetensors"},
         description=(
             "T5 embeddings of every caption of every dataset and of the empty prompt (caption dropout), "
@@ -36,6 +24,6 @@ def build_text_embed_cache_asset(cfg: PipelineConfig) -> dg.AssetsDefinition:
     )
     def text_embed_cache(context: dg.AssetExecutionContext, device: DeviceResource) -> dg.MaterializeResult:
         with user_errors():
-            return to_materialize_result(run_text_embed_cache(cfg, device.device, log=context.log.info))
+            return to_materialize_result(context, run_text_embed_cache(cfg, device.device, log=context.log.info))
 
     return text_embed_cache

@@ -5,26 +5,14 @@ import dagster as dg
 
 from pixart_pipeline.cache.stage import run_vae_cache
 from pixart_pipeline.config import ImageDataset, PipelineConfig
-from pixart_pipeline.config.fingerprints import vae_fields
-from pixart_pipeline.defs.assets.common import (
-    user_errors,
-    automation,
-    metadata_key,
-    stage_code_version,
-    to_materialize_result,
-    vae_key,
-)
+from pixart_pipeline.defs.assets.common import stage_asset, to_materialize_result, user_errors
 from pixart_pipeline.defs.resources import DeviceResource
+from pixart_pipeline.stages import VAE_CACHE
 
 
 def build_vae_cache_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=vae_key(ds.id),
-        deps=[metadata_key(ds.id)],
-        group_name="caches",
-        pool="gpu",
-        code_version=stage_code_version("vae_cache", vae_fields(cfg)),
-        automation_condition=automation(),
+    @stage_asset(
+        VAE_CACHE, cfg, ds,
         kinds={"pytorch", "safetensors"},
         description=(
             f"VAE latent distribution (mean, std) of every kept image of `{ds.id}` (train and eval split) "
@@ -37,6 +25,6 @@ def build_vae_cache_asset(cfg: PipelineConfig, ds: ImageDataset) -> dg.AssetsDef
     )
     def vae_cache(context: dg.AssetExecutionContext, device: DeviceResource) -> dg.MaterializeResult:
         with user_errors():
-            return to_materialize_result(run_vae_cache(cfg, ds, device.device, log=context.log.info))
+            return to_materialize_result(context, run_vae_cache(cfg, ds, device.device, log=context.log.info))
 
     return vae_cache
