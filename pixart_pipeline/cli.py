@@ -5,6 +5,7 @@
     pixart-pipeline sync     [--config PATH]   materialize exactly those, in order
     pixart-pipeline report   [--config PATH]   where the latest evaluation report is
     pixart-pipeline cache verify|prune|stats [--config PATH]   check, prune, count the cache stores
+    pixart-pipeline estimate [--gpu-memory-gb N] [--json]   GPU memory and FLOPs of each GPU stage
 
 plan/sync use the Dagster instance in $DAGSTER_HOME (default: ./.dagster_home), the same one the
 UI (`make ui`) shows, so every run they make is visible there.
@@ -116,12 +117,25 @@ def cmd_cache(cfg: PipelineConfig, action: str | None, min_age_s: float) -> int:
     return {"verify": commands.cache_verify, "stats": commands.cache_stats}[action](cfg)
 
 
+def cmd_estimate(cfg: PipelineConfig, gpu_memory_gb: float | None, as_json: bool) -> int:
+    """`estimate` (pixart_pipeline/models/estimate.py); exit 1 when a stage does not fit the GPU."""
+    import json
+
+    from pixart_pipeline.models import estimate
+
+    result = estimate.estimate(cfg, gpu_memory_gb)
+    print(json.dumps(result, indent=2) if as_json else estimate.render(result))
+    return 1 if any(stage["fits"] is False for stage in result["stages"]) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pixart-pipeline", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["validate", "plan", "sync", "report", "cache"])
+    parser.add_argument("command", choices=["validate", "plan", "sync", "report", "cache", "estimate"])
     parser.add_argument("action", nargs="?", choices=["verify", "prune", "stats"], help="for `cache`")
     parser.add_argument("--min-age", type=float, default=3600.0,
                         help="cache prune: keep unreferenced shard files younger than this many seconds")
+    parser.add_argument("--gpu-memory-gb", type=float, help="estimate: say whether each stage fits this GPU")
+    parser.add_argument("--json", action="store_true", help="estimate: print JSON (keys: README)")
     parser.add_argument("--config", help="config.json (default: $PIXART_CONFIG, config/config.json, demo)")
     args = parser.parse_args(argv)
     try:
@@ -133,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "cache":
         return cmd_cache(cfg, args.action, args.min_age)
+    if args.command == "estimate":
+        return cmd_estimate(cfg, args.gpu_memory_gb, args.json)
     handlers = {"validate": cmd_validate, "plan": cmd_plan, "sync": cmd_sync, "report": cmd_report}
     return handlers[args.command](cfg)
 
