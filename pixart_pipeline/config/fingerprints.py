@@ -177,6 +177,8 @@ def trained_checkpoint_fields(cfg: PipelineConfig) -> dict:
         # which items the sampler draws: buckets too small for one optimizer step dropped or repeated
         "small_bucket_rule": t.small_bucket_rule,
     }
+    if t.num_machines > 1:  # world size = machines x processes: a bigger global batch (1: left out)
+        fields["num_machines"] = t.num_machines
     if t.resume_from_checkpoint not in ("latest", "none"):
         # Starting from another run's checkpoint changes the weights ("latest" resumes this run's own).
         fields["resume_from_checkpoint"] = t.resume_from_checkpoint

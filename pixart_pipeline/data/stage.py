@@ -317,7 +317,8 @@ class BatchReadiness:
 def readiness(draws_per_bucket: dict[str, int], cfg: PipelineConfig) -> BatchReadiness:
     """Decide from per-bucket draws per epoch (images x (1 + repeats)), as the sampler counts them."""
     t = cfg.training
-    needed = t.train_batch_size * t.gradient_accumulation_steps * t.num_processes
+    # every rank of every machine draws its own batch from the bucket (num_machines: multi-node)
+    needed = t.train_batch_size * t.gradient_accumulation_steps * t.num_processes * t.num_machines
     small = {b: n for b, n in draws_per_bucket.items() if n < needed}
     if t.small_bucket_rule == "repeat":  # small buckets are padded to one step
         usable = sum(max(n, needed) for n in draws_per_bucket.values())

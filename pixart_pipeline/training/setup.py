@@ -38,7 +38,7 @@ from pixart_pipeline.training.state import Progress, Run
 from pixart_pipeline.training.tracking import open_tracker
 
 
-def make_accelerator(hp: Hyperparameters, device: str) -> Accelerator:
+def make_accelerator(hp: Hyperparameters, device: str, machines: int = 1) -> Accelerator:
     """An ``Accelerator`` on the requested device; refuses combinations that cannot work."""
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("device is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'")
@@ -64,10 +64,11 @@ def make_accelerator(hp: Hyperparameters, device: str) -> Accelerator:
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
         cpu=on_cpu,
     )
-    if accelerator.num_processes != hp.num_processes:
+    if accelerator.num_processes != hp.num_processes * machines:  # multi-node: num_processes per machine
         raise InputError(
-            f"hyperparameters.num_processes is {hp.num_processes} but this run has {accelerator.num_processes} "
-            f"process(es); launch with `torchrun --nproc_per_node {hp.num_processes} -m pixart_pipeline.training ...`"
+            f"hyperparameters.num_processes is {hp.num_processes} (x {machines} machine(s)) but this run has "
+            f"{accelerator.num_processes} process(es); launch with `torchrun --nnodes {machines} "
+            f"--nproc_per_node {hp.num_processes} -m pixart_pipeline.training ...`"
         )
     return accelerator
 
@@ -92,7 +93,7 @@ def setup(spec: RunSpec, reporter: Reporter) -> tuple[Run, Progress]:
     hp = spec.hyperparameters
     run_dir = Path(spec.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = make_accelerator(hp, spec.settings.device)
+    accelerator = make_accelerator(hp, spec.settings.device, spec.settings.num_machines)
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(hp.seed)
     np.random.seed(hp.seed % (1 << 32))
@@ -105,7 +106,8 @@ def setup(spec: RunSpec, reporter: Reporter) -> tuple[Run, Progress]:
     sampler = BucketBatchSampler(
         items.target, hp.train_batch_size, hp.seed, items.repeats,
         # one optimizer step of one bucket; smaller buckets are dropped or repeated (README: Buckets)
-        min_bucket_draws=hp.train_batch_size * hp.gradient_accumulation_steps * hp.num_processes,
+        min_bucket_draws=hp.train_batch_size * hp.gradient_accumulation_steps * hp.num_processes
+        * spec.settings.num_machines,
         small_bucket_rule=hp.small_bucket_rule,
     )
     if sampler.dropped_per_epoch():

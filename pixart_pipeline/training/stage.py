@@ -35,6 +35,16 @@ class PreparedRun:
     def complete(self) -> bool:
         return is_finished(self.run_dir)
 
+    @property
+    def trainer_args(self) -> list[str]:
+        """The trainer's arguments after ``python`` (or after a ``torchrun`` launcher's own options):
+        what the multi-node launcher (``defs/k8s/multinode.py``) runs on every machine."""
+        return trainer_args(self.spec_path)
+
+
+def trainer_args(spec_path: Path) -> list[str]:
+    return ["-m", "pixart_pipeline.training", str(spec_path), "--reuse-finished"]
+
 
 def split_items(cfg: PipelineConfig, split: str) -> pa.Table:
     """One row per cached item of a split: where its latents and caption embedding live.
@@ -117,7 +127,9 @@ def prepare_training_run(cfg: PipelineConfig, device: str) -> PreparedRun:
     )
     spec_path = folder / "run_spec.json"
     spec.save(spec_path)
-    module = ["-m", "pixart_pipeline.training", str(spec_path), "--reuse-finished"]
+    module = trainer_args(spec_path)
+    # With num_machines > 1 this single-machine command only reports a finished run; training is
+    # launched across machines by the k8s executor's trained_checkpoint (defs/k8s/multinode.py).
     if t.num_processes > 1 and not is_finished(folder):  # a finished run is only reported: one process
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={t.num_processes}", *module]
