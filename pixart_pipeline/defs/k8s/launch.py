@@ -1,0 +1,87 @@
+"""Launch a multi-node training run from the ``trained_checkpoint`` step, through Dagster Pipes.
+
+The equivalent of ``PipesK8sClient.run`` for an indexed Job (that client launches one pod): the
+same Pipes pieces, wired for several machines.
+- Context: ``PipesEnvContextInjector``, the same bootstrap variables in every pod; only global
+  rank 0 opens Pipes (``training/report.py`` checks ``RANK``).
+- Messages: ``PipesFileMessageReader`` on the shared volume, the same way
+  ``PipesSubprocessClient`` reads the trainer locally (a file), so rank 0 may run on any pod and
+  its log lines and the materialization come back to this step as they do on one machine.
+- The Job and its Service are deleted when the step ends (success, failure or termination).
+
+Needs a cluster: this module is exercised by hand, not by the test suite (``tests/deploy`` renders
+and validates what it creates).
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from pixart_pipeline.config import PipelineConfig
+from pixart_pipeline.defs.k8s.multinode import job_name, multinode_spec, render
+from pixart_pipeline.defs.k8s.settings import DeploySettings
+from pixart_pipeline.training.stage import PreparedRun
+
+LOG_TAIL_LINES = 200
+
+
+def resolve_image(settings: DeploySettings) -> str:
+    """The trainer pods' image: the settings', else the one this code location runs in."""
+    image = settings.image or os.environ.get("DAGSTER_CURRENT_IMAGE")
+    if not image:
+        raise dg.Failure("multi-node training needs an image: set `image` in $PIXART_K8S_SETTINGS "
+                         "(or $PIXART_K8S_IMAGE); the Helm chart sets $DAGSTER_CURRENT_IMAGE for user code",
+                         allow_retries=False)
+    return image
+
+
+def run_multinode(context: dg.AssetExecutionContext, cfg: PipelineConfig, prepared: PreparedRun,
+                  settings: DeploySettings) -> dg.PipesClientCompletedInvocation:
+    """Create the Service and the indexed Job, wait for every machine to finish, return the Pipes
+    results (what rank 0 reported)."""
+    from dagster_k8s.client import DagsterKubernetesClient
+    from dagster_k8s.utils import detect_current_namespace
+    import kubernetes
+
+    if os.getenv("KUBERNETES_SERVICE_HOST"):
+        kubernetes.config.load_incluster_config()
+    else:
+        kubernetes.config.load_kube_config()
+    api = DagsterKubernetesClient.production_client()
+    namespace = settings.namespace or detect_current_namespace(None) or "default"
+    name = job_name(context.run_id, prepared.run_dir.name)
+    messages = prepared.run_dir / "pipes" / f"{context.run_id}.jsonl"
+    messages.parent.mkdir(parents=True, exist_ok=True)
+
+    with dg.open_pipes_session(context=context, context_injector=dg.PipesEnvContextInjector(),
+                               message_reader=dg.PipesFileMessageReader(str(messages))) as session:
+        spec = multinode_spec(cfg, settings, name=name, namespace=namespace, image=resolve_image(settings),
+                              trainer_args=prepared.trainer_args, env=dict(session.get_bootstrap_env_vars()))
+        service, job = render(spec, settings)
+        context.log.info(f"Training on {spec.machines} machine(s) x {spec.processes} process(es): "
+                         f"indexed Job {namespace}/{name}, rendezvous {spec.rendezvous_host}")
+        api.core_api.create_namespaced_service(namespace, service)
+        try:
+            api.create_namespaced_job_with_retries(body=job, namespace=namespace)
+            try:
+                api.wait_for_job_success(name, namespace, instance=context.instance, run_id=context.run_id,
+                                         wait_timeout=0, num_pods_to_wait_for=spec.machines)
+            except Exception:
+                _log_pod_tails(context, api, name, namespace)
+                raise
+        finally:
+            api.delete_job(name, namespace)
+            api.core_api.delete_namespaced_service(name, namespace)
+    return dg.PipesClientCompletedInvocation(session)
+
+
+def _log_pod_tails(context: dg.AssetExecutionContext, api, name: str, namespace: str) -> None:
+    """The last lines of every machine's output, so a failed rank's error shows in Dagster."""
+    for pod in api.get_pod_names_in_job(name, namespace):
+        try:
+            tail = api.retrieve_pod_logs(pod, namespace, tail_lines=LOG_TAIL_LINES)
+        except Exception as e:  # a pod that never started has no log; say so and go on
+            tail = f"(no log: {e})"
+        context.log.error(f"--- {pod} (last {LOG_TAIL_LINES} lines) ---\n{tail}")
