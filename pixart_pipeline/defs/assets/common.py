@@ -9,7 +9,7 @@ import dagster as dg
 
 from pixart_pipeline.config import ConfigError, ImageDataset, PipelineConfig
 from pixart_pipeline.data.hub import HubUnavailableError
-from pixart_pipeline.defs.executor import executor_kind
+from pixart_pipeline.defs.executor_choice import executor_kind
 from pixart_pipeline.models import ModelUnavailableError
 from pixart_pipeline.stage_result import InsufficientDataError, MissingInputError, StageResult, thumbnails_markdown
 from pixart_pipeline.stages import Stage, input_keys

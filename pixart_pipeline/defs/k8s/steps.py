@@ -12,6 +12,7 @@ Two layers, both in dagster-k8s's own vocabulary (``UserDefinedDagsterK8sConfig`
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any
 
@@ -107,13 +108,26 @@ def data_volume(settings: DeploySettings) -> tuple[dict[str, Any], dict[str, Any
             {"name": DATA_VOLUME, "mount_path": settings.mount_path})
 
 
-def executor_config(settings: DeploySettings) -> dict[str, Any]:
+# Variables a step pod needs to load the same code location the way this process did.
+FORWARDED_ENV = ("PIXART_CONFIG", "PIXART_K8S_SETTINGS")
+
+
+def step_env(settings: DeploySettings, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Every step pod's plain variables: ``PIXART_EXECUTOR=k8s`` (a step pod loads the definitions
+    again and must build the same ones), this process's ``PIXART_CONFIG`` / ``PIXART_K8S_*``, then
+    the settings' ``env``."""
+    environ = dict(os.environ if environ is None else environ)
+    forwarded = {k: v for k, v in environ.items() if k in FORWARDED_ENV or k.startswith("PIXART_K8S_")}
+    return {"PIXART_EXECUTOR": "k8s", **forwarded, **settings.env}
+
+
+def executor_config(settings: DeploySettings, environ: dict[str, str] | None = None) -> dict[str, Any]:
     """``k8s_job_executor``'s config: what every step pod shares."""
     volume, mount = data_volume(settings)
     config: dict[str, Any] = {
         "image_pull_policy": settings.image_pull_policy,
         "image_pull_secrets": [{"name": s} for s in settings.image_pull_secrets],
-        "env_vars": [f"{k}={v}" for k, v in sorted(settings.env.items())],
+        "env_vars": [f"{k}={v}" for k, v in sorted(step_env(settings, environ).items())],
         "env_secrets": list(settings.env_secrets),
         "env_config_maps": list(settings.env_config_maps),
         "volumes": [volume],
