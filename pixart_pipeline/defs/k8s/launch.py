@@ -37,51 +37,61 @@ def resolve_image(settings: DeploySettings) -> str:
     return image
 
 
-def run_multinode(context: dg.AssetExecutionContext, cfg: PipelineConfig, prepared: PreparedRun,
-                  settings: DeploySettings) -> dg.PipesClientCompletedInvocation:
-    """Create the Service and the indexed Job, wait for every machine to finish, return the Pipes
-    results (what rank 0 reported)."""
-    from dagster_k8s.client import DagsterKubernetesClient
-    from dagster_k8s.utils import detect_current_namespace
-    import kubernetes
+class KubernetesLauncher:
+    """Creates the Service and the indexed Job, waits for every machine, deletes both at the end."""
 
-    if os.getenv("KUBERNETES_SERVICE_HOST"):
-        kubernetes.config.load_incluster_config()
-    else:
-        kubernetes.config.load_kube_config()
-    api = DagsterKubernetesClient.production_client()
-    namespace = settings.namespace or detect_current_namespace(None) or "default"
-    name = job_name(context.run_id, prepared.run_dir.name)
-    messages = prepared.run_dir / "pipes" / f"{context.run_id}.jsonl"
-    messages.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, namespace: str | None) -> None:
+        from dagster_k8s.client import DagsterKubernetesClient
+        from dagster_k8s.utils import detect_current_namespace
+        import kubernetes
 
-    with dg.open_pipes_session(context=context, context_injector=dg.PipesEnvContextInjector(),
-                               message_reader=dg.PipesFileMessageReader(str(messages))) as session:
-        spec = multinode_spec(cfg, settings, name=name, namespace=namespace, image=resolve_image(settings),
-                              trainer_args=prepared.trainer_args, env=dict(session.get_bootstrap_env_vars()))
-        service, job = render(spec, settings)
-        context.log.info(f"Training on {spec.machines} machine(s) x {spec.processes} process(es): "
-                         f"indexed Job {namespace}/{name}, rendezvous {spec.rendezvous_host}")
+        if os.getenv("KUBERNETES_SERVICE_HOST"):
+            kubernetes.config.load_incluster_config()
+        else:
+            kubernetes.config.load_kube_config()
+        self.api = DagsterKubernetesClient.production_client()
+        self.namespace = namespace or detect_current_namespace(None) or "default"
+
+    def run(self, context: dg.AssetExecutionContext, service, job, machines: int) -> None:
+        api, name, namespace = self.api, job.metadata.name, self.namespace
         api.core_api.create_namespaced_service(namespace, service)
         try:
             api.create_namespaced_job_with_retries(body=job, namespace=namespace)
             try:
                 api.wait_for_job_success(name, namespace, instance=context.instance, run_id=context.run_id,
-                                         wait_timeout=0, num_pods_to_wait_for=spec.machines)
+                                         wait_timeout=0, num_pods_to_wait_for=machines)
             except Exception:
-                _log_pod_tails(context, api, name, namespace)
+                self._log_pod_tails(context, name)
                 raise
         finally:
             api.delete_job(name, namespace)
             api.core_api.delete_namespaced_service(name, namespace)
+
+    def _log_pod_tails(self, context: dg.AssetExecutionContext, name: str) -> None:
+        """The last lines of every machine's output, so a failed rank's error shows in Dagster."""
+        for pod in self.api.get_pod_names_in_job(name, self.namespace):
+            try:
+                tail = self.api.retrieve_pod_logs(pod, self.namespace, tail_lines=LOG_TAIL_LINES)
+            except Exception as e:  # a pod that never started has no log; say so and go on
+                tail = f"(no log: {e})"
+            context.log.error(f"--- {pod} (last {LOG_TAIL_LINES} lines) ---\n{tail}")
+
+
+def run_multinode(context: dg.AssetExecutionContext, cfg: PipelineConfig, prepared: PreparedRun,
+                  settings: DeploySettings, launcher=None) -> dg.PipesClientCompletedInvocation:
+    """Render the trainer's Service + indexed Job with this step's Pipes variables, have ``launcher``
+    (the cluster; a test passes one that runs the pods as local processes) run them to the end, and
+    return the Pipes results (what rank 0 reported)."""
+    launcher = launcher or KubernetesLauncher(settings.namespace)
+    name = job_name(context.run_id, prepared.run_dir.name)
+    messages = prepared.run_dir / "pipes" / f"{context.run_id}.jsonl"
+    messages.parent.mkdir(parents=True, exist_ok=True)
+    with dg.open_pipes_session(context=context, context_injector=dg.PipesEnvContextInjector(),
+                               message_reader=dg.PipesFileMessageReader(str(messages))) as session:
+        spec = multinode_spec(cfg, settings, name=name, namespace=launcher.namespace, image=resolve_image(settings),
+                              trainer_args=prepared.trainer_args, env=dict(session.get_bootstrap_env_vars()))
+        service, job = render(spec, settings)
+        context.log.info(f"Training on {spec.machines} machine(s) x {spec.processes} process(es): "
+                         f"indexed Job {launcher.namespace}/{name}, rendezvous {spec.rendezvous_host}")
+        launcher.run(context, service, job, spec.machines)
     return dg.PipesClientCompletedInvocation(session)
-
-
-def _log_pod_tails(context: dg.AssetExecutionContext, api, name: str, namespace: str) -> None:
-    """The last lines of every machine's output, so a failed rank's error shows in Dagster."""
-    for pod in api.get_pod_names_in_job(name, namespace):
-        try:
-            tail = api.retrieve_pod_logs(pod, namespace, tail_lines=LOG_TAIL_LINES)
-        except Exception as e:  # a pod that never started has no log; say so and go on
-            tail = f"(no log: {e})"
-        context.log.error(f"--- {pod} (last {LOG_TAIL_LINES} lines) ---\n{tail}")
