@@ -26,7 +26,7 @@ from pixart_pipeline.defs.k8s.steps import executor_config
 EXAMPLE_RUN_ID = "00000000-0000-0000-0000-000000000000"
 PLACEHOLDER_IMAGE = "<the code location's image>"  # what Dagster fills in when `image` is unset
 JOB_CONFIG_KEYS = ("job_image", "image_pull_policy", "image_pull_secrets", "service_account_name",
-                   "env_config_maps", "env_secrets", "env_vars", "volume_mounts", "volumes", "labels")
+                   "env_config_maps", "env_secrets", "env_vars", "volume_mounts", "volumes", "labels", "resources")
 
 
 def step_job_config(settings: DeploySettings):

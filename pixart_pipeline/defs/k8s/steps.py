@@ -133,6 +133,8 @@ def executor_config(settings: DeploySettings, environ: dict[str, str] | None = N
         "volumes": [volume],
         "volume_mounts": [mount],
         "labels": {"app.kubernetes.io/part-of": "pixart-pipeline"},
+        # the default of a step without its own tag (the asset checks): the CPU pool's modest size
+        "resources": container_resources(0, settings.cpu, settings.gpu_resource),
     }
     optional = {"job_image": settings.image, "job_namespace": settings.namespace,
                 "service_account_name": settings.service_account_name, "max_concurrent": settings.max_concurrent}
