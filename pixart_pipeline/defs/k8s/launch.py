@@ -9,8 +9,9 @@ same Pipes pieces, wired for several machines.
   its log lines and the materialization come back to this step as they do on one machine.
 - The Job and its Service are deleted when the step ends (success, failure or termination).
 
-Needs a cluster: this module is exercised by hand, not by the test suite (``tests/deploy`` renders
-and validates what it creates).
+``KubernetesLauncher`` needs a cluster and is not run by the test suite; everything around it is:
+``tests/deploy/test_multinode.py`` runs the rendered pods as local processes through
+``run_multinode`` (a real c10d rendezvous, process group and Pipes session).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class KubernetesLauncher:
         try:
             api.create_namespaced_job_with_retries(body=job, namespace=namespace)
             try:
-                api.wait_for_job_success(name, namespace, instance=context.instance, run_id=context.run_id,
+                api.wait_for_job_success(name, namespace, instance=context.instance, run_id=context.run.run_id,
                                          wait_timeout=0, num_pods_to_wait_for=machines)
             except Exception:
                 self._log_pod_tails(context, name)
@@ -83,8 +84,8 @@ def run_multinode(context: dg.AssetExecutionContext, cfg: PipelineConfig, prepar
     (the cluster; a test passes one that runs the pods as local processes) run them to the end, and
     return the Pipes results (what rank 0 reported)."""
     launcher = launcher or KubernetesLauncher(settings.namespace)
-    name = job_name(context.run_id, prepared.run_dir.name)
-    messages = prepared.run_dir / "pipes" / f"{context.run_id}.jsonl"
+    name = job_name(context.run.run_id, prepared.run_dir.name)
+    messages = prepared.run_dir / "pipes" / f"{context.run.run_id}.jsonl"
     messages.parent.mkdir(parents=True, exist_ok=True)
     with dg.open_pipes_session(context=context, context_injector=dg.PipesEnvContextInjector(),
                                message_reader=dg.PipesFileMessageReader(str(messages))) as session:
