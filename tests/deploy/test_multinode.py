@@ -112,8 +112,12 @@ class LocalMachines:
         self.probe = probe
         self.outputs: list[str] = []
 
+    def current_image(self) -> str:
+        return "local"
+
     def run(self, context, service, job, machines: int) -> None:
         (container,) = job.spec.template.spec.containers
+        self.image = container.image
         with socket.socket() as s:  # a free port for the c10d store
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -145,7 +149,7 @@ def test_two_machines_rendezvous_for_real_and_rank_zero_alone_reports_through_pi
 
     @dg.asset(name="trained_checkpoint")
     def probe(context):  # (no annotation: this module has postponed annotations)
-        return run_multinode(context, cfg, prepared, DeploySettings(image="local"), machines).get_materialize_result()
+        return run_multinode(context, cfg, prepared, DeploySettings(), machines).get_materialize_result()
 
     result = dg.materialize([probe], instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
     assert result.success, "\n".join(machines.outputs)
@@ -160,4 +164,5 @@ def test_two_machines_rendezvous_for_real_and_rank_zero_alone_reports_through_pi
     assert all(len({g for g, _ in v}) == 1 and {l for _, l in v} == {0, 1} for v in by_machine.values())
     assert [r["RANK"] for r in ranks if r["pipes"]] == [0]  # one Pipes connection in the whole world
     assert len({r["endpoint"] for r in ranks}) == 1
-    assert (tmp_path / "run" / "pipes").is_dir()  # the message file lived on the shared volume
+    assert (tmp_path / "run" / "pipes").is_dir()
+    assert machines.image == "local"  # no image in the settings: the step's own image  # the message file lived on the shared volume

@@ -28,13 +28,12 @@ from pixart_pipeline.training.stage import PreparedRun
 LOG_TAIL_LINES = 200
 
 
-def resolve_image(settings: DeploySettings) -> str:
-    """The trainer pods' image: the settings', else the one this code location runs in."""
-    image = settings.image or os.environ.get("DAGSTER_CURRENT_IMAGE")
+def resolve_image(settings: DeploySettings, launcher) -> str:
+    """The trainer pods' image: the settings', else the image this step's own pod runs."""
+    image = settings.image or launcher.current_image()
     if not image:
         raise dg.Failure("multi-node training needs an image: set `image` in $PIXART_K8S_SETTINGS "
-                         "(or $PIXART_K8S_IMAGE); the Helm chart sets $DAGSTER_CURRENT_IMAGE for user code",
-                         allow_retries=False)
+                         "(or $PIXART_K8S_IMAGE)", allow_retries=False)
     return image
 
 
@@ -52,6 +51,15 @@ class KubernetesLauncher:
             kubernetes.config.load_kube_config()
         self.api = DagsterKubernetesClient.production_client()
         self.namespace = namespace or detect_current_namespace(None) or "default"
+
+    def current_image(self) -> str | None:
+        """This step pod's image (Dagster's ``DAGSTER_CURRENT_IMAGE``, else read from its own pod)."""
+        if image := os.environ.get("DAGSTER_CURRENT_IMAGE"):
+            return image
+        pod = os.environ.get("HOSTNAME")
+        if not pod:
+            return None
+        return self.api.core_api.read_namespaced_pod(pod, self.namespace).spec.containers[0].image
 
     def run(self, context: dg.AssetExecutionContext, service, job, machines: int) -> None:
         api, name, namespace = self.api, job.metadata.name, self.namespace
@@ -89,7 +97,7 @@ def run_multinode(context: dg.AssetExecutionContext, cfg: PipelineConfig, prepar
     messages.parent.mkdir(parents=True, exist_ok=True)
     with dg.open_pipes_session(context=context, context_injector=dg.PipesEnvContextInjector(),
                                message_reader=dg.PipesFileMessageReader(str(messages))) as session:
-        spec = multinode_spec(cfg, settings, name=name, namespace=launcher.namespace, image=resolve_image(settings),
+        spec = multinode_spec(cfg, settings, name=name, namespace=launcher.namespace, image=resolve_image(settings, launcher),
                               trainer_args=prepared.trainer_args, env=dict(session.get_bootstrap_env_vars()))
         service, job = render(spec, settings)
         context.log.info(f"Training on {spec.machines} machine(s) x {spec.processes} process(es): "
