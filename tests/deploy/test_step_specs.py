@@ -122,3 +122,11 @@ def test_render_command_prints_every_step_and_the_multinode_manifests(tmp_path, 
     kinds = [d["kind"] for d in docs]
     assert kinds == ["Job"] * 11 + ["Service", "Job"]  # 7 assets + 4 checks, then the trainer
     assert docs[-1]["spec"]["completionMode"] == "Indexed"
+
+
+def test_per_gpu_quantities_scale_with_the_gpu_count():
+    from pixart_pipeline.defs.k8s.steps import scale_quantity
+
+    assert [scale_quantity(q, 3) for q in ("8", "500m", "64Gi", "1.5")] == ["24", "1500m", "192Gi", "4.5"]
+    with pytest.raises(ValueError, match="'lots' is not a Kubernetes quantity"):
+        scale_quantity("lots", 2)
