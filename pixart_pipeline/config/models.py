@@ -118,7 +118,14 @@ class Hyperparameters(StrictModel):
 
 class TrainerSettings(StrictModel):
     """The ``config.json`` keys of a training run that never change the weights: checkpointing,
-    resuming, memory, where it runs and where its results are reported. In no fingerprint."""
+    resuming, memory, where it runs and where its results are reported. In no fingerprint (but for
+    ``num_machines`` > 1, below)."""
+
+    # -- multi-node (issue 12): SimpleTuner's num_machines; each machine runs num_processes ranks, so
+    # the world size is num_machines x num_processes. Above 1 it multiplies the global batch and is in
+    # the trained_checkpoint fingerprint; at 1 it is left out (fingerprints stay as they were). Needs
+    # PIXART_EXECUTOR=k8s (an indexed Job of trainer pods); the local executor refuses it.
+    num_machines: int = Field(1, ge=1)
 
     checkpointing_steps: int = Field(500, ge=1)
     checkpoints_total_limit: int | None = Field(None, ge=1)
@@ -131,11 +138,6 @@ class TrainerSettings(StrictModel):
     push_to_hub: bool = False
     hub_model_id: str | None = None
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
-    # -- multi-node (issue 12): SimpleTuner's num_machines; each machine runs num_processes ranks, so
-    # the world size is num_machines x num_processes. Above 1 it multiplies the global batch and is in
-    # the trained_checkpoint fingerprint; at 1 it is left out (fingerprints stay as they were). Needs
-    # PIXART_EXECUTOR=k8s (an indexed Job of trainer pods); the local executor refuses it.
-    num_machines: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _check_hub(self) -> "TrainerSettings":

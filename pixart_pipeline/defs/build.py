@@ -7,6 +7,7 @@ from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.defs.assets import build_assets
 from pixart_pipeline.defs.checks import build_checks
 from pixart_pipeline.defs.executor_choice import build_executor, check_executor_fits, executor_kind
+from pixart_pipeline.defs.executor import executor
 from pixart_pipeline.defs.resources import build_resources
 from pixart_pipeline.defs.schedules import build_retraining_schedule
 from pixart_pipeline.defs.sensors import automation_sensor, build_dataset_folder_sensor
@@ -21,5 +22,5 @@ def build_definitions(cfg: PipelineConfig) -> dg.Definitions:
         sensors=[build_dataset_folder_sensor(cfg), automation_sensor],
         schedules=[build_retraining_schedule(cfg)],
         resources=build_resources(cfg.training.device),
-        executor=build_executor(kind),
+        executor=build_executor(kind, local=executor),
     )

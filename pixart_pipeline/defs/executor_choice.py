@@ -14,7 +14,6 @@ import os
 import dagster as dg
 
 from pixart_pipeline.config import ConfigError, PipelineConfig
-from pixart_pipeline.defs.executor import executor
 
 EXECUTOR_ENV = "PIXART_EXECUTOR"
 EXECUTORS = ("local", "k8s")
@@ -39,10 +38,10 @@ def check_executor_fits(cfg: PipelineConfig, kind: str) -> None:
         )
 
 
-def build_executor(kind: str) -> dg.ExecutorDefinition:
-    """The executor definition of ``kind`` (``executor_kind()``)."""
+def build_executor(kind: str, local: dg.ExecutorDefinition) -> dg.ExecutorDefinition:
+    """The executor definition of ``kind`` (``executor_kind()``); ``local`` is ``defs/executor.py``'s."""
     if kind == "local":
-        return executor
+        return local
     try:
         from dagster_k8s import k8s_job_executor
     except ImportError:
