@@ -217,4 +217,4 @@ def evaluation_fields(cfg: PipelineConfig) -> dict:
         "evaluation_type": t.evaluation_type,
         "clip_model": model_identity(cfg, t.pretrained_evaluation_model_name_or_path, None),
         "eval_timesteps": t.eval_timesteps,
-    }
+    } | ({"attention_mechanism": t.attention_mechanism} if t.attention_mechanism != "diffusers" else {})  # issue 15

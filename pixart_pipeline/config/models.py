@@ -12,6 +12,8 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from pixart_pipeline.config.webhooks import WebhookTarget  # issue 15
+
 TINY_MODEL_NAME = "tiny-random"
 TINY_CLIP_NAME = "tiny-random-clip"
 # Bump when the tiny-model builder's output changes: it is part of the tiny models' identity (so of
@@ -37,8 +39,6 @@ _OFF = (False, 0, None, "", "none", "diffusers")
 # SimpleTuner keys we know but do not implement: key -> (why, the values meaning "off", which are
 # accepted and dropped). Any other value is an error. Same shape as ``dataset_keys.UNSUPPORTED``.
 UNSUPPORTED: dict[str, tuple[str, tuple]] = {
-    "validation_preview": ("streamed validation previews need webhooks, which we do not have", _OFF),
-    "attention_mechanism": ("only the default diffusers attention is supported", _OFF),
     "lora_rank": ("only model_type 'full' is supported", _OFF),
     # issue 15: ReflexFlow is for flow-matching rollouts; PixArt Sigma predicts epsilon
     "scheduled_sampling_reflexflow": ("ReflexFlow applies to flow-matching models only; PixArt Sigma predicts epsilon", _OFF),
@@ -51,8 +51,6 @@ IGNORED: dict[str, str] = {
     "validation_steps": "evaluation runs as its own asset after training",
     "logging_dir": "metrics go to metrics.jsonl in the run folder",
     "disable_benchmark": "evaluation always runs as its own asset",
-    "webhook_config": "webhooks are not implemented",
-    "validation_preview_steps": "validation previews are not implemented",
     # -- issue 15: ReflexFlow weights only flow-matching rollouts (SimpleTuner reads them for those
     #    alone); PixArt Sigma predicts epsilon, so they cannot change a result
     "scheduled_sampling_reflexflow_alpha": "ReflexFlow applies to flow-matching models only; PixArt Sigma predicts epsilon",
@@ -192,6 +190,23 @@ class EvaluationSettings(StrictModel):
     evaluation_type: Literal["clip", "none"] = "clip"
     pretrained_evaluation_model_name_or_path: str = DEFAULT_CLIP_MODEL
     eval_timesteps: int = Field(8, ge=1, le=1000)
+    # -- issue 15: the attention kernel for sampling (models/attention.py; in the evaluation
+    #    fingerprint when not the default) and previews streamed to webhooks while sampling
+    #    (evaluation/previews.py; in no fingerprint: they change no artefact)
+    attention_mechanism: Literal["diffusers", "sageattention"] = "diffusers"
+    validation_preview: bool = False
+    validation_preview_steps: int = Field(1, ge=1)
+    # a target, a list of them, a JSON string of either, or a JSON file (relative to config.json)
+    webhook_config: WebhookTarget | list[WebhookTarget] | str | None = None
+    # ours: the Tiny AutoEncoder that decodes previews (SDXL latents; "tiny-random-taesd" for tests)
+    validation_preview_decoder: str = "madebyollin/taesdxl"
+
+    @model_validator(mode="after")
+    def _previews_need_a_webhook(self) -> "EvaluationSettings":
+        if self.validation_preview and not self.webhook_config:
+            raise ValueError("validation_preview needs webhook_config: previews are only sent to webhooks "
+                             '(e.g. {"webhook_type": "raw", "callback_url": "http://127.0.0.1:8000/hook"})')
+        return self
 
     @field_validator("validation_resolution")
     @classmethod
