@@ -11,7 +11,6 @@ from typing import Callable
 
 from pixart_pipeline.cache.stage import base_model_path
 from pixart_pipeline.config import PipelineConfig
-from pixart_pipeline.config.webhooks import webhook_targets
 from pixart_pipeline.evaluation.run import run_evaluation
 from pixart_pipeline.evaluation.spec import EvalSpec
 from pixart_pipeline.fileio import atomic_write_parquet
@@ -20,6 +19,7 @@ from pixart_pipeline.models.attention import require_attention_mechanism
 from pixart_pipeline.stage_result import MissingInputError, StageResult, markdown_table
 from pixart_pipeline.stages import report_dir, text_store_root
 from pixart_pipeline.training.export import CARD_INFO, refresh_model_card
+from pixart_pipeline.training.previews import preview_inputs
 from pixart_pipeline.training.result import TrainResult, is_finished
 from pixart_pipeline.training.stage import split_items
 from pixart_pipeline.training.tracking import TRACKER_FILE, log_evaluation
@@ -62,16 +62,6 @@ def build_eval_spec(cfg: PipelineConfig, device: str, run_dir: Path) -> EvalSpec
         dtype="bf16" if resolve_device(device).type == "cuda" else "fp32",
         **preview_inputs(cfg),
     )
-
-
-def preview_inputs(cfg: PipelineConfig) -> dict:
-    """Issue 15: ``webhooks`` and ``preview_decoder`` for a spec when ``validation_preview`` is on
-    (the webhook file read now; a tiny decoder name built locally), else nothing."""
-    t = cfg.training
-    if not t.validation_preview:
-        return {}
-    decoder = resolve_pretrained(cfg.local_or_hub(t.validation_preview_decoder), None, cfg.model_cache_dir)
-    return {"webhooks": webhook_targets(t.webhook_config, cfg.config_path.parent), "preview_decoder": decoder}
 
 
 def run_evaluation_report(cfg: PipelineConfig, device: str, run_dir: str | Path, log: Log = _quiet) -> StageResult:

@@ -38,7 +38,9 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-from pixart_pipeline.config.webhooks import WebhookTarget
+from pixart_pipeline.config import PipelineConfig
+from pixart_pipeline.config.webhooks import WebhookTarget, webhook_targets
+from pixart_pipeline.models import resolve_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,17 @@ def decode_previews(decoder: torch.nn.Module, latents: torch.Tensor) -> list[Ima
         pixels = decoder.decode(x).sample  # [B, 3, 8h, 8w] in [-1, 1]
     pixels = (pixels.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8)
     return [Image.fromarray(p.permute(1, 2, 0).cpu().numpy()) for p in pixels]
+
+
+def preview_inputs(cfg: PipelineConfig) -> dict:
+    """What a spec needs to preview when ``validation_preview`` is on: ``webhooks`` (the targets of
+    ``webhook_config``, its file read now) and ``preview_decoder`` (resolved: a tiny name is built
+    locally); ``{}`` when off."""
+    t = cfg.training
+    if not t.validation_preview:
+        return {}
+    decoder = resolve_pretrained(cfg.local_or_hub(t.validation_preview_decoder), None, cfg.model_cache_dir)
+    return {"webhooks": webhook_targets(t.webhook_config, cfg.config_path.parent), "preview_decoder": decoder}
 
 
 def load_preview_decoder(path: str, device: torch.device, dtype: torch.dtype = torch.float32):

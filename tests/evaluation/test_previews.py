@@ -23,6 +23,7 @@ from pixart_pipeline.training.previews import (
     decode_previews,
     is_preview_step,
     load_preview_decoder,
+    preview_inputs,
 )
 
 
@@ -168,7 +169,6 @@ def test_an_evaluation_with_validation_preview_posts_to_the_webhook(tmp_path, ti
 def test_webhook_config_as_simpletuner_accepts_it(tmp_path):
     from pixart_pipeline.config import ConfigError, load_config
     from pixart_pipeline.config.webhooks import webhook_targets
-    from pixart_pipeline.evaluation.stage import preview_inputs
     from tests.demo_copy import copy_demo
 
     target = {"webhook_type": "raw", "callback_url": "http://127.0.0.1:8000/hook"}
