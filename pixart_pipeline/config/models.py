@@ -192,7 +192,7 @@ class EvaluationSettings(StrictModel):
     eval_timesteps: int = Field(8, ge=1, le=1000)
     # -- issue 15: the attention kernel for sampling (models/attention.py; in the evaluation
     #    fingerprint when not the default) and previews streamed to webhooks while sampling
-    #    (evaluation/previews.py; in no fingerprint: they change no artefact)
+    #    (training/previews.py; in no fingerprint: they change no artefact)
     attention_mechanism: Literal["diffusers", "sageattention"] = "diffusers"
     validation_preview: bool = False
     validation_preview_steps: int = Field(1, ge=1)
