@@ -162,6 +162,28 @@ def inapplicable_keys(hp: Hyperparameters) -> set[str]:
         unused |= {"adam_beta1", "adam_beta2", "adam_epsilon", "fused_optimizer"}
     if not hp.use_ema:
         unused.add("ema_decay")
+    unused |= _rollout_and_flow_unused(hp)  # issue 15
+    return unused
+
+
+def _rollout_and_flow_unused(hp: Hyperparameters) -> set[str]:
+    """Scheduled Sampling keys without a rollout (``max_step_offset`` 0), the ramp's keys without a
+    ramp (``scheduled_sampling_probability`` with one), the solver order under Euler; both Diff2Flow
+    keys without ``diff2flow_loss`` (the bridge alone changes nothing). At their defaults none is in
+    the fingerprint, so configs written before these keys existed keep theirs."""
+    ramp = {"scheduled_sampling_prob_start", "scheduled_sampling_prob_end", "scheduled_sampling_start_step",
+            "scheduled_sampling_ramp_shape"}
+    unused: set[str] = set()
+    if hp.scheduled_sampling_max_step_offset == 0:
+        unused |= {k for k in Hyperparameters.model_fields if k.startswith("scheduled_sampling_")}
+    elif hp.scheduled_sampling_ramp_steps == 0:
+        unused |= ramp
+    else:
+        unused.add("scheduled_sampling_probability")
+    if hp.scheduled_sampling_sampler == "euler":
+        unused.add("scheduled_sampling_order")
+    if not hp.diff2flow_loss:
+        unused |= {"diff2flow_enabled", "diff2flow_loss"}
     return unused
 
 
@@ -197,4 +219,4 @@ def evaluation_fields(cfg: PipelineConfig) -> dict:
         "evaluation_type": t.evaluation_type,
         "clip_model": model_identity(cfg, t.pretrained_evaluation_model_name_or_path, None),
         "eval_timesteps": t.eval_timesteps,
-    }
+    } | ({"attention_mechanism": t.attention_mechanism} if t.attention_mechanism != "diffusers" else {})  # issue 15

@@ -25,6 +25,7 @@ from pixart_pipeline.config.models import (
     TextEmbedsDataset,
     TrainingConfig,
 )
+from pixart_pipeline.config.webhooks import webhook_targets  # issue 15
 from pixart_pipeline.errors import InputError
 
 CONFIG_ENV = "PIXART_CONFIG"
@@ -109,6 +110,10 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
     raw = {_strip_dashes(k): v for k, v in raw.items()}
     notes = _check_known_keys(raw, config_path)
     training = _validate(TrainingConfig, raw, config_path, "")
+    try:  # issue 15: a webhook_config file or JSON string is read now, so a mistake fails the load
+        webhook_targets(training.webhook_config, config_path.parent)
+    except ValueError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from None
 
     backend_name = training.data_backend_config or "multidatabackend.json"
     backend_path = _resolve(config_path.parent, backend_name)

@@ -12,6 +12,8 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from pixart_pipeline.config.webhooks import WebhookTarget  # issue 15
+
 TINY_MODEL_NAME = "tiny-random"
 TINY_CLIP_NAME = "tiny-random-clip"
 # Bump when the tiny-model builder's output changes: it is part of the tiny models' identity (so of
@@ -37,9 +39,9 @@ _OFF = (False, 0, None, "", "none", "diffusers")
 # SimpleTuner keys we know but do not implement: key -> (why, the values meaning "off", which are
 # accepted and dropped). Any other value is an error. Same shape as ``dataset_keys.UNSUPPORTED``.
 UNSUPPORTED: dict[str, tuple[str, tuple]] = {
-    "validation_preview": ("streamed validation previews need webhooks, which we do not have", _OFF),
-    "attention_mechanism": ("only the default diffusers attention is supported", _OFF),
     "lora_rank": ("only model_type 'full' is supported", _OFF),
+    # issue 15: ReflexFlow is for flow-matching rollouts; PixArt Sigma predicts epsilon
+    "scheduled_sampling_reflexflow": ("ReflexFlow applies to flow-matching models only; PixArt Sigma predicts epsilon", _OFF),
 }
 
 # SimpleTuner's multidatabackend.json keys we do not implement: see dataset_keys.py.
@@ -49,8 +51,11 @@ IGNORED: dict[str, str] = {
     "validation_steps": "evaluation runs as its own asset after training",
     "logging_dir": "metrics go to metrics.jsonl in the run folder",
     "disable_benchmark": "evaluation always runs as its own asset",
-    "webhook_config": "webhooks are not implemented",
-    "validation_preview_steps": "validation previews are not implemented",
+    # -- issue 15: ReflexFlow weights only flow-matching rollouts (SimpleTuner reads them for those
+    #    alone); PixArt Sigma predicts epsilon, so they cannot change a result
+    "scheduled_sampling_reflexflow_alpha": "ReflexFlow applies to flow-matching models only; PixArt Sigma predicts epsilon",
+    "scheduled_sampling_reflexflow_beta1": "ReflexFlow applies to flow-matching models only; PixArt Sigma predicts epsilon",
+    "scheduled_sampling_reflexflow_beta2": "ReflexFlow applies to flow-matching models only; PixArt Sigma predicts epsilon",
 }
 
 
@@ -99,6 +104,21 @@ class Hyperparameters(StrictModel):
     num_processes: int = Field(1, ge=1)
     # ours, not SimpleTuner's: what the sampler does with a bucket too small for one optimizer step
     small_bucket_rule: Literal["drop", "repeat"] = "drop"
+    # -- issue 15: SimpleTuner's experimental Scheduled Sampling (rollout) and Diff2Flow
+    #    (training/scheduled_sampling.py, training/diff2flow.py). Off at these defaults, where
+    #    config/fingerprints.inapplicable_keys keeps them out of the fingerprint.
+    scheduled_sampling_max_step_offset: int = Field(0, ge=0, le=999)  # 0: no rollout
+    scheduled_sampling_strategy: Literal["uniform", "biased_early", "biased_late"] = "uniform"
+    scheduled_sampling_probability: float = Field(0.0, ge=0, le=1)  # without a ramp
+    scheduled_sampling_prob_start: float = Field(0.0, ge=0, le=1)  # with scheduled_sampling_ramp_steps
+    scheduled_sampling_prob_end: float = Field(0.5, ge=0, le=1)
+    scheduled_sampling_ramp_steps: int = Field(0, ge=0)
+    scheduled_sampling_start_step: int = Field(0, ge=0)
+    scheduled_sampling_ramp_shape: Literal["linear", "cosine"] = "linear"
+    scheduled_sampling_sampler: Literal["unipc", "euler", "dpm"] = "unipc"
+    scheduled_sampling_order: int = Field(2, ge=1, le=3)  # unipc / dpm solver order
+    diff2flow_enabled: bool = False
+    diff2flow_loss: bool = False  # needs diff2flow_enabled
 
     @model_validator(mode="after")
     def _check_trainer_options(self) -> "Hyperparameters":
@@ -109,6 +129,12 @@ class Hyperparameters(StrictModel):
             _check_step_rules(self.lr_step_rules)
         if self.optimizer == "adafactor" and self.fused_optimizer == "on":
             raise ValueError("fused_optimizer 'on' needs optimizer 'adamw' (Adafactor has no fused kernel)")
+        # -- issue 15: Diff2Flow combinations (SimpleTuner ignores these silently; we say so)
+        if self.diff2flow_loss and not self.diff2flow_enabled:
+            raise ValueError("diff2flow_loss needs diff2flow_enabled: true (the bridge it converts predictions with)")
+        if self.diff2flow_loss and self.snr_gamma is not None:
+            raise ValueError("snr_gamma has no effect with diff2flow_loss (SimpleTuner's flow loss is unweighted); "
+                             "unset one of them")
         return self
 
     def hyperparameters(self) -> "Hyperparameters":
@@ -171,6 +197,23 @@ class EvaluationSettings(StrictModel):
     evaluation_type: Literal["clip", "none"] = "clip"
     pretrained_evaluation_model_name_or_path: str = DEFAULT_CLIP_MODEL
     eval_timesteps: int = Field(8, ge=1, le=1000)
+    # -- issue 15: the attention kernel for sampling (models/attention.py; in the evaluation
+    #    fingerprint when not the default) and previews streamed to webhooks while sampling
+    #    (training/previews.py; in no fingerprint: they change no artefact)
+    attention_mechanism: Literal["diffusers", "sageattention"] = "diffusers"
+    validation_preview: bool = False
+    validation_preview_steps: int = Field(1, ge=1)
+    # a target, a list of them, a JSON string of either, or a JSON file (relative to config.json)
+    webhook_config: WebhookTarget | list[WebhookTarget] | str | None = None
+    # ours: the Tiny AutoEncoder that decodes previews (SDXL latents; "tiny-random-taesd" for tests)
+    validation_preview_decoder: str = "madebyollin/taesdxl"
+
+    @model_validator(mode="after")
+    def _previews_need_a_webhook(self) -> "EvaluationSettings":
+        if self.validation_preview and not self.webhook_config:
+            raise ValueError("validation_preview needs webhook_config: previews are only sent to webhooks "
+                             '(e.g. {"webhook_type": "raw", "callback_url": "http://127.0.0.1:8000/hook"})')
+        return self
 
     @field_validator("validation_resolution")
     @classmethod

@@ -45,6 +45,7 @@ from pixart_pipeline.training.metrics import read_metrics
 from pixart_pipeline.training.report import Reporter
 from pixart_pipeline.training.result import TrainResult, is_finished, run_metadata
 from pixart_pipeline.training.resume import save
+from pixart_pipeline.training.scheduled_sampling import rollout_batch  # issue 15
 from pixart_pipeline.training.setup import setup
 from pixart_pipeline.training.signals import StopRequest, check_ranks_agree
 from pixart_pipeline.training.spec import RunSpec
@@ -121,10 +122,20 @@ def train_steps(run: Run, progress: Progress, stop_at_step: int | None, stop_req
                 )  # [B, 4, h, w], [B, L, 4096], [B, L]
                 noise = draw_noise(latents.shape, gen, hp.noise_offset)  # [B, 4, h, w]
                 timesteps = torch.randint(0, num_train_timesteps, (latents.shape[0],), generator=gen)  # [B]
+                # -- issue 15: Scheduled Sampling replaces some inputs by the model's own rollout (it
+                #    draws from ``gen`` only when on); Diff2Flow changes the loss. Both off by default.
+                noisy_latents = None
+                if hp.scheduled_sampling_max_step_offset > 0:
+                    with accelerator.autocast():  # the bare module: no DDP collective per rollout forward
+                        noisy_latents = rollout_batch(
+                            accelerator.unwrap_model(run.transformer), run.noise_scheduler, hp, latents.to(device),
+                            noise.to(device), timesteps, prompt_embeds.to(device), attention_mask.to(device), gen,
+                            progress.global_step)  # [B, 4, h, w]
                 with accelerator.accumulate(run.transformer):
                     loss = pixart_epsilon_loss(
                         run.transformer, latents.to(device), noise.to(device), timesteps.to(device),
                         prompt_embeds.to(device), attention_mask.to(device), run.noise_scheduler, hp.snr_gamma,
+                        noisy_latents=noisy_latents, diff2flow=hp.diff2flow_loss,
                     ).mean()
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
