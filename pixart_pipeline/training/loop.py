@@ -235,7 +235,19 @@ def finished_for(spec: RunSpec) -> bool:
     from its checkpoints, or refused by their checks) instead of being told the old result."""
     info = Path(spec.run_dir) / CARD_INFO
     return (is_finished(spec.run_dir) and info.is_file()
-            and json.loads(info.read_text()).get("hyperparameters") == spec.hyperparameters.model_dump(mode="json"))
+            and same_hyperparameters(json.loads(info.read_text()).get("hyperparameters"), spec.hyperparameters))
+
+
+def same_hyperparameters(recorded: dict | None, hyperparameters) -> bool:
+    """A card's recorded hyperparameters equal these. A key the card lacks (it was written before a
+    release added that hyperparameter) matches when today's value is the key's default, which by the
+    fingerprint rule is the behaviour the older release had; so upgrading never retrains a finished run."""
+    if not isinstance(recorded, dict):
+        return False
+    now = hyperparameters.model_dump(mode="json")
+    defaults = type(hyperparameters).model_construct().model_dump(mode="json")
+    return set(recorded) <= set(now) and all(
+        recorded[k] == v if k in recorded else v == defaults[k] for k, v in now.items())
 
 
 def report_finished(spec: RunSpec, reporter: Reporter, result: TrainResult | None = None) -> TrainResult:
