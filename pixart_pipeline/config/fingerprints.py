@@ -158,11 +158,23 @@ def inapplicable_keys(hp: Hyperparameters) -> set[str]:
          "piecewise_constant": "lr_step_rules"}.get(hp.lr_scheduler, "")}
     if hp.lr_scheduler in ("constant", "piecewise_constant"):
         unused.add("lr_warmup_steps")
-    if hp.optimizer != "adamw":
+    if hp.optimizer == "adafactor":
         unused |= {"adam_beta1", "adam_beta2", "adam_epsilon", "fused_optimizer"}
+    elif hp.optimizer != "adamw":  # adamw_bf16 / bnb-adamw8bit: Adam's settings, their own kernels
+        unused.add("fused_optimizer")
     if not hp.use_ema:
-        unused.add("ema_decay")
+        unused |= {"ema_decay", "ema_device"}
+    if hp.dynamo_backend == "no":
+        unused |= {"dynamo_mode", "dynamo_fullgraph", "dynamo_dynamic", "dynamo_use_regional_compilation"}
+    # the memory/speed keys of issue 13 count only when set away from their defaults, so configs
+    # written before they existed keep their fingerprints (where set they can change the numbers:
+    # TF32 and compiled kernels round differently, a CPU EMA is averaged by another kernel)
+    unused |= {k for k in OMITTED_AT_DEFAULT if getattr(hp, k) == Hyperparameters.model_fields[k].default}
     return unused
+
+
+OMITTED_AT_DEFAULT = ("ema_device", "disable_tf32", "dynamo_backend", "dynamo_mode", "dynamo_fullgraph",
+                      "dynamo_dynamic", "dynamo_use_regional_compilation")
 
 
 def trained_checkpoint_fields(cfg: PipelineConfig) -> dict:
