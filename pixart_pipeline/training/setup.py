@@ -35,6 +35,7 @@ from pixart_pipeline.training.report import Reporter
 from pixart_pipeline.training.resume import check_resumable, load_resume, set_aside_later_checkpoints
 from pixart_pipeline.training.sampler import BucketBatchSampler
 from pixart_pipeline.training.spec import RunSpec
+from pixart_pipeline.training.speed import speed_up
 from pixart_pipeline.training.state import Progress, Run
 from pixart_pipeline.training.tracking import open_tracker
 
@@ -116,6 +117,7 @@ def setup(spec: RunSpec, reporter: Reporter) -> tuple[Run, Progress]:
 
     # -- model, schedule, optimizer
     transformer = trainable_transformer(spec)
+    speed_up(transformer, hp, accelerator.device, log=reporter.info)  # TF32 (CUDA), SDPA check, torch.compile
     noise_scheduler = load_noise_scheduler(spec.base_model, spec.revision)
     check_patch_size(spec, items.target, transformer.config.patch_size)
     trainable = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
