@@ -144,6 +144,8 @@ def vae_fields(cfg: PipelineConfig, ds: ImageDataset | None = None) -> dict:
     }
     if t.vae_cache_disable:  # the vae_cache artefact becomes "disabled"; item keys ignore this field
         fields["cache_disabled"] = True
+    if t.vae_channels_last:  # other convolution kernels: latents equal to float rounding, not bits
+        fields["channels_last"] = True
     return fields
 
 

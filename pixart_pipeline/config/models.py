@@ -222,6 +222,9 @@ class TrainingConfig(Hyperparameters, TrainerSettings, EvaluationSettings):
     vae_dtype: Literal["default", "fp32", "bf16", "fp16"] = "default"
     vae_batch_size: int = Field(4, ge=1)
     vae_cache_disable: bool = False  # encode latents on the fly in the trainer (cache/online.py)
+    # NHWC VAE encoding for the cache (faster cuDNN convolutions; other kernels, so in the vae_cache
+    # fingerprint when set)
+    vae_channels_last: bool = False
 
     @property
     def resolved_vae_dtype(self) -> str:
