@@ -30,12 +30,10 @@ def apply_tf32(hp: Hyperparameters, device: torch.device) -> bool:
     if device.type != "cuda":
         return False
     on = not hp.disable_tf32
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9; the allow_tf32 flags are legacy
-        torch.backends.cuda.matmul.fp32_precision = "tf32" if on else "ieee"
-        torch.backends.cudnn.conv.fp32_precision = "tf32" if on else "ieee"
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = on
-        torch.backends.cudnn.allow_tf32 = on
+    # The legacy flags, not torch >= 2.9's ``fp32_precision``: reading a legacy flag after the new API
+    # set it raises ("mix of the legacy and new APIs"), and accelerate and others use the legacy one.
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
     return on
 
 

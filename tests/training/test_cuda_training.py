@@ -93,9 +93,9 @@ def test_regional_compile_and_tf32_on_cuda(make_spec):
     eager = train(_cuda_spec(make_spec, "eager", mixed_precision="bf16"))
     compiled = train(_cuda_spec(make_spec, "compiled", mixed_precision="bf16", dynamo_backend="inductor"))
     assert _losses(compiled.run_dir) == pytest.approx(_losses(eager.run_dir), rel=1e-2)  # bf16 kernels fused
-    assert torch.backends.cuda.matmul.fp32_precision == "tf32"  # disable_tf32 false (the default)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # disable_tf32 false
     train(_cuda_spec(make_spec, "no-tf32", mixed_precision="bf16", disable_tf32=True))
-    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
 
 
 def test_bf16_evaluation_sampling_on_cuda(tiny_pixart_path):
