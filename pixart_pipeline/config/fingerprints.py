@@ -154,7 +154,9 @@ def inapplicable_keys(hp: Hyperparameters) -> set[str]:
     ``num_cycles`` only to cosine_with_restarts, ``power`` only to polynomial, ``step_rules`` only to
     piecewise_constant, and constant/piecewise_constant take no warm-up; Adafactor uses none of the
     Adam betas/epsilon nor the fused kernel; ``ema_decay`` needs ``use_ema``). Such a key cannot
-    change the weights, so it stays out of the fingerprint and editing it does not retrain."""
+    change the weights, so it stays out of the fingerprint and editing it does not retrain. The keys
+    of ``OMITTED_AT_DEFAULT`` are left out at their defaults too (they are read, but configs from
+    before they existed must keep their fingerprints)."""
     unused = {"lr_num_cycles", "lr_power", "lr_step_rules"} - {
         {"cosine_with_restarts": "lr_num_cycles", "polynomial": "lr_power",
          "piecewise_constant": "lr_step_rules"}.get(hp.lr_scheduler, "")}
