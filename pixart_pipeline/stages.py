@@ -148,7 +148,8 @@ TRAINED_CHECKPOINT = Stage(
     # the trainer reads the metadata tables too (buckets, splits, which caption goes with which image)
     inputs=("text_embed_cache", "vae_cache", "bucketed_metadata"), gpu=True, schema=ITEMS_SCHEMA,
     code=("training/loop.py", "training/loss.py", "training/sampler.py", "training/batches.py",
-          "training/optim.py", "training/ema.py", "training/export.py"),
+          "training/optim.py", "training/ema.py", "training/export.py", "training/optimizers.py",
+          "training/speed.py"),
 )
 EVALUATION_REPORT = Stage(
     "evaluation_report", "r1", fp.evaluation_fields, per_dataset=False, group="evaluation",

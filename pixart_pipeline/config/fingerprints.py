@@ -144,6 +144,8 @@ def vae_fields(cfg: PipelineConfig, ds: ImageDataset | None = None) -> dict:
     }
     if t.vae_cache_disable:  # the vae_cache artefact becomes "disabled"; item keys ignore this field
         fields["cache_disabled"] = True
+    if t.vae_channels_last:  # other convolution kernels: latents equal to float rounding, not bits
+        fields["channels_last"] = True
     return fields
 
 
@@ -152,16 +154,26 @@ def inapplicable_keys(hp: Hyperparameters) -> set[str]:
     ``num_cycles`` only to cosine_with_restarts, ``power`` only to polynomial, ``step_rules`` only to
     piecewise_constant, and constant/piecewise_constant take no warm-up; Adafactor uses none of the
     Adam betas/epsilon nor the fused kernel; ``ema_decay`` needs ``use_ema``). Such a key cannot
-    change the weights, so it stays out of the fingerprint and editing it does not retrain."""
+    change the weights, so it stays out of the fingerprint and editing it does not retrain. The keys
+    of ``OMITTED_AT_DEFAULT`` are left out at their defaults too (they are read, but configs from
+    before they existed must keep their fingerprints)."""
     unused = {"lr_num_cycles", "lr_power", "lr_step_rules"} - {
         {"cosine_with_restarts": "lr_num_cycles", "polynomial": "lr_power",
          "piecewise_constant": "lr_step_rules"}.get(hp.lr_scheduler, "")}
     if hp.lr_scheduler in ("constant", "piecewise_constant"):
         unused.add("lr_warmup_steps")
-    if hp.optimizer != "adamw":
+    if hp.optimizer == "adafactor":
         unused |= {"adam_beta1", "adam_beta2", "adam_epsilon", "fused_optimizer"}
+    elif hp.optimizer != "adamw":  # adamw_bf16 / bnb-adamw8bit: Adam's settings, their own kernels
+        unused.add("fused_optimizer")
     if not hp.use_ema:
-        unused.add("ema_decay")
+        unused |= {"ema_decay", "ema_device"}
+    if hp.dynamo_backend == "no":
+        unused |= {"dynamo_mode", "dynamo_fullgraph", "dynamo_dynamic", "dynamo_use_regional_compilation"}
+    # the memory/speed keys of issue 13 count only when set away from their defaults, so configs
+    # written before they existed keep their fingerprints (where set they can change the numbers:
+    # TF32 and compiled kernels round differently, a CPU EMA is averaged by another kernel)
+    unused |= {k for k in OMITTED_AT_DEFAULT if getattr(hp, k) == Hyperparameters.model_fields[k].default}
     unused |= _rollout_and_flow_unused(hp)  # issue 15
     return unused
 
@@ -185,6 +197,10 @@ def _rollout_and_flow_unused(hp: Hyperparameters) -> set[str]:
     if not hp.diff2flow_loss:
         unused |= {"diff2flow_enabled", "diff2flow_loss"}
     return unused
+
+
+OMITTED_AT_DEFAULT = ("ema_device", "disable_tf32", "dynamo_backend", "dynamo_mode", "dynamo_fullgraph",
+                      "dynamo_dynamic", "dynamo_use_regional_compilation")
 
 
 def trained_checkpoint_fields(cfg: PipelineConfig) -> dict:

@@ -87,7 +87,8 @@ class Hyperparameters(StrictModel):
     lr_power: float = Field(1.0, gt=0)  # polynomial
     lr_step_rules: str | None = None  # piecewise_constant, diffusers' "1:10,0.1:20,0.01"
     mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"
-    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    # adamw_bf16: bf16 weights + Kahan-summed AdamW; bnb-adamw8bit: 8-bit moments (training/optimizers.py)
+    optimizer: Literal["adamw", "adafactor", "adamw_bf16", "bnb-adamw8bit"] = "adamw"
     fused_optimizer: Literal["auto", "on", "off"] = "auto"  # AdamW's fused kernel
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
@@ -119,6 +120,15 @@ class Hyperparameters(StrictModel):
     scheduled_sampling_order: int = Field(2, ge=1, le=3)  # unipc / dpm solver order
     diff2flow_enabled: bool = False
     diff2flow_loss: bool = False  # needs diff2flow_enabled
+    # -- memory savers and speed switches (README "Real model"; training/speed.py). Out of the
+    # fingerprint at their defaults (config/fingerprints.py OMITTED_AT_DEFAULT), so old runs stay synced.
+    ema_device: Literal["accelerator", "cpu"] = "accelerator"  # SimpleTuner's default is cpu; ours keeps the old placement
+    disable_tf32: bool = False  # SimpleTuner's: TF32 matmuls/convolutions on CUDA unless set
+    dynamo_backend: Literal["no", "inductor", "aot_eager", "eager"] = "no"  # torch.compile backend
+    dynamo_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
+    dynamo_fullgraph: bool = False
+    dynamo_dynamic: bool | None = None
+    dynamo_use_regional_compilation: bool = True  # compile each transformer block, not the whole model
 
     @model_validator(mode="after")
     def _check_trainer_options(self) -> "Hyperparameters":
@@ -135,6 +145,11 @@ class Hyperparameters(StrictModel):
         if self.diff2flow_loss and self.snr_gamma is not None:
             raise ValueError("snr_gamma has no effect with diff2flow_loss (SimpleTuner's flow loss is unweighted); "
                              "unset one of them")
+        if self.optimizer in ("adamw_bf16", "bnb-adamw8bit") and self.fused_optimizer == "on":
+            raise ValueError(f"fused_optimizer 'on' needs optimizer 'adamw' ({self.optimizer} has its own kernel)")
+        if self.optimizer == "adamw_bf16" and self.mixed_precision != "bf16":
+            raise ValueError(f"optimizer 'adamw_bf16' keeps the weights in bf16 and needs mixed_precision 'bf16' "
+                             f"(not {self.mixed_precision!r})")
         return self
 
     def hyperparameters(self) -> "Hyperparameters":
@@ -257,6 +272,9 @@ class TrainingConfig(Hyperparameters, TrainerSettings, EvaluationSettings):
     vae_dtype: Literal["default", "fp32", "bf16", "fp16"] = "default"
     vae_batch_size: int = Field(4, ge=1)
     vae_cache_disable: bool = False  # encode latents on the fly in the trainer (cache/online.py)
+    # NHWC VAE encoding for the cache (faster cuDNN convolutions; other kernels, so in the vae_cache
+    # fingerprint when set)
+    vae_channels_last: bool = False
 
     @property
     def resolved_vae_dtype(self) -> str:

@@ -30,10 +30,12 @@ from pixart_pipeline.training.optim import (
     scheduler_state_from_json,
     training_steps,
 )
+from pixart_pipeline.training.optimizers import weight_dtype
 from pixart_pipeline.training.report import Reporter
 from pixart_pipeline.training.resume import check_resumable, load_resume, set_aside_later_checkpoints
 from pixart_pipeline.training.sampler import BucketBatchSampler
 from pixart_pipeline.training.spec import RunSpec
+from pixart_pipeline.training.speed import speed_up
 from pixart_pipeline.training.state import Progress, Run
 from pixart_pipeline.training.tracking import open_tracker
 
@@ -74,10 +76,11 @@ def make_accelerator(hp: Hyperparameters, device: str, machines: int = 1) -> Acc
 
 
 def trainable_transformer(spec: RunSpec) -> torch.nn.Module:
-    """The base transformer in float32, in train mode, set up as the run asks: only bias terms
+    """The base transformer in float32 (bf16 for ``adamw_bf16``), in train mode, set up as the run asks: only bias terms
     trainable with ``use_bitfit`` (BitFit, arXiv:2106.10199), activation (gradient) checkpointing on
     with ``gradient_checkpointing`` (diffusers recomputes each block's forward in the backward)."""
-    transformer = load_transformer(spec.base_model, spec.revision, dtype=torch.float32)
+    # float32, or bf16 weights with optimizer 'adamw_bf16'
+    transformer = load_transformer(spec.base_model, spec.revision, dtype=weight_dtype(spec.hyperparameters))
     if spec.hyperparameters.use_bitfit:
         for name, param in transformer.named_parameters():
             param.requires_grad_(name.endswith(".bias") or name == "bias")
@@ -116,6 +119,7 @@ def setup(spec: RunSpec, reporter: Reporter) -> tuple[Run, Progress]:
 
     # -- model, schedule, optimizer
     transformer = trainable_transformer(spec)
+    speed_up(transformer, hp, accelerator.device, log=reporter.info)  # TF32 (CUDA), SDPA check, torch.compile
     noise_scheduler = load_noise_scheduler(spec.base_model, spec.revision)
     check_patch_size(spec, items.target, transformer.config.patch_size)
     trainable = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
@@ -148,8 +152,8 @@ def setup(spec: RunSpec, reporter: Reporter) -> tuple[Run, Progress]:
         if accelerator.is_main_process else None
 
     transformer, optimizer = accelerator.prepare(transformer, optimizer)
-    if ema is not None:
-        ema.to(accelerator.device)
+    if ema is not None:  # ema_device 'cpu': the shadow stays in host memory (no GPU bytes)
+        ema.to(torch.device("cpu") if hp.ema_device == "cpu" else accelerator.device)
     if state is not None:  # after prepare: the wrapped optimizer moves the moments to the device
         optimizer.load_state_dict(optimizer_state_from_flat(state.optimizer["tensors"], state.optimizer["rest"]))
         apply_hyperparameters(getattr(optimizer, "optimizer", optimizer), lr_scheduler, hp)
