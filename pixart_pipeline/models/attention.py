@@ -101,7 +101,7 @@ def require_attention_mechanism(mechanism: str, device: torch.device) -> None:
         import sageattention  # noqa: F401
     except ImportError as exc:
         raise AttentionUnavailableError(
-            "attention_mechanism 'sageattention' needs the sageattention package (pip install sageattention, "
+            "attention_mechanism 'sageattention' needs the sageattention package (pip install 'pixart_pipeline[sageattention]', "
             f"on a machine with CUDA); it could not be imported ({exc}). Set attention_mechanism to 'diffusers' "
             "to sample with PyTorch's attention.") from None
     if device.type != "cuda" or not torch.cuda.is_available():
