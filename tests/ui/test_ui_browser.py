@@ -102,7 +102,8 @@ def ui(tmp_path_factory):
     try:
         dev.wait_ready()
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            # Root (CI) needs --no-sandbox; a container's small /dev/shm would crash tabs without the second flag.
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"])
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(120_000)  # a page's first load compiles queries on a busy machine
             shots = root / "screenshots"
@@ -138,6 +139,7 @@ def test_lineage_shows_four_groups_and_every_asset(ui):
     assert {name: len(texts) for name, texts in inside.items()} == GROUPS, inside
     assert sorted(inside["caches"]) == ["shapes", "text_embed_cache"]
     assert inside["training"] == ["trained_checkpoint"] and inside["evaluation"] == ["evaluation_report"]
+    page.wait_for_timeout(2000)  # for the picture only: node colours follow once statuses load
     ui.shot("lineage")
     # The catalog names every asset in full, all materialized by the sync.
     ui.goto("/assets")
