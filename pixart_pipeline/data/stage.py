@@ -49,7 +49,7 @@ from pixart_pipeline.data.probe_cache import (
 )
 from pixart_pipeline.data.synthetic import generate_synthetic_dataset
 from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
-from pixart_pipeline.stage_result import MissingInputError, StageResult, markdown_table
+from pixart_pipeline.stage_result import MissingInputError, StageResult, markdown_table, thumbnails_markdown
 from pixart_pipeline.stages import captions_path, manifest_path, metadata_dir, metadata_path
 
 Log = Callable[[str], None]
@@ -256,8 +256,25 @@ def run_bucketed_metadata(
         markdown={
             "bucket_histogram": markdown_table(("bucket (aspect)", "images"), buckets),
             "status_counts": markdown_table(("status", "images"), statuses),
+            **bucket_samples_markdown(table, root, buckets),
         },
     )
+
+
+def bucket_samples_markdown(table: pa.Table, root: Path, buckets: dict[str, int], per_bucket: int = 2,
+                            limit: int = 8, size: int = 160) -> dict[str, str]:
+    """``{"bucket_samples": thumbnails}``: the first ``per_bucket`` kept images (path order) of each
+    bucket, so the UI shows what each aspect bucket holds. Small thumbnails (``size`` px), since
+    they are stored inline in the event log; empty when no sample file can be read here."""
+    ok = pc.filter(table.select(["path", "bucket"]), pc.equal(table.column("status"), "ok"))
+    paths = []
+    for bucket in buckets:
+        in_bucket = pc.filter(ok.column("path"), pc.equal(ok.column("bucket"), bucket))
+        paths += [root / p for p in in_bucket.slice(0, per_bucket).to_pylist() if (root / p).is_file()]
+    try:
+        return {"bucket_samples": thumbnails_markdown(paths[:limit], size=size)} if paths else {}
+    except OSError:  # a file changed under us since it was probed: the numbers above still hold
+        return {}
 
 
 @dataclass

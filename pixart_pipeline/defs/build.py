@@ -11,6 +11,7 @@ from pixart_pipeline.defs.executor import executor
 from pixart_pipeline.defs.resources import build_resources
 from pixart_pipeline.defs.schedules import build_retraining_schedule
 from pixart_pipeline.defs.sensors import automation_sensor, build_dataset_folder_sensor
+from pixart_pipeline.defs.sync_job import build_sync_job
 
 
 def build_definitions(cfg: PipelineConfig) -> dg.Definitions:
@@ -21,6 +22,8 @@ def build_definitions(cfg: PipelineConfig) -> dg.Definitions:
         asset_checks=build_checks(cfg),
         sensors=[build_dataset_folder_sensor(cfg), automation_sensor],
         schedules=[build_retraining_schedule(cfg)],
+        # The UI's one click for `pixart-pipeline sync` (the cascade included); built lazily in the run.
+        jobs=[build_sync_job(cfg, lambda: build_definitions(cfg))],
         resources=build_resources(cfg.training.device),
         executor=build_executor(kind, local=executor),
     )
