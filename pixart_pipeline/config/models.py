@@ -40,17 +40,22 @@ UNSUPPORTED: dict[str, tuple[str, tuple]] = {
     "validation_preview": ("streamed validation previews need webhooks, which we do not have", _OFF),
     "attention_mechanism": ("only the default diffusers attention is supported", _OFF),
     "lora_rank": ("only model_type 'full' is supported", _OFF),
+    # -- SimpleTuner parity (issue 14): keys of its example config and EVAL_LOSS.md we do not implement
+    "validation_torch_compile": ("compiling the validation pipeline is not implemented", _OFF),
+    "eval_epoch_interval": ("the eval loss is scheduled by steps only; use eval_steps_interval", _OFF),
 }
 
 # SimpleTuner's multidatabackend.json keys we do not implement: see dataset_keys.py.
 
 # SimpleTuner keys that cannot change any artefact; accepted with a warning.
 IGNORED: dict[str, str] = {
-    "validation_steps": "evaluation runs as its own asset after training",
     "logging_dir": "metrics go to metrics.jsonl in the run folder",
     "disable_benchmark": "evaluation always runs as its own asset",
     "webhook_config": "webhooks are not implemented",
     "validation_preview_steps": "validation previews are not implemented",
+    # -- SimpleTuner parity (issue 14)
+    "push_checkpoints_to_hub": "only the final model is pushed (push_to_hub); checkpoints stay in output_dir",
+    "eval_dataset_pooling": "the eval loss is always one value over every eval image together (pooled)",
 }
 
 
@@ -125,12 +130,18 @@ class TrainerSettings(StrictModel):
     resume_from_checkpoint: str = "latest"  # "latest" | "none" | a checkpoint folder
     # recompute activations in the backward pass: less memory, same gradients
     gradient_checkpointing: bool = False
-    report_to: Literal["none", "wandb"] = "none"
+    report_to: Literal["none", "wandb", "tensorboard", "all"] = "none"  # all: wandb + tensorboard
     tracker_project_name: str = "pixart-pipeline"
     tracker_run_name: str | None = None
     push_to_hub: bool = False
     hub_model_id: str | None = None
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    # -- watching training (issue 14; training/validation.py): SimpleTuner's in-training validation
+    # images and eval-loss curve. They only read the weights, so they are in no fingerprint.
+    validation_steps: int | None = Field(None, ge=0)  # render the validation prompts every N steps; 0/None: off
+    eval_steps_interval: int | None = Field(None, ge=0)  # stable eval loss (+ CLIP) every N steps; 0/None: off
+    num_eval_images: int = Field(4, ge=1)  # eval images per batch of the in-training eval loss
+    eval_loss_disable: bool = False  # keep validation images / CLIP, skip the eval loss
 
     @model_validator(mode="after")
     def _check_hub(self) -> "TrainerSettings":
@@ -158,6 +169,7 @@ class EvaluationSettings(StrictModel):
     validation_prompts: list[str] = []
     validation_resolution: str | int = "1024x1024"
     validation_guidance: float = Field(3.5, ge=0)
+    validation_guidance_rescale: float = Field(0.0, ge=0, le=1)  # issue 14: diffusers' guidance_rescale
     validation_num_inference_steps: int = Field(20, ge=1)
     validation_seed: int = 42
     validation_negative_prompt: str = "blurry, cropped, ugly"
