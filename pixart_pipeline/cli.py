@@ -44,6 +44,7 @@ def cmd_validate(cfg: PipelineConfig) -> int:
     for ds in cfg.datasets:
         print(f"  - {ds.id}: {ds.type} at {cfg.dataset_dir(ds)} ({ds.resolution} {ds.resolution_type}, "
               f"crop={ds.crop} {ds.crop_aspect}, captions: {ds.caption_strategy})")
+    print_holdout(cfg)
     print(f"model:    {t.pretrained_model_name_or_path} ({t.model_family}, {t.model_type})")
     print(f"training: lr {t.learning_rate}, {t.max_train_steps} steps, batch {t.train_batch_size} x "
           f"{t.gradient_accumulation_steps} accumulation, {t.mixed_precision}")
@@ -54,10 +55,22 @@ def cmd_validate(cfg: PipelineConfig) -> int:
     return 0
 
 
+def print_holdout(cfg: PipelineConfig) -> None:
+    """Per dataset: the eval hold-out rule and, once its metadata exists, how many images it holds out."""
+    from pixart_pipeline.config.holdout import describe
+    from pixart_pipeline.data.stage import held_out_count
+
+    for ds in cfg.datasets:
+        count = held_out_count(cfg, ds)
+        now = "" if count is None else f"; held out now: {count[0]} of {count[1]} kept images"
+        print(f"  eval hold-out {ds.id}: {describe(ds.eval_split_fraction, ds.dataset_type)}{now}")
+
+
 def cmd_plan(cfg: PipelineConfig) -> int:
     from pixart_pipeline.defs.build import build_definitions
     from pixart_pipeline.defs.planning import compute_plan
 
+    print_holdout(cfg)
     plan = compute_plan(_instance(), build_definitions(cfg), cfg)
     if not plan:
         print("Everything is in sync: nothing to materialize.")

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from pixart_pipeline.config import dataset_keys, simpletuner_values
+from pixart_pipeline.config import dataset_keys, holdout, simpletuner_values
 from pixart_pipeline.config.caption_filters import load_filters, not_regular_expressions
 from pixart_pipeline.config.models import (
     IGNORED,
@@ -180,6 +180,10 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
                 "discovery is always incremental here (only new or changed files are hashed and probed)"
             )
     datasets = [d for d in datasets if not d.disabled]
+    # The auto eval hold-out takes nothing when an eval dataset is configured (config/holdout.py).
+    has_eval = any(d.dataset_type == "eval" for d in datasets)
+    datasets = [d.model_copy(update={"eval_split_fraction": holdout.resolve_auto(d.eval_split_fraction, has_eval)})
+                for d in datasets]
     for ds in datasets:
         where_data, theirs = resolve_existing(backend_path.parent, ds.instance_data_dir)
         if theirs:

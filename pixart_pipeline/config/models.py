@@ -319,7 +319,9 @@ class ImageDataset(StrictModel):
     minimum_aspect_ratio: Number | None = Field(None, ge=0)
     maximum_aspect_ratio: Number | None = Field(None, ge=0)
     target_downsample_size: Number | None = Field(None, gt=0)
-    eval_split_fraction: float = Field(0.1, ge=0, lt=1)
+    # held out for the eval loss (data/holdout.py): null = a few images (1 per 25 kept, at most 4; none when the
+    # config has a dataset_type "eval" dataset); a fraction = that share by image hash; 0 = train on all
+    eval_split_fraction: float | None = Field(None, ge=0, lt=1)
     # captions
     caption_strategy: Literal["filename", "textfile", "instanceprompt", "parquet"] = "filename"
     instance_prompt: str | None = None
