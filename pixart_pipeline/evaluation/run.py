@@ -87,6 +87,15 @@ def _remove_stale_images(folder: Path, keep: set[str]) -> None:
                 path.unlink(missing_ok=True)
 
 
+def rescale_sampler(spec: EvalSpec, device: torch.device):
+    """``validation_guidance_rescale`` > 0: the trainer's ``ValidationSampler`` on the exported pipeline's
+    VAE, T5 and scheduler (its prompts encoded, and T5 freed, before the pipeline loads)."""
+    from pixart_pipeline.training.validation import ValidationSampler
+
+    return ValidationSampler(spec.pipeline_dir, None, spec.prompts, spec.negative_prompt,
+                             spec.max_sequence_length, device)
+
+
 def run_evaluation(spec: EvalSpec) -> EvalResult:
     """Evaluate the trained pipeline in ``spec.pipeline_dir`` against the base model; write the report.
 
@@ -99,12 +108,20 @@ def run_evaluation(spec: EvalSpec) -> EvalResult:
     items = read_eval_items(spec.eval_items) if spec.eval_items else []
 
     # 1. trained pipeline: images + trained eval loss (its transformer is the trained one)
+    rescale = spec.settings.validation_guidance_rescale
+    # diffusers' PixArt pipeline has no guidance rescale: the trainer's sampler (same seeds) applies it
+    sampler = rescale_sampler(spec, device) if rescale > 0 else None
     pipe = load_pipeline(spec.pipeline_dir, device, spec.dtype)
-    images = generate_images(
-        pipe, spec.prompts, spec.sizes,
-        guidance=spec.guidance, num_inference_steps=spec.num_inference_steps, seed=spec.seed,
-        negative_prompt=spec.negative_prompt, max_sequence_length=spec.max_sequence_length,
-    )
+    if sampler is not None:
+        images = sampler.sample(pipe.transformer, spec.sizes, guidance=spec.guidance, guidance_rescale=rescale,
+                                steps=spec.num_inference_steps, seed=spec.seed)
+        del sampler
+    else:
+        images = generate_images(
+            pipe, spec.prompts, spec.sizes,
+            guidance=spec.guidance, num_inference_steps=spec.num_inference_steps, seed=spec.seed,
+            negative_prompt=spec.negative_prompt, max_sequence_length=spec.max_sequence_length,
+        )
     image_dir = out_dir / IMAGES_DIR
     image_paths = save_images(images, image_dir)
     _remove_stale_images(image_dir, {p.name for p in image_paths})

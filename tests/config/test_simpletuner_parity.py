@@ -15,6 +15,8 @@ from pixart_pipeline.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = Path(__file__).parent / "fixtures" / "quickstart"
+# The demo config's metadata / trained_checkpoint / evaluation_report fingerprints on main before issue 14.
+DEMO_FINGERPRINTS = {"metadata": "e297c0c6a364aeb1", "train": "dab1e5aa9f591c45", "eval": "0e3a62e6a20c7f2c"}
 
 
 def simpletuner_layout(tmp_path: Path, edit: dict | None = None) -> Path:
@@ -111,3 +113,42 @@ def test_simpletuner_relative_dataset_folders_are_found_from_the_folder_above_co
     cfg = load(path)
     assert cfg.dataset_dir(cfg.datasets[0]) == (tmp_path / "simpletuner/datasets/pseudo-camera-10k").resolve()
     assert any("instance_data_dir" in w and "SimpleTuner's spelling" in w for w in cfg.warnings)
+
+
+def _fingerprints(cfg) -> dict:
+    from pixart_pipeline.config import fingerprints as fp
+
+    ds = cfg.datasets[0]
+    return {"metadata": fp.bucketed_metadata_fields(cfg, ds), "train": fp.trained_checkpoint_fields(cfg),
+            "eval": fp.evaluation_fields(cfg)}
+
+
+@pytest.mark.parametrize("key, value, changed", [
+    ("--validation_step_interval", 10, set()),  # SimpleTuner's name of validation_steps
+    ("eval_steps_interval", 10, set()),
+    ("num_eval_images", 2, set()),
+    ("eval_loss_disable", True, set()),
+    ("report_to", "tensorboard", set()),
+    ("report_to", "all", set()),
+    ("validation_guidance_rescale", 0.0, set()),
+    ("validation_guidance_rescale", 0.7, {"eval"}),  # the evaluation's images change; the weights do not
+])
+def test_watching_keys_stay_out_of_the_checkpoint_fingerprint(tmp_path, key, value, changed):
+    base = _fingerprints(load(simpletuner_layout(tmp_path / "a")))
+    key = key if key.startswith("--") else f"--{key}"
+    edited = _fingerprints(load(simpletuner_layout(tmp_path / "b", {key: value})))
+    from pixart_pipeline.config.fingerprints import stable_hash
+
+    differ = {k for k in base if stable_hash(base[k]) != stable_hash(edited[k])}
+    assert differ == changed
+
+
+def test_the_demo_fingerprints_did_not_change():
+    """The demo turns on in-training validation; none of its stage fingerprints moved (recorded
+    before issue 14)."""
+    from pixart_pipeline.config import fingerprints as fp
+
+    cfg = load(REPO / "config" / "demo" / "config.json")
+    assert cfg.training.validation_steps and cfg.training.eval_steps_interval
+    got = {name: fp.stable_hash(f) for name, f in _fingerprints(cfg).items()}
+    assert got == DEMO_FINGERPRINTS
