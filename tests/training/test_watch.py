@@ -87,3 +87,32 @@ def test_the_preview_hook_sees_every_denoising_step_and_rescale_changes_the_imag
     eps, cond = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8) * 3
     assert torch.equal(rescale_guidance(eps, cond, 0.0), eps)
     assert torch.allclose(rescale_guidance(eps, cond, 1.0).std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)))
+
+
+def test_the_asset_streams_validation_through_pipes_and_shows_the_curve_and_strip(tmp_path):
+    """The real trained_checkpoint asset on a copy of the demo: the validation lines (with image
+    paths) reach the Dagster run log, the materialization has the eval-loss curve and the strip."""
+    import dagster
+
+    from demo_copy import copy_demo, run_stages_before_training
+    from pixart_pipeline.config import load_config
+    from pixart_pipeline.defs.build import build_definitions
+
+    path = copy_demo(tmp_path, config={"max_train_steps": 4, "checkpointing_steps": 4, "validation_steps": 2,
+                                       "eval_steps_interval": 2, "report_to": "tensorboard",
+                                       "validation_num_inference_steps": 2},
+                     dataset={"synthetic_num_images": 16})
+    cfg = load_config(path)
+    run_stages_before_training(cfg)
+    job = build_definitions(cfg).resolve_implicit_global_asset_job_def()
+    instance = dagster.DagsterInstance.ephemeral()
+    run = job.execute_in_process(instance=instance, asset_selection=[dagster.AssetKey("trained_checkpoint")])
+    mat = run.asset_materializations_for_node("trained_checkpoint")[0]
+    md = {k: v.value for k, v in mat.metadata.items()}
+    assert md["eval_loss_curve"].count("\n") == 1 + 3  # header, rule, steps 0, 2, 4
+    assert md["validation_strip"].startswith("steps 0, 2, 4") and "data:image/png" in md["eval_loss_plot"]
+    assert isinstance(md["eval_loss_last"], float) and md["tracker_url"].endswith("tensorboard")
+    messages = [e.user_message for e in instance.all_logs(run.run_id)]
+    lines = [m for m in messages if m.startswith("validation at step")]
+    assert [m.split(":")[0] for m in lines] == [f"validation at step {s}" for s in (0, 2, 4)]
+    assert all("eval_loss" in m and "clip_score" in m and ".png" in m for m in lines)
