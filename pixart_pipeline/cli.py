@@ -1,5 +1,6 @@
 """`pixart-pipeline`: validate a config, see what is unsynced, and bring it back in sync.
 
+    pixart-pipeline configure [--config PATH]  answer questions, write config.json + multidatabackend.json
     pixart-pipeline validate [--config PATH]   check config.json + multidatabackend.json, run nothing
     pixart-pipeline plan     [--config PATH]   which assets are unsynced and why
     pixart-pipeline sync     [--config PATH]   materialize exactly those, in order
@@ -143,7 +144,7 @@ def cmd_estimate(cfg: PipelineConfig, gpu_memory_gb: float | None, as_json: bool
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pixart-pipeline", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["validate", "plan", "sync", "report", "cache", "estimate"])
+    parser.add_argument("command", choices=["validate", "plan", "sync", "report", "cache", "estimate", "configure"])
     parser.add_argument("action", nargs="?", choices=["verify", "prune", "stats"], help="for `cache`")
     parser.add_argument("--min-age", type=float, default=3600.0,
                         help="cache prune: keep unreferenced shard files younger than this many seconds")
@@ -151,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="estimate: print JSON (keys: README)")
     parser.add_argument("--config", help="config.json (default: $PIXART_CONFIG, config/config.json, demo)")
     args = parser.parse_args(argv)
+    if args.command == "configure":  # writes the config instead of reading one (cli_configure.py)
+        from pixart_pipeline.cli_configure import run_configure
+
+        return run_configure(Path(args.config).parent if args.config else Path("config"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # load_config's warnings are printed by `validate`
