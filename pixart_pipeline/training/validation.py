@@ -63,9 +63,11 @@ class ValidationSampler:
                  max_sequence_length: int, device: torch.device) -> None:
         from diffusers import PixArtSigmaPipeline
 
-        # transformer=None: the trained one is passed to each call; only VAE, T5 and scheduler load
+        # transformer=None: the trained one is passed to each call; only VAE, T5 and scheduler load.
+        # bf16 on a GPU: T5-XXL alone is ~19 GB in fp32, next to the model being trained.
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         pipe = PixArtSigmaPipeline.from_pretrained(base_model, revision=revision, transformer=None,
-                                                   use_safetensors=True)
+                                                   torch_dtype=dtype, use_safetensors=True)
         pipe.text_encoder.to(device)
         self.device = device
         self.prompts = list(prompts)

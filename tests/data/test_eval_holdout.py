@@ -75,3 +75,26 @@ def test_validate_says_what_each_dataset_holds_out(tmp_path):
     assert "eval hold-out a: auto: 1 image per 25 kept, at most 4" in run.stdout
     assert "eval hold-out b: none (eval_split_fraction 0" in run.stdout
     assert "eval hold-out c: 20% of the images by hash" in run.stdout
+
+
+def test_the_metadata_materialization_and_validate_say_how_many_are_held_out(tmp_path):
+    from demo_copy import copy_demo
+    from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
+
+    path = copy_demo(tmp_path, dataset={"synthetic_num_images": 60})
+    backend = path.parent / "multidatabackend.json"
+    entries = json.loads(backend.read_text())
+    del entries[0]["eval_split_fraction"]  # the default: the auto hold-out
+    backend.write_text(json.dumps(entries))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = load_config(path)
+    ds = cfg.datasets[0]
+    run_raw_dataset(cfg, ds)
+    run_captions(cfg, ds)
+    result = run_bucketed_metadata(cfg, ds)
+    assert (result.metadata["kept"], result.metadata["eval"], result.metadata["train"]) == (60, 2, 58)
+    assert result.metadata["eval_holdout"].startswith("auto: 1 image per 25 kept, at most 4")
+    run = subprocess.run([sys.executable, "-m", "pixart_pipeline.cli", "validate", "--config", str(path)],
+                         capture_output=True, text=True, timeout=120)
+    assert "eval hold-out shapes: auto" in run.stdout and "held out now: 2 of 60 kept images" in run.stdout
