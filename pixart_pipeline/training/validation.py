@@ -67,7 +67,7 @@ class ValidationSampler:
         # bf16 on a GPU: T5-XXL alone is ~19 GB in fp32, next to the model being trained.
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         pipe = PixArtSigmaPipeline.from_pretrained(base_model, revision=revision, transformer=None,
-                                                   torch_dtype=dtype, use_safetensors=True)
+                                                   dtype=dtype, use_safetensors=True)
         pipe.text_encoder.to(device)
         self.device = device
         self.prompts = list(prompts)

@@ -152,3 +152,41 @@ def test_the_demo_fingerprints_did_not_change():
     assert cfg.training.validation_steps and cfg.training.eval_steps_interval
     got = {name: fp.stable_hash(f) for name, f in _fingerprints(cfg).items()}
     assert got == DEMO_FINGERPRINTS
+
+
+@pytest.mark.slow
+def test_the_quickstart_config_trains(tmp_path):
+    """The example config as edited, in SimpleTuner's layout and spelling (strings, ``config/...`` and
+    ``datasets/...`` paths), trains: only what a CPU without network needs is changed (the tiny
+    models, 2 steps, no upload, no W&B, small validation images), still written SimpleTuner's way."""
+    from PIL import Image
+
+    from pixart_pipeline.cache.stage import run_text_embed_cache, run_vae_cache
+    from pixart_pipeline.data.stage import run_bucketed_metadata, run_captions, run_raw_dataset
+    from pixart_pipeline.training import train
+    from pixart_pipeline.training.spec import RunSpec
+    from pixart_pipeline.training.stage import prepare_training_run
+
+    path = simpletuner_layout(tmp_path, {"--pretrained_model_name_or_path": "tiny-random", "--max_train_steps": "2",
+                                         "--mixed_precision": "no", "--push_to_hub": "false", "--report_to": "none",
+                                         "--validation_resolution": "128x128", "--output_dir": "output/models",
+                                         "--validation_num_inference_steps": "2",
+                                         "--pretrained_evaluation_model_name_or_path": "tiny-random-clip"})
+    backend = path.parent / "multidatabackend.json"
+    entries = json.loads(backend.read_text())
+    entries[0]["instance_data_dir"] = "datasets/pseudo-camera-10k"  # SimpleTuner's working-directory spelling
+    backend.write_text(json.dumps(entries))
+    images = tmp_path / "simpletuner" / "datasets" / "pseudo-camera-10k"
+    images.mkdir(parents=True)
+    for i, colour in enumerate(["red", "green", "blue", "white"]):
+        Image.new("RGB", (1024, 1024), colour).save(images / f"a {colour} square {i}.png")
+    cfg = load(path)
+    (ds,) = cfg.datasets
+    for stage in (run_raw_dataset, run_captions, run_bucketed_metadata):
+        stage(cfg, ds)
+    run_text_embed_cache(cfg, "cpu")
+    run_vae_cache(cfg, ds, "cpu")
+    prepared = prepare_training_run(cfg, "cpu")
+    result = train(RunSpec.load(prepared.spec_path))
+    assert result.completed and result.steps == 2
+    assert (prepared.run_dir / "validation" / "step-000000").is_dir()  # validation_step_interval's step 0
