@@ -116,3 +116,26 @@ def test_the_asset_streams_validation_through_pipes_and_shows_the_curve_and_stri
     lines = [m for m in messages if m.startswith("validation at step")]
     assert [m.split(":")[0] for m in lines] == [f"validation at step {s}" for s in (0, 2, 4)]
     assert all("eval_loss" in m and "clip_score" in m and ".png" in m for m in lines)
+
+
+def test_report_to_all_sends_the_validation_to_wandb_and_tensorboard(make_spec, caches, monkeypatch):
+    """``report_to: all``: W&B (offline, read back from its run file) and TensorBoard both get the
+    eval loss and the images at the validation steps."""
+    from support import require_wandb
+
+    from evaluation.wandb_records import history_rows
+
+    require_wandb()
+    for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_CODE": "true",
+                       "WANDB_DISABLE_GIT": "true"}.items():
+        monkeypatch.setenv(key, value)
+    spec = make_spec("all", max_train_steps=2, validation_steps=2, eval_steps_interval=2,
+                     report_to="all").model_copy(update={"watch": _watch(caches)})
+    result = train(spec)
+    run_dir = Path(result.run_dir)
+    (wandb_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    rows = [r for r in history_rows(wandb_file) if "validation/eval_loss" in r]
+    assert [r["_step"] for r in rows] == [0, 2]
+    assert all(r["validation/images/count"] == 1 for r in rows)
+    assert [e.step for e in _events(run_dir / "tensorboard").Scalars("validation/eval_loss")] == [0, 2]
+    assert result.tracker_url == str(next((run_dir / "wandb").glob("offline-run-*")))
