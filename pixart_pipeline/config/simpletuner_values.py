@@ -40,8 +40,8 @@ DATASET_DEFAULTS = ("resolution", "resolution_type", "minimum_image_size", "maxi
 
 # Optimizers we read as another one, with what differs (the warning says it).
 OPTIMIZER_ALIASES = {
-    "adamw_bf16": ("adamw", "SimpleTuner's adamw_bf16 keeps the weights in bf16 with stochastic rounding; here "
-                   "AdamW keeps fp32 master weights and runs the model in mixed_precision"),
+    "adamw_bf16": ("adamw", ("SimpleTuner's adamw_bf16 keeps the weights in bf16 with stochastic rounding; here "
+                             "AdamW keeps fp32 master weights and runs the model in mixed_precision")),
 }
 
 

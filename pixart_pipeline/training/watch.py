@@ -33,6 +33,9 @@ class Watcher:
         self.image_every = settings.validation_steps or 0
         self.loss_every = 0 if settings.eval_loss_disable or not watch.eval_items else settings.eval_steps_interval or 0
         self.batch = settings.num_eval_images
+        if settings.eval_steps_interval and not settings.eval_loss_disable and not watch.eval_items:
+            run.reporter.warning("eval_steps_interval is set but there are no eval images (nothing is held out of "
+                                 "training and no dataset has dataset_type \"eval\"): no eval-loss curve")
         self.log = MetricsLog(run.run_dir / VALIDATION_LOG, resume_step)
         self.on_step = None
         self._sampler = self._eval_set = self._clip = None

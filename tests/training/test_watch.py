@@ -121,9 +121,8 @@ def test_the_asset_streams_validation_through_pipes_and_shows_the_curve_and_stri
 def test_report_to_all_sends_the_validation_to_wandb_and_tensorboard(make_spec, caches, monkeypatch):
     """``report_to: all``: W&B (offline, read back from its run file) and TensorBoard both get the
     eval loss and the images at the validation steps."""
-    from support import require_wandb
-
     from evaluation.wandb_records import history_rows
+    from support import require_wandb
 
     require_wandb()
     for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_CODE": "true",
