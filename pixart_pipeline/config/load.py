@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from pixart_pipeline.config import dataset_keys, holdout, simpletuner_values
+from pixart_pipeline.config import dataset_keys, holdout, simpletuner_keys, simpletuner_values
 from pixart_pipeline.config.caption_filters import load_filters, not_regular_expressions
 from pixart_pipeline.config.models import (
     IGNORED,
@@ -256,6 +256,13 @@ def _check_known_keys(raw: dict, path: Path) -> list[str]:
         elif key in IGNORED:
             if not off:
                 notes.append(f"{path}: key {key!r} is ignored: {IGNORED[key]}")
+            raw.pop(key)
+        elif key in simpletuner_keys.SIMPLETUNER_OPTIONS and key not in TrainingConfig.model_fields:
+            # SimpleTuner's other options: never an "unknown key" (config/simpletuner_keys.py)
+            why = simpletuner_keys.reason(key)
+            if not simpletuner_keys.is_unset(raw[key]):
+                raise ConfigError(f"{path}: key {key!r} = {raw[key]!r} is not supported: {why}")
+            notes.append(f"{path}: key {key!r} = {raw[key]!r} is ignored (it sets nothing; {why})")
             raw.pop(key)
     return notes
 

@@ -190,3 +190,24 @@ def test_the_quickstart_config_trains(tmp_path):
     result = train(RunSpec.load(prepared.spec_path))
     assert result.completed and result.steps == 2
     assert (prepared.run_dir / "validation" / "step-000000").is_dir()  # validation_step_interval's step 0
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("--quantize_via", "cpu", "quantisation and offloading are not supported"),
+    ("--controlnet", "true", "ControlNet"),
+    ("--deepfloyd_validation_stage1_model", "x", "another model family"),
+    ("--instance_prompt", "sks", "multidatabackend.json"),
+    ("--lr_end", "1e-7", "optimizer option"),
+    ("--crepa_enabled", "true", "training-objective"),
+])
+def test_simpletuners_other_options_are_refused_with_a_reason_not_as_unknown(tmp_path, key, value, expected):
+    with pytest.raises(ConfigError) as err:
+        load(simpletuner_layout(tmp_path, {key: value}))
+    message = str(err.value)
+    assert "unknown key" not in message and "is not supported" in message and expected in message
+
+
+def test_simpletuners_other_options_set_to_nothing_only_warn(tmp_path):
+    cfg = load(simpletuner_layout(tmp_path, {"--quantize_via": None, "--controlnet": "false"}))
+    assert any("'quantize_via' = None is ignored" in w for w in cfg.warnings)
+    assert any("'controlnet' = 'false' is ignored" in w for w in cfg.warnings)
