@@ -101,7 +101,9 @@ def read_config_values(raw: dict, fields: dict) -> tuple[dict, dict, list[str]]:
                 notes.append(f"key {key!r} = {raw.pop(key)!r} is ignored: it configures a LoRA/LyCORIS adapter "
                              "and model_type is 'full' (SimpleTuner ignores it too)")
     optimizer = raw.get("optimizer")
-    if isinstance(optimizer, str) and optimizer in OPTIMIZER_ALIASES:
+    allowed = typing.get_args(fields["optimizer"].annotation) if "optimizer" in fields else ()
+    # only where the model does not implement the optimizer itself
+    if isinstance(optimizer, str) and optimizer in OPTIMIZER_ALIASES and optimizer not in allowed:
         raw["optimizer"], why = OPTIMIZER_ALIASES[optimizer]
         notes.append(f"optimizer {optimizer!r} is trained as {raw['optimizer']!r}: {why}")
     return raw, defaults, notes
