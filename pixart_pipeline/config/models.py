@@ -142,6 +142,7 @@ class TrainerSettings(StrictModel):
     eval_steps_interval: int | None = Field(None, ge=0)  # stable eval loss (+ CLIP) every N steps; 0/None: off
     num_eval_images: int = Field(4, ge=1)  # eval images per batch of the in-training eval loss
     eval_loss_disable: bool = False  # keep validation images / CLIP, skip the eval loss
+    validation_on_startup: bool = False  # also validate the base weights (step 0) when a run starts fresh
 
     @model_validator(mode="after")
     def _check_hub(self) -> "TrainerSettings":

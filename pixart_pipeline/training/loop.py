@@ -99,7 +99,7 @@ def train_steps(run: Run, progress: Progress, stop_at_step: int | None, stop_req
         f"(mixed precision: {hp.mixed_precision}, optimizer: {hp.optimizer})")
     # the cache reads of the next batches run ahead on a thread; the sampler here moves only as batches are used
     reads = read_ahead(run.builder, sampler, world, rank, spec.read_ahead_batches)
-    if run.watcher is not None and first_step == 0:  # issue 14: validate the base weights first
+    if run.watcher is not None and first_step == 0:  # issue 14: validation_on_startup
         run.watcher.at_start()
     try:
         while progress.global_step < stop:

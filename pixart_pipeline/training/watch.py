@@ -3,8 +3,8 @@ eval loss every ``eval_steps_interval``, CLIP score with the images when ``evalu
 
 Each validation writes ``run_dir/validation/step-<step>/<p.._s.._WxH>.png`` and one row of
 ``run_dir/validation.jsonl`` (``step``, ``eval_loss``, ``clip_score``, ``images``), logs a line (the
-Dagster run log under Pipes) and the tracker (W&B / TensorBoard). Step 0 (the base weights) is
-validated when a run starts fresh, so the curve starts at the base model. ``watch_metadata`` turns
+Dagster run log under Pipes) and the tracker (W&B / TensorBoard). With ``validation_on_startup``
+step 0 (the base weights) is validated when a run starts fresh, so the curve starts at the base model. ``watch_metadata`` turns
 the log into the finished run's materialization: the eval-loss curve (table + plot) and a strip of
 the first prompt's image over the steps. Main process only; nothing here changes the weights.
 """
@@ -46,8 +46,9 @@ class Watcher:
                 bool(self.loss_every) and step % self.loss_every == 0)
 
     def at_start(self) -> None:
-        """A fresh run: validate the base weights (step 0), so the curve starts at the base model."""
-        if self.image_every or self.loss_every:
+        """A fresh run with ``validation_on_startup``: validate the base weights (step 0), so the
+        curve starts at the base model."""
+        if self.run.spec.settings.validation_on_startup and (self.image_every or self.loss_every):
             self.validate(0, bool(self.image_every), bool(self.loss_every))
 
     def maybe(self, step: int) -> None:

@@ -149,7 +149,7 @@ def test_the_demo_fingerprints_did_not_change():
     from pixart_pipeline.config import fingerprints as fp
 
     cfg = load(REPO / "config" / "demo" / "config.json")
-    assert cfg.training.validation_steps and cfg.training.eval_steps_interval
+    assert cfg.training.validation_steps and cfg.training.eval_steps_interval and cfg.training.validation_on_startup
     got = {name: fp.stable_hash(f) for name, f in _fingerprints(cfg).items()}
     assert got == DEMO_FINGERPRINTS
 
@@ -171,7 +171,8 @@ def test_the_quickstart_config_trains(tmp_path):
                                          "--mixed_precision": "no", "--push_to_hub": "false", "--report_to": "none",
                                          "--validation_resolution": "128x128", "--output_dir": "output/models",
                                          "--validation_num_inference_steps": "2",
-                                         "--pretrained_evaluation_model_name_or_path": "tiny-random-clip"})
+                                         "--pretrained_evaluation_model_name_or_path": "tiny-random-clip",
+                                         "--validation_on_startup": "true"})
     backend = path.parent / "multidatabackend.json"
     entries = json.loads(backend.read_text())
     entries[0]["instance_data_dir"] = "datasets/pseudo-camera-10k"  # SimpleTuner's working-directory spelling
@@ -189,7 +190,7 @@ def test_the_quickstart_config_trains(tmp_path):
     prepared = prepare_training_run(cfg, "cpu")
     result = train(RunSpec.load(prepared.spec_path))
     assert result.completed and result.steps == 2
-    assert (prepared.run_dir / "validation" / "step-000000").is_dir()  # validation_step_interval's step 0
+    assert (prepared.run_dir / "validation" / "step-000000").is_dir()  # validation_on_startup
 
 
 @pytest.mark.parametrize("key, value, expected", [

@@ -33,7 +33,7 @@ def _events(folder: Path):
 
 def test_validation_and_the_eval_loss_curve_during_training(make_spec, caches, tiny_pixart_path):
     spec = make_spec("watched", max_train_steps=10, validation_steps=5, eval_steps_interval=5,
-                     report_to="tensorboard").model_copy(update={"watch": _watch(caches)})
+                     validation_on_startup=True, report_to="tensorboard").model_copy(update={"watch": _watch(caches)})
     result = train(spec)
     run_dir = Path(result.run_dir)
     rows = [json.loads(line) for line in (run_dir / "validation.jsonl").read_text().splitlines()]
@@ -129,12 +129,12 @@ def test_report_to_all_sends_the_validation_to_wandb_and_tensorboard(make_spec, 
                        "WANDB_DISABLE_GIT": "true"}.items():
         monkeypatch.setenv(key, value)
     spec = make_spec("all", max_train_steps=2, validation_steps=2, eval_steps_interval=2,
-                     report_to="all").model_copy(update={"watch": _watch(caches)})
+                     report_to="all").model_copy(update={"watch": _watch(caches)})  # no validation_on_startup: no step 0
     result = train(spec)
     run_dir = Path(result.run_dir)
     (wandb_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     rows = [r for r in history_rows(wandb_file) if "validation/eval_loss" in r]
-    assert [r["_step"] for r in rows] == [0, 2]
+    assert [r["_step"] for r in rows] == [2]
     assert all(r["validation/images/count"] == 1 for r in rows)
-    assert [e.step for e in _events(run_dir / "tensorboard").Scalars("validation/eval_loss")] == [0, 2]
+    assert [e.step for e in _events(run_dir / "tensorboard").Scalars("validation/eval_loss")] == [2]
     assert result.tracker_url == str(next((run_dir / "wandb").glob("offline-run-*")))
