@@ -157,7 +157,8 @@ EVALUATION_REPORT = Stage(
     # eval images make the report unsynced even when the trained weights are unchanged
     inputs=("trained_checkpoint", "text_embed_cache", "vae_cache", "bucketed_metadata"), gpu=True,
     schema=ITEMS_SCHEMA,
-    code=("evaluation/run.py", "evaluation/sampling.py", "evaluation/clip_score.py", "evaluation/eval_loss.py"),
+    code=("evaluation/run.py", "evaluation/sampling.py", "evaluation/clip_score.py", "evaluation/eval_loss.py",
+          "training/validation.py"),  # validation_guidance_rescale's sampler
 )
 
 # In dependency order: every stage comes after the stages it reads.

@@ -225,7 +225,9 @@ def trained_checkpoint_fields(cfg: PipelineConfig) -> dict:
 
 def evaluation_fields(cfg: PipelineConfig) -> dict:
     t = cfg.training
-    return {
+    # guidance rescale only when on: configs without it keep their fingerprint
+    rescale = {"guidance_rescale": t.validation_guidance_rescale} if t.validation_guidance_rescale else {}
+    return rescale | {
         "prompts": t.all_validation_prompts,
         "sizes": t.validation_sizes,
         "guidance": t.validation_guidance,

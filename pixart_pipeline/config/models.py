@@ -42,13 +42,15 @@ UNSUPPORTED: dict[str, tuple[str, tuple]] = {
     "lora_rank": ("only model_type 'full' is supported", _OFF),
     # issue 15: ReflexFlow is for flow-matching rollouts; PixArt Sigma predicts epsilon
     "scheduled_sampling_reflexflow": ("ReflexFlow applies to flow-matching models only; PixArt Sigma predicts epsilon", _OFF),
+    # -- SimpleTuner parity (issue 14): keys of its example config and EVAL_LOSS.md we do not implement
+    "validation_torch_compile": ("compiling the validation pipeline is not implemented", _OFF),
+    "eval_epoch_interval": ("the eval loss is scheduled by steps only; use eval_steps_interval", _OFF),
 }
 
 # SimpleTuner's multidatabackend.json keys we do not implement: see dataset_keys.py.
 
 # SimpleTuner keys that cannot change any artefact; accepted with a warning.
 IGNORED: dict[str, str] = {
-    "validation_steps": "evaluation runs as its own asset after training",
     "logging_dir": "metrics go to metrics.jsonl in the run folder",
     "disable_benchmark": "evaluation always runs as its own asset",
     # -- issue 15: ReflexFlow weights only flow-matching rollouts (SimpleTuner reads them for those
@@ -56,6 +58,9 @@ IGNORED: dict[str, str] = {
     "scheduled_sampling_reflexflow_alpha": "ReflexFlow applies to flow-matching models only; PixArt Sigma predicts epsilon",
     "scheduled_sampling_reflexflow_beta1": "ReflexFlow applies to flow-matching models only; PixArt Sigma predicts epsilon",
     "scheduled_sampling_reflexflow_beta2": "ReflexFlow applies to flow-matching models only; PixArt Sigma predicts epsilon",
+    # -- SimpleTuner parity (issue 14)
+    "push_checkpoints_to_hub": "only the final model is pushed (push_to_hub); checkpoints stay in output_dir",
+    "eval_dataset_pooling": "the eval loss is always one value over every eval image together (pooled)",
 }
 
 
@@ -173,12 +178,19 @@ class TrainerSettings(StrictModel):
     resume_from_checkpoint: str = "latest"  # "latest" | "none" | a checkpoint folder
     # recompute activations in the backward pass: less memory, same gradients
     gradient_checkpointing: bool = False
-    report_to: Literal["none", "wandb"] = "none"
+    report_to: Literal["none", "wandb", "tensorboard", "all"] = "none"  # all: wandb + tensorboard
     tracker_project_name: str = "pixart-pipeline"
     tracker_run_name: str | None = None
     push_to_hub: bool = False
     hub_model_id: str | None = None
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    # -- watching training (issue 14; training/validation.py): SimpleTuner's in-training validation
+    # images and eval-loss curve. They only read the weights, so they are in no fingerprint.
+    validation_steps: int | None = Field(None, ge=0)  # render the validation prompts every N steps; 0/None: off
+    eval_steps_interval: int | None = Field(None, ge=0)  # stable eval loss (+ CLIP) every N steps; 0/None: off
+    num_eval_images: int = Field(4, ge=1)  # eval images per batch of the in-training eval loss
+    eval_loss_disable: bool = False  # keep validation images / CLIP, skip the eval loss
+    validation_on_startup: bool = False  # also validate the base weights (step 0) when a run starts fresh
 
     @model_validator(mode="after")
     def _check_hub(self) -> "TrainerSettings":
@@ -206,6 +218,7 @@ class EvaluationSettings(StrictModel):
     validation_prompts: list[str] = []
     validation_resolution: str | int = "1024x1024"
     validation_guidance: float = Field(3.5, ge=0)
+    validation_guidance_rescale: float = Field(0.0, ge=0, le=1)  # issue 14: diffusers' guidance_rescale
     validation_num_inference_steps: int = Field(20, ge=1)
     validation_seed: int = 42
     validation_negative_prompt: str = "blurry, cropped, ugly"
@@ -375,7 +388,9 @@ class ImageDataset(StrictModel):
     minimum_aspect_ratio: Number | None = Field(None, ge=0)
     maximum_aspect_ratio: Number | None = Field(None, ge=0)
     target_downsample_size: Number | None = Field(None, gt=0)
-    eval_split_fraction: float = Field(0.1, ge=0, lt=1)
+    # held out for the eval loss (data/holdout.py): null = a few images (1 per 25 kept, at most 4; none when the
+    # config has a dataset_type "eval" dataset); a fraction = that share by image hash; 0 = train on all
+    eval_split_fraction: float | None = Field(None, ge=0, lt=1)
     # captions
     caption_strategy: Literal["filename", "textfile", "instanceprompt", "parquet"] = "filename"
     instance_prompt: str | None = None

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pixart_pipeline.config import ImageDataset, PipelineConfig
+from pixart_pipeline.config import ImageDataset, PipelineConfig, holdout
 from pixart_pipeline.config.fingerprints import stable_hash
 from pixart_pipeline.config.identity import caption_filters, parquet_file
 from pixart_pipeline.data.captions import build_captions_table, captions_data_version, multi_caption_rows
@@ -250,6 +250,7 @@ def run_bucketed_metadata(
             "rejected": table.num_rows - statuses.get("ok", 0),
             "train": splits.get("train", 0),
             "eval": splits.get("eval", 0),
+            "eval_holdout": holdout.describe(ds.eval_split_fraction, ds.dataset_type),  # the rule behind "eval"
             "buckets": len(buckets),
             "seconds": round(time.perf_counter() - start, 3),
         },
@@ -357,3 +358,18 @@ def batch_readiness(cfg: PipelineConfig, ds: ImageDataset) -> BatchReadiness:
                                                    for c in ("bucket", "target_width", "target_height")))]
     counts = sorted(value_counts(pa.array(names, pa.string())).items())
     return readiness({b: n * (1 + ds.repeats) for b, n in counts}, cfg)
+
+
+def held_out_count(cfg: PipelineConfig, ds: ImageDataset) -> tuple[int, int] | None:
+    """(kept images in the eval split, kept images) of the dataset's current metadata table, or None
+    when it was not built yet or was built for other settings (``validate`` and ``plan`` print it)."""
+    path = metadata_path(cfg, ds)
+    if not path.exists():
+        return None
+    stored = (pq.read_schema(path).metadata or {}).get(FINGERPRINT_KEY)
+    if stored is None or stored.decode() != inputs_fingerprint(cfg, ds):
+        return None
+    table = pq.read_table(path, columns=["status", "split"])
+    ok = pc.equal(table.column("status"), "ok")
+    split = pc.filter(table.column("split"), ok)
+    return pc.sum(pc.equal(split, "eval").cast(pa.int64())).as_py() or 0, len(split)

@@ -79,7 +79,7 @@ def run_evaluation_report(cfg: PipelineConfig, device: str, run_dir: str | Path,
     if (run_dir / CARD_INFO).is_file():  # runs exported before model_card.json existed keep their card
         refresh_model_card(run_dir, metrics, samples)
     extra = {}
-    if cfg.training.report_to == "wandb":
+    if cfg.training.report_to in ("wandb", "all"):
         url = log_to_training_tracker(run_dir, metrics, report, Path(result.json_path).parent, log)
         if url:
             extra["tracker_url"] = url

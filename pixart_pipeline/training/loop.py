@@ -100,6 +100,8 @@ def train_steps(run: Run, progress: Progress, stop_at_step: int | None, stop_req
         f"(mixed precision: {hp.mixed_precision}, optimizer: {hp.optimizer})")
     # the cache reads of the next batches run ahead on a thread; the sampler here moves only as batches are used
     reads = read_ahead(run.builder, sampler, world, rank, spec.read_ahead_batches)
+    if run.watcher is not None and first_step == 0:  # issue 14: validation_on_startup
+        run.watcher.at_start()
     try:
         while progress.global_step < stop:
             step_start = time.perf_counter()
@@ -158,6 +160,8 @@ def train_steps(run: Run, progress: Progress, stop_at_step: int | None, stop_req
                 per_step = (time.perf_counter() - loop_start) / (step - first_step)
                 run.reporter.progress(step, run.total_steps, progress.last_loss, lr, progress.samples_per_s,
                                       per_step * (run.total_steps - step))
+            if run.watcher is not None:  # issue 14: in-training validation (training/watch.py)
+                run.watcher.maybe(step)
             signalled = stop_request.agreed(accelerator)
             if step % spec.settings.checkpointing_steps == 0 or step == stop or signalled:
                 progress.last_checkpoint = save(run, progress)

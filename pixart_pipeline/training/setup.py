@@ -38,6 +38,7 @@ from pixart_pipeline.training.spec import RunSpec
 from pixart_pipeline.training.speed import speed_up
 from pixart_pipeline.training.state import Progress, Run
 from pixart_pipeline.training.tracking import open_tracker
+from pixart_pipeline.training.watch import open_watcher
 
 
 def make_accelerator(hp: Hyperparameters, device: str, machines: int = 1) -> Accelerator:
@@ -169,6 +170,8 @@ def setup(spec: RunSpec, reporter: Reporter) -> tuple[Run, Progress]:
               ema=ema, noise_scheduler=noise_scheduler,
               scaling_factor=vae_scaling_factor(spec.base_model, spec.revision), total_steps=total_steps,
               metrics=metrics, tracker=tracker)
+    # in-training validation (issue 14): images / eval loss every N steps, main process only
+    run.watcher = open_watcher(run, progress.global_step if state else None)
     return run, progress
 
 
