@@ -38,13 +38,6 @@ ADAPTER_ONLY = ("lora_type", "lycoris_config", "lora_alpha", "lora_dropout", "lo
 DATASET_DEFAULTS = ("resolution", "resolution_type", "minimum_image_size", "maximum_image_size",
                     "target_downsample_size")
 
-# Optimizers we read as another one, with what differs (the warning says it).
-OPTIMIZER_ALIASES = {
-    "adamw_bf16": ("adamw", ("SimpleTuner's adamw_bf16 keeps the weights in bf16 with stochastic rounding; here "
-                             "AdamW keeps fp32 master weights and runs the model in mixed_precision")),
-}
-
-
 def scalar_kind(annotation: Any) -> type | None:
     """``bool``, ``int`` or ``float`` when a field's annotation is that scalar (optionally with
     ``None``), else None (strings, literals, lists and unions of several types stay as written)."""
@@ -100,12 +93,6 @@ def read_config_values(raw: dict, fields: dict) -> tuple[dict, dict, list[str]]:
             if key in raw:
                 notes.append(f"key {key!r} = {raw.pop(key)!r} is ignored: it configures a LoRA/LyCORIS adapter "
                              "and model_type is 'full' (SimpleTuner ignores it too)")
-    optimizer = raw.get("optimizer")
-    allowed = typing.get_args(fields["optimizer"].annotation) if "optimizer" in fields else ()
-    # only where the model does not implement the optimizer itself
-    if isinstance(optimizer, str) and optimizer in OPTIMIZER_ALIASES and optimizer not in allowed:
-        raw["optimizer"], why = OPTIMIZER_ALIASES[optimizer]
-        notes.append(f"optimizer {optimizer!r} is trained as {raw['optimizer']!r}: {why}")
     return raw, defaults, notes
 
 

@@ -42,7 +42,7 @@ def test_the_quickstart_config_validates_through_the_cli(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.rstrip().endswith("OK")
     # Every key we do not honour as written is named with its reason.
-    for part in ("lora_type", "lycoris_config", "adamw_bf16", "push_checkpoints_to_hub",
+    for part in ("lora_type", "lycoris_config", "push_checkpoints_to_hub",
                  "SimpleTuner's spelling"):
         assert part in run.stdout
 
@@ -54,7 +54,7 @@ def test_strings_are_read_as_simpletuners_argparse_reads_them(tmp_path):
     assert t.gradient_checkpointing is True and t.push_to_hub is True
     assert t.validation_guidance_rescale == 0.0 and t.num_train_epochs is None
     assert t.checkpointing_steps == 500 and t.validation_steps == 500  # SimpleTuner's renamed keys
-    assert t.optimizer == "adamw" and t.validation_guidance == 3.5
+    assert t.optimizer == "adamw_bf16" and t.validation_guidance == 3.5  # real: bf16 weights, Kahan-summed AdamW
     assert cfg.backend_path == (tmp_path / "simpletuner/config/multidatabackend.json").resolve()
 
 
@@ -158,7 +158,7 @@ def test_the_demo_fingerprints_did_not_change():
 def test_the_quickstart_config_trains(tmp_path):
     """The example config as edited, in SimpleTuner's layout and spelling (strings, ``config/...`` and
     ``datasets/...`` paths), trains: only what a CPU without network needs is changed (the tiny
-    models, 2 steps, no upload, no W&B, small validation images), still written SimpleTuner's way."""
+    models, 2 steps, fp32 AdamW, no upload, no W&B, small validation images), still written SimpleTuner's way."""
     from PIL import Image
 
     from pixart_pipeline.cache.stage import run_text_embed_cache, run_vae_cache
@@ -168,7 +168,7 @@ def test_the_quickstart_config_trains(tmp_path):
     from pixart_pipeline.training.stage import prepare_training_run
 
     path = simpletuner_layout(tmp_path, {"--pretrained_model_name_or_path": "tiny-random", "--max_train_steps": "2",
-                                         "--mixed_precision": "no", "--push_to_hub": "false", "--report_to": "none",
+                                         "--mixed_precision": "no", "--optimizer": "adamw", "--push_to_hub": "false", "--report_to": "none",
                                          "--validation_resolution": "128x128", "--output_dir": "output/models",
                                          "--validation_num_inference_steps": "2",
                                          "--pretrained_evaluation_model_name_or_path": "tiny-random-clip",
