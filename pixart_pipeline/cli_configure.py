@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from pixart_pipeline.config import ConfigError, load_config
-from pixart_pipeline.config.models import DEFAULT_BASE_MODEL, ImageDataset, parse_resolutions
+from pixart_pipeline.config.models import DEFAULT_BASE_MODEL, parse_resolutions
+from pixart_pipeline.config.dataset_models import ImageDataset
 
 MAX_PROBED_IMAGES = 5000  # above this the bucket check counts files only (probing would be slow)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pixart_pipeline.config.models import ImageDataset, TextEmbedsDataset, TrainingConfig
+from pixart_pipeline.config.models import TrainingConfig
+from pixart_pipeline.config.dataset_models import ImageDataset, TextEmbedsDataset
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

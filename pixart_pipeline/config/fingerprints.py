@@ -21,8 +21,8 @@ from pixart_pipeline.config.models import (
     TINY_MODEL_NAME,
     TINY_MODEL_REVISION,
     Hyperparameters,
-    ImageDataset,
 )
+from pixart_pipeline.config.dataset_models import ImageDataset
 
 # PixArt's VAE downsamples by 8 and its transformer patchifies by 2, so SimpleTuner aligns to 64.
 PIXART_ALIGNMENT = 64

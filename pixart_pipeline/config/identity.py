@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pixart_pipeline.config.caption_filters import load_filters
 from pixart_pipeline.config.load import PipelineConfig
-from pixart_pipeline.config.models import ImageDataset
+from pixart_pipeline.config.dataset_models import ImageDataset
 
 
 def parquet_file(cfg: PipelineConfig, ds: ImageDataset) -> Path:

@@ -21,10 +21,9 @@ from pixart_pipeline.config.caption_filters import load_filters, not_regular_exp
 from pixart_pipeline.config.models import (
     IGNORED,
     UNSUPPORTED,
-    ImageDataset,
-    TextEmbedsDataset,
     TrainingConfig,
 )
+from pixart_pipeline.config.dataset_models import ImageDataset, TextEmbedsDataset
 from pixart_pipeline.config.webhooks import webhook_targets  # issue 15
 from pixart_pipeline.errors import InputError
 

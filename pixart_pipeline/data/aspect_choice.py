@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-from pixart_pipeline.config.models import AspectBucket, ImageDataset
+from pixart_pipeline.config.dataset_models import AspectBucket, ImageDataset
 
 Bucket = float | int | AspectBucket
 

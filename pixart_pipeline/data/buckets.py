@@ -72,7 +72,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from pixart_pipeline.config.fingerprints import PIXART_ALIGNMENT
-from pixart_pipeline.config.models import ImageDataset
+from pixart_pipeline.config.dataset_models import ImageDataset
 from pixart_pipeline.data.aspect_choice import chosen_aspect
 
 TOO_SMALL = "too_small"

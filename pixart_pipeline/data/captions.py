@@ -44,7 +44,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pixart_pipeline.config.models import ImageDataset
+from pixart_pipeline.config.dataset_models import ImageDataset
 from pixart_pipeline.data.caption_filter import apply_filters
 from pixart_pipeline.data.digest import in_order, table_digest
 from pixart_pipeline.data.manifest import IMAGE_EXTENSIONS, is_image_path

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pixart_pipeline.config.holdout import auto_count
-from pixart_pipeline.config.models import ImageDataset
+from pixart_pipeline.config.dataset_models import ImageDataset
 from pixart_pipeline.data.buckets import geometry_function
 from pixart_pipeline.data.digest import in_order, table_digest
 from pixart_pipeline.data.manifest import manifest_sha256

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from pixart_pipeline.config.models import ParquetConfig
+from pixart_pipeline.config.dataset_models import ParquetConfig
 from pixart_pipeline.stage_result import MissingInputError
 
 # Caption status (and, under metadata_backend "parquet", metadata status) of an image without a row.

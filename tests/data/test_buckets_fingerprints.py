@@ -6,11 +6,8 @@ import pytest
 
 from pixart_pipeline.stages import BUCKETED_METADATA, CAPTIONS, TRAINED_CHECKPOINT
 from pixart_pipeline.config.load import PipelineConfig
-from pixart_pipeline.config.models import (
-    ImageDataset,
-    TextEmbedsDataset,
-    TrainingConfig,
-)
+from pixart_pipeline.config.dataset_models import ImageDataset, TextEmbedsDataset
+from pixart_pipeline.config.models import TrainingConfig
 
 
 def config(training=None, **dataset):

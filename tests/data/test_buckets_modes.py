@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from pixart_pipeline.config.models import AspectBucket, ImageDataset
+from pixart_pipeline.config.dataset_models import AspectBucket, ImageDataset
 from pixart_pipeline.data.aspect_choice import closest_aspect, random_aspect
 from pixart_pipeline.data.buckets import (
     Geometry,

@@ -6,11 +6,8 @@ from pathlib import Path
 import pytest
 
 from pixart_pipeline.config.load import PipelineConfig
-from pixart_pipeline.config.models import (
-    ImageDataset,
-    TextEmbedsDataset,
-    TrainingConfig,
-)
+from pixart_pipeline.config.dataset_models import ImageDataset, TextEmbedsDataset
+from pixart_pipeline.config.models import TrainingConfig
 from pixart_pipeline.data.stage import readiness
 from pixart_pipeline.training.sampler import BucketBatchSampler
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pixart_pipeline.config.models import ImageDataset
+from pixart_pipeline.config.dataset_models import ImageDataset
 from pixart_pipeline.data.buckets import (
     EXTREME_ASPECT,
     Geometry,

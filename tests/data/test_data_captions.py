@@ -1,6 +1,6 @@
 import pyarrow as pa
 
-from pixart_pipeline.config.models import ImageDataset
+from pixart_pipeline.config.dataset_models import ImageDataset
 from pixart_pipeline.data.captions import (
     CAPTION_TOO_LARGE,
     MAX_CAPTION_BYTES,
@@ -93,7 +93,7 @@ def test_oversized_caption_file_is_a_reason_code(tmp_path):
 def test_columnwise_filename_captions_agree_with_the_per_file_rule(tmp_path):
     import pyarrow as pa
 
-    from pixart_pipeline.config.models import ImageDataset
+    from pixart_pipeline.config.dataset_models import ImageDataset
     from pixart_pipeline.data.captions import build_captions_table, caption_for
 
     paths = ["a_red_circle.png", "sub/dir/photo.v2.JPG", "x/__.png", "x/ _ .webp", "notes.txt", "d.e/f_g.tiff",
@@ -112,7 +112,7 @@ def test_columnwise_filename_captions_agree_with_the_per_file_rule(tmp_path):
 def test_prepend_and_only_instance_prompt(tmp_path):
     import pyarrow as pa
 
-    from pixart_pipeline.config.models import ImageDataset
+    from pixart_pipeline.config.dataset_models import ImageDataset
     from pixart_pipeline.data.captions import build_captions_table
 
     (tmp_path / "b.txt").write_text("a blue cube\nsecond line\n")

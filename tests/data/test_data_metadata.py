@@ -3,7 +3,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pixart_pipeline.config import load_config
-from pixart_pipeline.config.models import ImageDataset
+from pixart_pipeline.config.dataset_models import ImageDataset
 from pixart_pipeline.data.captions import build_captions_table
 from pixart_pipeline.data.manifest import scan_dataset
 from pixart_pipeline.data.metadata import (
