@@ -21,6 +21,7 @@ from pixart_pipeline.fileio import atomic_write_parquet
 from pixart_pipeline.models import resolve_pretrained
 from pixart_pipeline.stage_result import InsufficientDataError
 from pixart_pipeline.stages import ITEMS_SCHEMA, run_dir, text_store_root
+from pixart_pipeline.training.previews import preview_inputs
 from pixart_pipeline.training.result import is_finished
 from pixart_pipeline.training.spec import RunSpec
 
@@ -158,9 +159,13 @@ def watch_inputs(cfg: PipelineConfig, folder: Path) -> dict | None:
     if t.evaluation_type == "clip" and t.validation_steps:
         clip = resolve_pretrained(cfg.local_or_hub(t.pretrained_evaluation_model_name_or_path), None,
                                   cfg.model_cache_dir)
+    previews = {}
+    if t.validation_preview and t.validation_steps:
+        previews = {"preview_decoder": preview_inputs(cfg)["preview_decoder"],  # reads webhook_config now: errors early
+                    "config_dir": str(cfg.config_path.parent)}
     return {"settings": t.evaluation_settings().model_dump(mode="json"), "clip_model": clip,
             "eval_items": None if eval_items is None else str(eval_items),
-            "max_sequence_length": t.tokenizer_max_length}
+            "max_sequence_length": t.tokenizer_max_length, **previews}
 
 
 def run_dir_for(cfg: PipelineConfig, items: pa.Table) -> Path:

@@ -9,8 +9,8 @@ Each call then runs the denoising loop with the live transformer:
     eps = rescale * eps * std(eps_c) / std(eps) + (1 - rescale) * eps  # validation_guidance_rescale
     x = scheduler.step(eps, t, x)
 
-``on_step(step, latents)`` (``OnStep``) is called after every denoising step with the latents
-``[B, 4, h, w]`` of the batch being sampled: the hook the validation previews use.
+``on_step(step, timestep, latents, rows)`` (``OnStep``) is called after every denoising step with the
+latents ``[B, 4, h, w]`` of the batch being sampled and what each row is: the validation previews' hook.
 Seeds follow the evaluation stage's rule (``base + 1000 * prompt index + size index``), so the last
 in-training images and the evaluation's images start from the same noise.
 """
@@ -25,7 +25,9 @@ import torch
 from PIL import Image
 
 # Called after each denoising step: (step index from 0, latents [B, 4, h, w] of the current batch).
-OnStep = Callable[[int, torch.Tensor], None]
+# (denoising step 0-based, timestep, latents [B, C, h, w], one (prompt index, size index, prompt, width,
+# height) per batch row)
+OnStep = Callable[[int, torch.Tensor, torch.Tensor, list[tuple[int, int, str, int, int]]], None]
 PROMPT_STRIDE = 1000
 
 
@@ -95,15 +97,16 @@ class ValidationSampler:
             for start in range(0, len(self.prompts), batch_size):
                 indices = list(range(start, min(start + batch_size, len(self.prompts))))
                 seeds = [seed + PROMPT_STRIDE * pi + si for pi in indices]
+                rows = [(pi, si, self.prompts[pi], width, height) for pi in indices]
                 images = self._batch(transformer, indices, seeds, width, height, guidance, guidance_rescale,
-                                     steps, on_step)
+                                     steps, on_step, rows)
                 out += [Sample(pi, si, self.prompts[pi], width, height, s, im)
                         for pi, s, im in zip(indices, seeds, images)]
         if was_training:
             transformer.train()
         return sorted(out, key=lambda s: (s.prompt_index, s.size_index))
 
-    def _batch(self, transformer, indices, seeds, width, height, guidance, rescale, steps, on_step):
+    def _batch(self, transformer, indices, seeds, width, height, guidance, rescale, steps, on_step, rows):
         """One batch of prompts at one size -> PIL images."""
         device, dtype = self.device, next(transformer.parameters()).dtype
         channels = int(transformer.config.in_channels)
@@ -132,7 +135,7 @@ class ValidationSampler:
                 prediction = rescale_guidance(uncond + guidance * (cond - uncond), cond, rescale)
             latents = self.scheduler.step(prediction, t, latents, return_dict=False)[0]
             if on_step is not None:
-                on_step(i, latents)
+                on_step(i, t, latents, rows)
         vae_dtype = next(self.vae.parameters()).dtype
         decoded = self.vae.decode(latents.to(vae_dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
         pixels = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [B, 3, H, W]

@@ -37,7 +37,7 @@ class Watcher:
             run.reporter.warning("eval_steps_interval is set but there are no eval images (nothing is held out of "
                                  "training and no dataset has dataset_type \"eval\"): no eval-loss curve")
         self.log = MetricsLog(run.run_dir / VALIDATION_LOG, resume_step)
-        self.on_step = None
+        self.on_step = self._preview_hook(settings) if watch.preview_decoder else None
         self._sampler = self._eval_set = self._clip = None
 
     def due(self, step: int) -> tuple[bool, bool]:
@@ -93,6 +93,24 @@ class Watcher:
         where = f"; images: {', '.join(str(p) for p, _ in logged)}" if logged else ""
         run.reporter.info(f"validation at step {step}: {shown or 'images only'}{where}")
         return row
+
+    def _preview_hook(self, settings):
+        """``validation_preview``: every ``validation_preview_steps``-th denoising step of each in-training
+        validation, decoded by the Tiny AutoEncoder and posted to ``webhook_config``'s targets
+        (SimpleTuner's "intermediary" validation)."""
+        from pixart_pipeline.config.webhooks import webhook_targets
+        from pixart_pipeline.training.previews import PreviewImage, PreviewSender, load_preview_decoder
+
+        s = self.watch.settings
+        sender = PreviewSender(webhook_targets(s.webhook_config, Path(self.watch.config_dir)),
+                               load_preview_decoder(self.watch.preview_decoder, self.run.accelerator.device),
+                               s.validation_preview_steps, s.validation_num_inference_steps,
+                               validation_type="intermediary")
+
+        def hook(step, timestep, latents, rows):
+            sender.on_step(step, timestep, latents,
+                           [PreviewImage(prompt, w, h, f"p{pi:02d}_s{si:02d}") for pi, si, prompt, w, h in rows])
+        return hook
 
     def _eval_data(self, transformer):
         if self._eval_set is None:

@@ -20,9 +20,15 @@ class WatchSpec(SpecModel):
         seed, negative prompt, eval_timesteps, evaluation_type).
     eval_items: the eval split's items parquet (``stages.ITEMS_SCHEMA``); None: no eval loss.
     clip_model: the resolved CLIP model when ``evaluation_type`` is "clip".
+    preview_decoder, config_dir: with ``validation_preview``, the previews' decoder and where
+        ``webhook_config`` resolves (``training/previews.py``).
     """
 
     settings: EvaluationSettings = EvaluationSettings()
     eval_items: str | None = None
     clip_model: str | None = None
     max_sequence_length: int = Field(300, ge=1)
+    # validation_preview (issue 15): the resolved Tiny AutoEncoder, and the folder a webhook_config file
+    # name resolves against (the file is read by the trainer, so its auth token is not copied here)
+    preview_decoder: str | None = None
+    config_dir: str | None = None

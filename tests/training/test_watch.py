@@ -79,7 +79,7 @@ def test_the_preview_hook_sees_every_denoising_step_and_rescale_changes_the_imag
     transformer = load_transformer(tiny_pixart_path)
     args = dict(guidance=4.0, steps=3, seed=1)
     plain = sampler.sample(transformer, [(128, 128)], guidance_rescale=0.0, **args,
-                           on_step=lambda i, latents: seen.append((i, tuple(latents.shape))))
+                           on_step=lambda i, t, latents, rows: seen.append((i, tuple(latents.shape))))
     assert seen == [(0, (2, 4, 16, 16)), (1, (2, 4, 16, 16)), (2, (2, 4, 16, 16))]
     rescaled = sampler.sample(transformer, [(128, 128)], guidance_rescale=1.0, **args)
     assert [s.file_name for s in plain] == ["p00_s00_128x128.png", "p01_s00_128x128.png"]
@@ -138,3 +138,28 @@ def test_report_to_all_sends_the_validation_to_wandb_and_tensorboard(make_spec, 
     assert all(r["validation/images/count"] == 1 for r in rows)
     assert [e.step for e in _events(run_dir / "tensorboard").Scalars("validation/eval_loss")] == [2]
     assert result.tracker_url == str(next((run_dir / "wandb").glob("offline-run-*")))
+
+
+def test_in_training_validation_streams_previews_to_a_loopback_webhook(make_spec, caches, tmp_path):
+    """validation_preview during training: each validation's denoising steps reach the webhook named by
+    a webhook_config file (resolved beside the config), as SimpleTuner's "intermediary" validation."""
+    from evaluation.test_previews import Hook
+
+    from pixart_pipeline.models import resolve_pretrained
+    from pixart_pipeline.models.tiny_tae import TINY_TAE_NAME
+
+    with Hook() as hook:
+        (tmp_path / "hooks.json").write_text(json.dumps({"webhook_type": "raw", "callback_url": hook.url}))
+        watch = _watch(caches, validation_preview=True, validation_preview_steps=1, webhook_config="hooks.json",
+                       validation_preview_decoder=TINY_TAE_NAME)
+        watch |= {"preview_decoder": resolve_pretrained(TINY_TAE_NAME, None, str(tmp_path / "models")),
+                  "config_dir": str(tmp_path), "eval_items": None}
+        spec = make_spec("previewed", max_train_steps=4, validation_steps=2).model_copy(update={"watch": watch})
+        spec = type(spec).from_json(spec.to_json())  # as the trainer process reads it
+        train(spec)
+    # steps 2 and 4 validate; each samples 2 denoising steps of the one prompt x size: 4 previews
+    assert [(m["data"]["step"], m["data"]["validation_type"]) for m in hook.received] == [
+        (1, "intermediary"), (2, "intermediary")] * 2
+    assert all(m["type"] == "validation.image" and m["images"] for m in hook.received)
+    assert "a red circle" in hook.received[0]["body"]
+    assert spec.watch["settings"]["webhook_config"] == "hooks.json"  # the spec names the file: a token in it is not copied
