@@ -129,7 +129,7 @@ def test_cli_plan_on_a_fresh_instance_lists_every_asset_as_missing(tmp_path):
     missing = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("MISSING")]
     assert len(missing) == 7 and missing[0] == "raw_dataset/shapes" and missing[-1] == "evaluation_report"
     # The instance lives where DAGSTER_HOME says, seeded with the repo's dagster.yaml.
-    assert (tmp_path / "home" / "dagster.yaml").read_text() == (REPO / "dagster.yaml").read_text()
+    assert (tmp_path / "home" / "dagster.yaml").read_text() == (REPO / "deploy" / "local" / "dagster.yaml").read_text()
 
 
 def test_sync_stops_at_the_blocking_batch_check_with_its_message(tmp_path):
@@ -156,7 +156,7 @@ def test_dagster_cli_materializes_the_data_lane(tmp_path):
     config_path = copy_demo(tmp_path)
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "deploy" / "local" / "dagster.yaml", home / "dagster.yaml")
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "DAGSTER_HOME": str(home),
            "PIXART_CONFIG": str(config_path), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
