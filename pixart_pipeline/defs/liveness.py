@@ -9,6 +9,7 @@ against pid reuse, the boot id against a reboot (after which no process of the r
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import sys
@@ -50,8 +51,11 @@ def process_start(pid: int) -> str | None:
 
 def launched_by() -> str:
     """A short name of the command that started this process ("pixart-pipeline sync", "dagster asset ...")."""
-    words = [Path(sys.argv[0]).name if sys.argv else "python", *sys.argv[1:3]]
-    return " ".join(words)[:60]
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    # `python -m pixart_pipeline.cli` / `python -m dagster` show as the commands they stand for.
+    name = {"cli.py": "pixart-pipeline", "__main__.py": program.parent.name}.get(program.name, program.name)
+    words = list(itertools.takewhile(lambda a: not a.startswith("-"), sys.argv[1:3]))
+    return " ".join([name, *words])[:60]
 
 
 def owner_record(pid: int | None = None) -> dict[str, str]:

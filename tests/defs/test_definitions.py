@@ -80,7 +80,9 @@ def test_code_versions_carry_stage_revision_and_fingerprint(defs):
 
 def test_sensors_and_schedule_exist_and_are_stopped_by_default(defs):
     sensors = {s.name: s for s in defs.sensors}
-    assert set(sensors) == {"dataset_folder_sensor", "pixart_automation"}
+    assert set(sensors) == {"dataset_folder_sensor", "pixart_automation", "crash_recovery"}
+    # crash_recovery requests no run: it only frees the slots of dead runs, so it is on by default.
+    assert sensors.pop("crash_recovery").default_status == dg.DefaultSensorStatus.RUNNING
     assert all(s.default_status == dg.DefaultSensorStatus.STOPPED for s in sensors.values())
     (schedule,) = defs.schedules
     assert schedule.name == "retraining_schedule"
