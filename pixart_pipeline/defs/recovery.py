@@ -139,7 +139,11 @@ def busy_message(instance: dg.DagsterInstance, pool: str, run_id: str) -> str:
     lines = [f"the `{pool}` pool has no free slot:"]
     for holder in dict.fromkeys(holders):
         run = instance.get_run_by_id(holder)
-        lines.append(f"  {describe(run, holder)} holds it: {judge_run(run, holder).detail}")
+        if run is None:  # claimed by a launcher that is creating the run (sync claims first)
+            lines.append(f"  run {holder} holds it: another command is starting it right now (if that "
+                         f"command died, the claim is freed {ORPHAN_CLAIM_SECONDS:.0f}s after it was made)")
+        else:
+            lines.append(f"  {describe(run, holder)} holds it: {judge_run(run, holder).detail}")
     first = holders[0] if holders else "RUN_ID"
     lines.append(f"Wait for it to finish; if it is stuck, free the slot with: pixart-pipeline runs fail {first}")
     return "\n".join(lines)
