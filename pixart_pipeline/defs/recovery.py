@@ -131,13 +131,9 @@ def recover(instance: dg.DagsterInstance, echo: Echo = print, skip: str | None =
 
 def busy_message(instance: dg.DagsterInstance, pool: str, run_id: str) -> str:
     """Why ``run_id`` cannot have a ``pool`` slot: each other run holding one, and how to free it."""
-    holders = [
-        slot.run_id
-        for slot in instance.event_log_storage.get_concurrency_info(pool).claimed_slots
-        if slot.run_id != run_id
-    ]
+    holders = _holders(instance.event_log_storage.get_concurrency_info(pool), run_id)
     lines = [f"the `{pool}` pool has no free slot:"]
-    for holder in dict.fromkeys(holders):
+    for holder in holders:
         run = instance.get_run_by_id(holder)
         if run is None:  # claimed by a launcher that is creating the run (sync claims first)
             lines.append(f"  run {holder} holds it: another command is starting it right now (if that "
@@ -188,16 +184,29 @@ def blocked_pool(event: dg.DagsterEvent) -> str | None:
 
 
 def on_blocked(instance: dg.DagsterInstance, run_id: str, pool: str, echo: Echo) -> None:
-    """A step of ``run_id`` waits for ``pool``: recover dead holders; raise PoolBusy if others hold it."""
+    """A step of ``run_id`` waits for ``pool``: recover dead holders; raise PoolBusy if others hold it.
+
+    Dagster's executors poll for a slot in a loop that does not sleep (a core at 100%) and report a
+    blocked step only every 5 minutes, so this returns only when the step gets the slot within a
+    second, or when it waits for a step of its own run (whose process the executor is watching).
+    """
     recover(instance, echo, skip=run_id)
     info = instance.event_log_storage.get_concurrency_info(pool)
-    others = [slot for slot in info.claimed_slots if slot.run_id != run_id]
-    if not others or (info.limit is not None and len(info.claimed_slots) < info.limit):
-        # A slot is (now) free, or only this run's own steps hold the pool: the executor's next
-        # claim, within about a second of the first, gets it. Sleeping here keeps that wait idle.
-        time.sleep(1.2 if not others else 0)
+    if any(s.run_id == run_id and s.assigned_timestamp is not None for s in info.pending_steps):
+        # A freed slot went to this step: the executor's next claim, about a second after the
+        # first, takes it. Sleeping meanwhile keeps that wait idle.
+        time.sleep(1.2)
+        return
+    if not _holders(info, run_id):  # only this run's own steps hold the pool
         return
     raise PoolBusy(busy_message(instance, pool, run_id))
+
+
+def _holders(info, run_id: str) -> list[str]:
+    """Other runs holding a slot of the pool, or first in line for one (assigned, not yet claimed)."""
+    ahead = [s.run_id for s in info.claimed_slots]
+    ahead += [s.run_id for s in info.pending_steps if s.assigned_timestamp is not None]
+    return [r for r in dict.fromkeys(ahead) if r != run_id]
 
 
 def stop_processes(run: dg.DagsterRun, run_id: str, grace: float = 10.0) -> list[int]:

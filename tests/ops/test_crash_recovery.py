@@ -159,3 +159,57 @@ def test_the_daemon_sensor_frees_a_dead_runs_slot_without_any_launch(project):
         assert dead in str(result.skip_message)
         assert instance.get_run_by_id(dead).status == dg.DagsterRunStatus.FAILURE
     assert project.gpu_holders() == {}
+
+
+def test_a_ui_launched_run_killed_mid_training_the_next_ui_run_resumes(project):
+    """The UI path for real: `dagster dev` (daemon, queue, run workers), runs submitted over GraphQL."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from dagster_graphql import DagsterGraphQLClient
+
+    from pixart_pipeline.defs import liveness
+    from postgres_server import free_port
+
+    edit_json(project.config, {"learning_rate": 0.005, "max_train_steps": 30})
+    port = free_port()
+    dev = start([sys.executable, "-m", "dagster", "dev", "-m", "pixart_pipeline.definitions", "-h", "127.0.0.1",
+                 "-p", str(port)], project.env, project.log("dagster-dev"))
+    try:
+        dev.wait_for(r"Serving dagster-webserver", timeout=300)
+        client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+
+        def wait_run(run_id, done, timeout=400.0):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                with project.instance() as instance:
+                    run = instance.get_run_by_id(run_id)
+                    logs = [e.user_message for e in instance.all_logs(run_id)]
+                    if done(run, logs):
+                        return run, logs
+                time.sleep(1)
+            raise AssertionError(f"run {run_id} not done in {timeout}s: {run.status if run else None}\n{logs[-20:]}")
+
+        first = client.submit_job_execution("__ASSET_JOB", asset_selection=["trained_checkpoint"])
+        run, _ = wait_run(first, lambda r, logs: any("saved checkpoint" in m and "step-6" in m for m in logs))
+        # An OOM kill of the run: its worker, step process and trainer, all at once.
+        pids = [int(run.tags["pixart/pid"]), *liveness.marked_processes(first)]
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        assert first in project.gpu_holders()
+
+        second = client.submit_job_execution("__ASSET_JOB", asset_selection=["trained_checkpoint"])
+        run, logs = wait_run(second, lambda r, logs: r.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE))
+        assert run.status == dg.DagsterRunStatus.SUCCESS, logs[-20:]
+        resumed = [m for m in logs if re.search(r"steps (\d+) -> 30 of 30", m)]
+        assert resumed and not resumed[0].endswith("steps 0 -> 30 of 30"), resumed
+        with project.instance() as instance:
+            assert instance.get_run_by_id(first).status == dg.DagsterRunStatus.FAILURE
+        print(f"\n[timing] UI run after a SIGKILL mid-training: next UI run succeeded {time.monotonic() - killed:.1f}s "
+              f"after the kill ({resumed[0][-40:]})")
+    finally:
+        dev.kill_group()
+    assert project.gpu_holders() == {}
