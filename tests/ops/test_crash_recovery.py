@@ -19,7 +19,8 @@ import pytest
 from demo_copy import REPO, copy_demo, edit_json
 from pipeline_procs import materialize_cmd, pipeline_env, run, start, sync_cmd
 
-pytestmark = pytest.mark.slow
+# Real commands on 2 shared cores: a module fixture syncs the demo once, each scenario runs 2-4 commands.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 # CPU-sized: 30 training steps with a checkpoint every 6, so a kill after the first checkpoint
 # lands mid-training and the resume has work left.
@@ -192,7 +193,15 @@ def test_a_ui_launched_run_killed_mid_training_the_next_ui_run_resumes(project):
                 time.sleep(1)
             raise AssertionError(f"run {run_id} not done in {timeout}s: {run.status if run else None}\n{logs[-20:]}")
 
-        first = client.submit_job_execution("__ASSET_JOB", asset_selection=["trained_checkpoint"])
+        deadline = time.monotonic() + 120
+        while True:  # the webserver logs "Serving" a moment before it accepts connections
+            try:
+                first = client.submit_job_execution("__ASSET_JOB", asset_selection=["trained_checkpoint"])
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
         run, _ = wait_run(first, lambda r, logs: any("saved checkpoint" in m and "step-6" in m for m in logs))
         # An OOM kill of the run: its worker, step process and trainer, all at once.
         pids = [int(run.tags["pixart/pid"]), *liveness.marked_processes(first)]

@@ -17,7 +17,8 @@ import pytest
 from demo_copy import REPO, copy_demo, edit_json
 from pipeline_procs import pipeline_env, run, start, sync_cmd
 
-pytestmark = pytest.mark.slow
+# Real commands on 2 shared cores: a module fixture syncs the demo once, each scenario runs 2-4 commands.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 SMALL = dict(max_train_steps=30, checkpointing_steps=6, lr_warmup_steps=2, validation_num_inference_steps=2,
              validation_prompts=[], validation_resolution="128x128", eval_timesteps=2)
