@@ -8,7 +8,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast ui plan clean
+.PHONY: install demo test test-fast gpu-check ui plan clean
 
 # torch is pinned and installed first, so no dependency's open range can pull a newer build. Here
 # (and in CI) torch==2.13.0 resolves to a CPU wheel; on a GPU box PyPI's CUDA build is what you want;
@@ -42,6 +42,12 @@ test: install
 # The fast subset (`pytest` alone runs the same).
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# On a GPU machine: the CUDA-path tests (marked gpu; skipped elsewhere), then the real-scale
+# benchmark (appends to BENCHMARKS.md).
+gpu-check: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m gpu -p no:cacheprovider
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/gpu.py
 
 plan: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/pixart-pipeline plan

@@ -2,14 +2,17 @@
 
     .venv/bin/python benchmarks/gpu.py            # one GPU, full-size random-weight models, a few minutes
     .venv/bin/python benchmarks/gpu.py --smoke    # the same code paths, tiny widths, on the CPU (CI)
+    make gpu-check                                # on a GPU machine: the `gpu` tests, then this benchmark
 
 (a) Training samples/s and MFU at 512 and 1024 px, bf16 autocast over float32 master weights, the
     full-size PixArt-Sigma-XL-2 transformer with random weights: ours (prompt embeds padded per
-    batch to the longest caption of a realistic length mix, fused AdamW: what the trainer does)
-    against a plain diffusers-example-style loop (text padded to 300, default AdamW) in the same run.
+    batch to the longest caption of a realistic length mix, fused AdamW: what the trainer does; and
+    the same with regional torch.compile, ``dynamo_backend: inductor``) against a plain
+    diffusers-example-style loop (text padded to 300, default AdamW) in the same run.
 (b) T5-XXL (random weights, bf16) captions/s on the same caption-length mix: batches sorted by
     length (what the text cache does) against every caption padded to 300.
-(c) SDXL VAE encode images/s at 1024 px: bucketed batches of ``--vae-batch`` against batch 1.
+(c) SDXL VAE encode images/s at 1024 px: bucketed batches of ``--vae-batch`` against batch 1, and
+    the bucketed batches in ``channels_last`` (``vae_channels_last``).
 (d) Each measured stage's ``torch.cuda.max_memory_allocated`` against ``models/estimate.py``.
 
 MFU = FLOPs per sample (counted on meta tensors, ``models/measure.py``) x samples/s / the GPU's
@@ -33,7 +36,10 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from diffusers import DDPMScheduler  # noqa: E402
 
+from pixart_pipeline.cache.vae import input_memory_format, to_channels_last  # noqa: E402
+from pixart_pipeline.config.models import TrainingConfig  # noqa: E402
 from pixart_pipeline.models import estimate, measure, presets  # noqa: E402
+from pixart_pipeline.training.speed import apply_tf32, compile_transformer  # noqa: E402
 from pixart_pipeline.training.loss import pixart_epsilon_loss  # noqa: E402
 
 PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0}  # dense bf16, by device-name substring
@@ -104,9 +110,14 @@ def bench_training(args, device, dtype, overrides: dict) -> list[dict]:
     for size in args.sizes:
         flops = measure.transformer_flops(presets.transformer_kwargs(**overrides), 1, size, size, args.max_tokens,
                                           train=True)
-        for name, tokens, fused in (("baseline", args.max_tokens, False), ("ours", ours_tokens, True)):
+        for name, tokens, fused, compiled in (("baseline", args.max_tokens, False, False),
+                                              ("ours", ours_tokens, True, False),
+                                              ("ours + compile", ours_tokens, True, True)):
             torch.manual_seed(0)
             model = presets.build_transformer(device=device, **overrides).train()
+            if compiled:  # the trainer's dynamo_backend: inductor, regional (aot_eager in --smoke: no codegen)
+                compile_transformer(model, TrainingConfig(dynamo_backend="aot_eager" if args.smoke else "inductor"),
+                                    log=lambda _: None)
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=fused or None)
             reset_memory(device)
             seconds = timed(train_step_fn(model, optimizer, args.train_batch, size, tokens, device, dtype), device,
@@ -157,8 +168,11 @@ def bench_vae(args, device, overrides: dict) -> list[dict]:
     vae = presets.build_vae(device=device, **overrides)
     size = max(args.sizes)
     rows = []
-    for batch in (1, args.vae_batch):
+    for batch, nhwc in ((1, False), (args.vae_batch, False), (args.vae_batch, True)):
+        if nhwc:  # vae_channels_last: NHWC weights and inputs
+            vae = to_channels_last(vae)
         images = torch.randn(batch, 3, size, size, device=device)
+        images = images.contiguous(memory_format=input_memory_format(vae))
 
         def run() -> None:
             with torch.no_grad():
@@ -168,7 +182,7 @@ def bench_vae(args, device, overrides: dict) -> list[dict]:
         seconds = timed(run, device, args.warmup, args.iters)
         predicted = presets.count_parameters(vae) * 4 + measure.vae_encode_peak(presets.SDXL_VAE | overrides,
                                                                                torch.float32, batch, size, size)
-        rows.append(dict(stage="vae_encode", what=f"batch {batch}", size=size, batch=batch, text_tokens=None,
+        rows.append(dict(stage="vae_encode", what=f"batch {batch}" + (", channels_last" if nhwc else ""), size=size, batch=batch, text_tokens=None,
                          per_s=batch / seconds, peak=peak_memory(device), estimate=predicted,
                          flops=measure.vae_encode_flops(presets.SDXL_VAE | overrides, 1, size, size)))
     return rows
@@ -207,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup = args.warmup if args.warmup is not None else (1 if smoke else 3)
     args.iters = args.iters or (2 if smoke else 10)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
+        apply_tf32(TrainingConfig(), device)  # the trainer's default: TF32 on (disable_tf32 false)
         name = torch.cuda.get_device_name(device)
         args.peak_tflops = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     else:

@@ -1,5 +1,6 @@
 """`pixart-pipeline`: validate a config, see what is unsynced, and bring it back in sync.
 
+    pixart-pipeline configure [--config PATH]  answer questions, write config.json + multidatabackend.json
     pixart-pipeline validate [--config PATH]   check config.json + multidatabackend.json, run nothing
     pixart-pipeline plan     [--config PATH]   which assets are unsynced and why
     pixart-pipeline sync     [--config PATH]   materialize exactly those, in order
@@ -47,6 +48,7 @@ def cmd_validate(cfg: PipelineConfig) -> int:
     for ds in cfg.datasets:
         print(f"  - {ds.id}: {ds.type} at {cfg.dataset_dir(ds)} ({ds.resolution} {ds.resolution_type}, "
               f"crop={ds.crop} {ds.crop_aspect}, captions: {ds.caption_strategy})")
+    print_holdout(cfg)
     print(f"model:    {t.pretrained_model_name_or_path} ({t.model_family}, {t.model_type})")
     print(f"training: lr {t.learning_rate}, {t.max_train_steps} steps, batch {t.train_batch_size} x "
           f"{t.gradient_accumulation_steps} accumulation, {t.mixed_precision}")
@@ -57,10 +59,22 @@ def cmd_validate(cfg: PipelineConfig) -> int:
     return 0
 
 
+def print_holdout(cfg: PipelineConfig) -> None:
+    """Per dataset: the eval hold-out rule and, once its metadata exists, how many images it holds out."""
+    from pixart_pipeline.config.holdout import describe
+    from pixart_pipeline.data.stage import held_out_count
+
+    for ds in cfg.datasets:
+        count = held_out_count(cfg, ds)
+        now = "" if count is None else f"; held out now: {count[0]} of {count[1]} kept images"
+        print(f"  eval hold-out {ds.id}: {describe(ds.eval_split_fraction, ds.dataset_type)}{now}")
+
+
 def cmd_plan(cfg: PipelineConfig) -> int:
     from pixart_pipeline.defs.build import build_definitions
     from pixart_pipeline.defs.planning import compute_plan
 
+    print_holdout(cfg)
     plan = compute_plan(_instance(), build_definitions(cfg), cfg)
     if not plan:
         print("Everything is in sync: nothing to materialize.")
@@ -148,7 +162,8 @@ def cmd_runs(action: str | None, run_id: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pixart-pipeline", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["validate", "plan", "sync", "report", "cache", "estimate", "runs"])
+    parser.add_argument("command", choices=["validate", "plan", "sync", "report", "cache", "estimate", "configure",
+                                            "runs"])
     parser.add_argument("action", nargs="?", choices=["verify", "prune", "stats", "recover", "fail"],
                         help="for `cache` (verify, prune, stats) and `runs` (recover, fail)")
     parser.add_argument("run_id", nargs="?", help="runs fail: the run to mark failed (its id or a prefix)")
@@ -158,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="estimate: print JSON (keys: README)")
     parser.add_argument("--config", help="config.json (default: $PIXART_CONFIG, config/config.json, demo)")
     args = parser.parse_args(argv)
+    if args.command == "configure":  # writes the config instead of reading one (cli_configure.py)
+        from pixart_pipeline.cli_configure import run_configure
+
+        return run_configure(Path(args.config).parent if args.config else Path("config"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # load_config's warnings are printed by `validate`

@@ -148,7 +148,8 @@ TRAINED_CHECKPOINT = Stage(
     # the trainer reads the metadata tables too (buckets, splits, which caption goes with which image)
     inputs=("text_embed_cache", "vae_cache", "bucketed_metadata"), gpu=True, schema=ITEMS_SCHEMA,
     code=("training/loop.py", "training/loss.py", "training/sampler.py", "training/batches.py",
-          "training/optim.py", "training/ema.py", "training/export.py"),
+          "training/optim.py", "training/ema.py", "training/export.py", "training/optimizers.py",
+          "training/speed.py"),
 )
 EVALUATION_REPORT = Stage(
     "evaluation_report", "r1", fp.evaluation_fields, per_dataset=False, group="evaluation",
@@ -156,7 +157,8 @@ EVALUATION_REPORT = Stage(
     # eval images make the report unsynced even when the trained weights are unchanged
     inputs=("trained_checkpoint", "text_embed_cache", "vae_cache", "bucketed_metadata"), gpu=True,
     schema=ITEMS_SCHEMA,
-    code=("evaluation/run.py", "evaluation/sampling.py", "evaluation/clip_score.py", "evaluation/eval_loss.py"),
+    code=("evaluation/run.py", "evaluation/sampling.py", "evaluation/clip_score.py", "evaluation/eval_loss.py",
+          "training/validation.py"),  # validation_guidance_rescale's sampler
 )
 
 # In dependency order: every stage comes after the stages it reads.

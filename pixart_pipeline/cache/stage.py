@@ -18,7 +18,7 @@ from pixart_pipeline.cache.online import ONLINE_DIR, ONLINE_SPEC, OnlineVaeStore
 from pixart_pipeline.cache.parallel import launch_parallel
 from pixart_pipeline.cache.store import EncodeStats, ShardStore
 from pixart_pipeline.cache.text import encode_captions
-from pixart_pipeline.cache.vae import VaeItem, encode_images
+from pixart_pipeline.cache.vae import VaeItem, encode_images, to_channels_last
 from pixart_pipeline.config import ImageDataset, PipelineConfig
 from pixart_pipeline.config.fingerprints import stable_hash
 from pixart_pipeline.data.captions import usable_captions
@@ -109,6 +109,8 @@ def encode_vae_items(cfg: PipelineConfig, ds: ImageDataset, items: list[VaeItem]
     model = base_model_path(cfg)
     torch_device = process_device(device)
     vae = load_vae(model, t.revision, TORCH_DTYPES[t.resolved_vae_dtype]).to(torch_device)
+    if t.vae_channels_last:  # NHWC convolutions (cache/vae.py input_memory_format follows the weights)
+        vae = to_channels_last(vae)
     return encode_images(ShardStore(vae_store_root(cfg, ds)), items, vae, t.vae_batch_size, torch_device, log=log)
 
 

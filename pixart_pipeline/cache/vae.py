@@ -116,10 +116,27 @@ def encode_posteriors(
     store or serve the same posterior and reject the same NaN/Inf (``NONFINITE_REASON``).
     """
     x = torch.stack(pixels).to(torch.device(device), next(vae.parameters()).dtype)  # [B, 3, H, W]
+    x = x.contiguous(memory_format=input_memory_format(vae))  # NHWC when the VAE is (vae_channels_last)
     posterior = vae.encode(x).latent_dist
     mean, std = posterior.mean, posterior.std  # [B, 4, H/8, W/8] each
     finite = torch.isfinite(mean).flatten(1).all(1) & torch.isfinite(std).flatten(1).all(1)  # [B]
     return mean.cpu(), std.cpu(), finite.tolist()
+
+
+def to_channels_last(vae: torch.nn.Module) -> torch.nn.Module:
+    """The VAE with NHWC (``channels_last``) convolution weights; ``encode_posteriors`` then feeds it
+    NHWC pixels."""
+    return vae.to(memory_format=torch.channels_last)
+
+
+def input_memory_format(vae: torch.nn.Module) -> torch.memory_format:
+    """``channels_last`` when the VAE's convolution weights are (``vae_channels_last``: NHWC lets
+    cuDNN use tensor-core convolutions without layout transposes), else the usual NCHW layout."""
+    for param in vae.parameters():
+        if param.ndim == 4 and param.shape[1] > 1 and param.shape[2] * param.shape[3] > 1:  # a k x k conv
+            nhwc = param.is_contiguous(memory_format=torch.channels_last) and not param.is_contiguous()
+            return torch.channels_last if nhwc else torch.contiguous_format
+    return torch.contiguous_format
 
 
 def _batches(items: list[VaeItem], batch_size: int) -> list[list[VaeItem]]:

@@ -144,6 +144,8 @@ def vae_fields(cfg: PipelineConfig, ds: ImageDataset | None = None) -> dict:
     }
     if t.vae_cache_disable:  # the vae_cache artefact becomes "disabled"; item keys ignore this field
         fields["cache_disabled"] = True
+    if t.vae_channels_last:  # other convolution kernels: latents equal to float rounding, not bits
+        fields["channels_last"] = True
     return fields
 
 
@@ -152,17 +154,53 @@ def inapplicable_keys(hp: Hyperparameters) -> set[str]:
     ``num_cycles`` only to cosine_with_restarts, ``power`` only to polynomial, ``step_rules`` only to
     piecewise_constant, and constant/piecewise_constant take no warm-up; Adafactor uses none of the
     Adam betas/epsilon nor the fused kernel; ``ema_decay`` needs ``use_ema``). Such a key cannot
-    change the weights, so it stays out of the fingerprint and editing it does not retrain."""
+    change the weights, so it stays out of the fingerprint and editing it does not retrain. The keys
+    of ``OMITTED_AT_DEFAULT`` are left out at their defaults too (they are read, but configs from
+    before they existed must keep their fingerprints)."""
     unused = {"lr_num_cycles", "lr_power", "lr_step_rules"} - {
         {"cosine_with_restarts": "lr_num_cycles", "polynomial": "lr_power",
          "piecewise_constant": "lr_step_rules"}.get(hp.lr_scheduler, "")}
     if hp.lr_scheduler in ("constant", "piecewise_constant"):
         unused.add("lr_warmup_steps")
-    if hp.optimizer != "adamw":
+    if hp.optimizer == "adafactor":
         unused |= {"adam_beta1", "adam_beta2", "adam_epsilon", "fused_optimizer"}
+    elif hp.optimizer != "adamw":  # adamw_bf16 / bnb-adamw8bit: Adam's settings, their own kernels
+        unused.add("fused_optimizer")
     if not hp.use_ema:
-        unused.add("ema_decay")
+        unused |= {"ema_decay", "ema_device"}
+    if hp.dynamo_backend == "no":
+        unused |= {"dynamo_mode", "dynamo_fullgraph", "dynamo_dynamic", "dynamo_use_regional_compilation"}
+    # the memory/speed keys of issue 13 count only when set away from their defaults, so configs
+    # written before they existed keep their fingerprints (where set they can change the numbers:
+    # TF32 and compiled kernels round differently, a CPU EMA is averaged by another kernel)
+    unused |= {k for k in OMITTED_AT_DEFAULT if getattr(hp, k) == Hyperparameters.model_fields[k].default}
+    unused |= _rollout_and_flow_unused(hp)  # issue 15
     return unused
+
+
+def _rollout_and_flow_unused(hp: Hyperparameters) -> set[str]:
+    """Scheduled Sampling keys without a rollout (``max_step_offset`` 0), the ramp's keys without a
+    ramp (``scheduled_sampling_probability`` with one), the solver order under Euler; both Diff2Flow
+    keys without ``diff2flow_loss`` (the bridge alone changes nothing). At their defaults none is in
+    the fingerprint, so configs written before these keys existed keep theirs."""
+    ramp = {"scheduled_sampling_prob_start", "scheduled_sampling_prob_end", "scheduled_sampling_start_step",
+            "scheduled_sampling_ramp_shape"}
+    unused: set[str] = set()
+    if hp.scheduled_sampling_max_step_offset == 0:
+        unused |= {k for k in Hyperparameters.model_fields if k.startswith("scheduled_sampling_")}
+    elif hp.scheduled_sampling_ramp_steps == 0:
+        unused |= ramp
+    else:
+        unused.add("scheduled_sampling_probability")
+    if hp.scheduled_sampling_sampler == "euler":
+        unused.add("scheduled_sampling_order")
+    if not hp.diff2flow_loss:
+        unused |= {"diff2flow_enabled", "diff2flow_loss"}
+    return unused
+
+
+OMITTED_AT_DEFAULT = ("ema_device", "disable_tf32", "dynamo_backend", "dynamo_mode", "dynamo_fullgraph",
+                      "dynamo_dynamic", "dynamo_use_regional_compilation")
 
 
 def trained_checkpoint_fields(cfg: PipelineConfig) -> dict:
@@ -177,6 +215,8 @@ def trained_checkpoint_fields(cfg: PipelineConfig) -> dict:
         # which items the sampler draws: buckets too small for one optimizer step dropped or repeated
         "small_bucket_rule": t.small_bucket_rule,
     }
+    if t.num_machines > 1:  # world size = machines x processes: a bigger global batch (1: left out)
+        fields["num_machines"] = t.num_machines
     if t.resume_from_checkpoint not in ("latest", "none"):
         # Starting from another run's checkpoint changes the weights ("latest" resumes this run's own).
         fields["resume_from_checkpoint"] = t.resume_from_checkpoint
@@ -185,7 +225,9 @@ def trained_checkpoint_fields(cfg: PipelineConfig) -> dict:
 
 def evaluation_fields(cfg: PipelineConfig) -> dict:
     t = cfg.training
-    return {
+    # guidance rescale only when on: configs without it keep their fingerprint
+    rescale = {"guidance_rescale": t.validation_guidance_rescale} if t.validation_guidance_rescale else {}
+    return rescale | {
         "prompts": t.all_validation_prompts,
         "sizes": t.validation_sizes,
         "guidance": t.validation_guidance,
@@ -195,4 +237,4 @@ def evaluation_fields(cfg: PipelineConfig) -> dict:
         "evaluation_type": t.evaluation_type,
         "clip_model": model_identity(cfg, t.pretrained_evaluation_model_name_or_path, None),
         "eval_timesteps": t.eval_timesteps,
-    }
+    } | ({"attention_mechanism": t.attention_mechanism} if t.attention_mechanism != "diffusers" else {})  # issue 15

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from pixart_pipeline.config import dataset_keys
+from pixart_pipeline.config import dataset_keys, holdout, simpletuner_keys, simpletuner_values
 from pixart_pipeline.config.caption_filters import load_filters, not_regular_expressions
 from pixart_pipeline.config.models import (
     IGNORED,
@@ -25,6 +25,7 @@ from pixart_pipeline.config.models import (
     TextEmbedsDataset,
     TrainingConfig,
 )
+from pixart_pipeline.config.webhooks import webhook_targets  # issue 15
 from pixart_pipeline.errors import InputError
 
 CONFIG_ENV = "PIXART_CONFIG"
@@ -50,7 +51,7 @@ class PipelineConfig:
         return _resolve(self.config_path.parent, self.training.output_dir)
 
     def dataset_dir(self, dataset: ImageDataset) -> Path:
-        return _resolve(self.backend_path.parent, dataset.instance_data_dir)
+        return resolve_existing(self.backend_path.parent, dataset.instance_data_dir)[0]
 
     def vae_cache_dir(self, dataset: ImageDataset) -> Path:
         folder = dataset.cache_dir_vae or f"cache/vae/{dataset.id}"
@@ -83,6 +84,20 @@ def _resolve(base: Path, value: str) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
+def resolve_existing(base: Path, value: str) -> tuple[Path, bool]:
+    """(path, whether SimpleTuner's spelling was used) for a relative path that must exist.
+
+    Ours: beside the file that names it (``base``). SimpleTuner resolves against the folder it runs
+    from, which holds ``config/``: so when ``base`` is a folder named ``config`` and the path exists
+    only from the folder above it (``"config/multidatabackend.json"``, ``"datasets/..."``), that one
+    is taken. Anything else, existing or not, is ours."""
+    ours = _resolve(base, value)
+    if ours.exists() or base.name != "config" or Path(os.path.expanduser(value)).is_absolute():
+        return ours, False
+    theirs = _resolve(base.parent, value)
+    return (theirs, True) if theirs.exists() else (ours, False)
+
+
 def default_config_path(root: Path | None = None) -> Path:
     """``$PIXART_CONFIG``, else ``config/config.json`` if present, else the embedded demo."""
     if os.environ.get(CONFIG_ENV):
@@ -108,10 +123,22 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
         raise ConfigError(f"{config_path}: key(s) given both with and without '--': {twice}; keep one")
     raw = {_strip_dashes(k): v for k, v in raw.items()}
     notes = _check_known_keys(raw, config_path)
+    try:  # SimpleTuner's argparse reading of strings, its renamed keys, its dataset defaults
+        raw, dataset_defaults, read_notes = simpletuner_values.read_config_values(raw, TrainingConfig.model_fields)
+    except ValueError as e:
+        raise ConfigError(f"{config_path}: {e}") from None
+    notes += [f"{config_path}: {n}" for n in read_notes]
     training = _validate(TrainingConfig, raw, config_path, "")
+    try:  # issue 15: a webhook_config file or JSON string is read now, so a mistake fails the load
+        webhook_targets(training.webhook_config, config_path.parent)
+    except ValueError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from None
 
     backend_name = training.data_backend_config or "multidatabackend.json"
-    backend_path = _resolve(config_path.parent, backend_name)
+    backend_path, theirs = resolve_existing(config_path.parent, backend_name)
+    if theirs:
+        notes.append(f"{config_path}: data_backend_config {backend_name!r} is not beside config.json; using "
+                     f"{backend_path} (SimpleTuner's spelling, relative to the folder that holds config/)")
     entries = _read_json(backend_path, expect=list)
     datasets: list[ImageDataset] = []
     text_embeds: list[TextEmbedsDataset] = []
@@ -132,6 +159,11 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
             raise ConfigError(f"{backend_path}: {e}") from None
         notes += [f"{backend_path}: {w}" for w in warned]
         kind = entry.get("dataset_type", "image")
+        if kind in ("image", "eval") and dataset_defaults:
+            entry, filled = simpletuner_values.apply_dataset_defaults(entry, dataset_defaults)
+            if filled:
+                notes.append(f"{backend_path}: {where} takes {', '.join(filled)} from config.json "
+                             "(SimpleTuner's dataset defaults)")
         if kind == "text_embeds":
             text_embeds.append(_validate(TextEmbedsDataset, entry, backend_path, where))
         elif kind in ("image", "eval"):
@@ -153,6 +185,15 @@ def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
                 "discovery is always incremental here (only new or changed files are hashed and probed)"
             )
     datasets = [d for d in datasets if not d.disabled]
+    # The auto eval hold-out takes nothing when an eval dataset is configured (config/holdout.py).
+    has_eval = any(d.dataset_type == "eval" for d in datasets)
+    datasets = [d.model_copy(update={"eval_split_fraction": holdout.resolve_auto(d.eval_split_fraction, has_eval)})
+                for d in datasets]
+    for ds in datasets:
+        where_data, theirs = resolve_existing(backend_path.parent, ds.instance_data_dir)
+        if theirs:
+            notes.append(f"{backend_path}: dataset {ds.id!r} instance_data_dir {ds.instance_data_dir!r} is not beside "
+                         f"this file; using {where_data} (SimpleTuner's spelling, relative to the folder that holds config/)")
     text_embeds = [t for t in text_embeds if not t.disabled]
     ids = [d.id for d in datasets]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
@@ -212,12 +253,21 @@ def _check_known_keys(raw: dict, path: Path) -> list[str]:
     """Refuse SimpleTuner options we do not implement; warn about harmless ones (and drop them)."""
     notes = []
     for key in list(raw):
-        if key in UNSUPPORTED and not dataset_keys.is_off(raw[key], UNSUPPORTED[key][1]):
+        off = simpletuner_values.is_off_string(raw[key])  # SimpleTuner drops "false" before argparse
+        if key in UNSUPPORTED and not off and not dataset_keys.is_off(raw[key], UNSUPPORTED[key][1]):
             raise ConfigError(f"{path}: key {key!r} = {raw[key]!r} is not supported: {UNSUPPORTED[key][0]}")
         if key in UNSUPPORTED:
             raw.pop(key)
         elif key in IGNORED:
-            notes.append(f"{path}: key {key!r} is ignored: {IGNORED[key]}")
+            if not off:
+                notes.append(f"{path}: key {key!r} is ignored: {IGNORED[key]}")
+            raw.pop(key)
+        elif key in simpletuner_keys.SIMPLETUNER_OPTIONS and key not in TrainingConfig.model_fields:
+            # SimpleTuner's other options: never an "unknown key" (config/simpletuner_keys.py)
+            why = simpletuner_keys.reason(key)
+            if not simpletuner_keys.is_unset(raw[key]):
+                raise ConfigError(f"{path}: key {key!r} = {raw[key]!r} is not supported: {why}")
+            notes.append(f"{path}: key {key!r} = {raw[key]!r} is ignored (it sets nothing; {why})")
             raw.pop(key)
     return notes
 

@@ -12,6 +12,8 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from pixart_pipeline.config.webhooks import WebhookTarget  # issue 15
+
 TINY_MODEL_NAME = "tiny-random"
 TINY_CLIP_NAME = "tiny-random-clip"
 # Bump when the tiny-model builder's output changes: it is part of the tiny models' identity (so of
@@ -37,20 +39,28 @@ _OFF = (False, 0, None, "", "none", "diffusers")
 # SimpleTuner keys we know but do not implement: key -> (why, the values meaning "off", which are
 # accepted and dropped). Any other value is an error. Same shape as ``dataset_keys.UNSUPPORTED``.
 UNSUPPORTED: dict[str, tuple[str, tuple]] = {
-    "validation_preview": ("streamed validation previews need webhooks, which we do not have", _OFF),
-    "attention_mechanism": ("only the default diffusers attention is supported", _OFF),
     "lora_rank": ("only model_type 'full' is supported", _OFF),
+    # issue 15: ReflexFlow is for flow-matching rollouts; PixArt Sigma predicts epsilon
+    "scheduled_sampling_reflexflow": ("ReflexFlow applies to flow-matching models only; PixArt Sigma predicts epsilon", _OFF),
+    # -- SimpleTuner parity (issue 14): keys of its example config and EVAL_LOSS.md we do not implement
+    "validation_torch_compile": ("compiling the validation pipeline is not implemented", _OFF),
+    "eval_epoch_interval": ("the eval loss is scheduled by steps only; use eval_steps_interval", _OFF),
 }
 
 # SimpleTuner's multidatabackend.json keys we do not implement: see dataset_keys.py.
 
 # SimpleTuner keys that cannot change any artefact; accepted with a warning.
 IGNORED: dict[str, str] = {
-    "validation_steps": "evaluation runs as its own asset after training",
     "logging_dir": "metrics go to metrics.jsonl in the run folder",
     "disable_benchmark": "evaluation always runs as its own asset",
-    "webhook_config": "webhooks are not implemented",
-    "validation_preview_steps": "validation previews are not implemented",
+    # -- issue 15: ReflexFlow weights only flow-matching rollouts (SimpleTuner reads them for those
+    #    alone); PixArt Sigma predicts epsilon, so they cannot change a result
+    "scheduled_sampling_reflexflow_alpha": "ReflexFlow applies to flow-matching models only; PixArt Sigma predicts epsilon",
+    "scheduled_sampling_reflexflow_beta1": "ReflexFlow applies to flow-matching models only; PixArt Sigma predicts epsilon",
+    "scheduled_sampling_reflexflow_beta2": "ReflexFlow applies to flow-matching models only; PixArt Sigma predicts epsilon",
+    # -- SimpleTuner parity (issue 14)
+    "push_checkpoints_to_hub": "only the final model is pushed (push_to_hub); checkpoints stay in output_dir",
+    "eval_dataset_pooling": "the eval loss is always one value over every eval image together (pooled)",
 }
 
 
@@ -82,7 +92,8 @@ class Hyperparameters(StrictModel):
     lr_power: float = Field(1.0, gt=0)  # polynomial
     lr_step_rules: str | None = None  # piecewise_constant, diffusers' "1:10,0.1:20,0.01"
     mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"
-    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    # adamw_bf16: bf16 weights + Kahan-summed AdamW; bnb-adamw8bit: 8-bit moments (training/optimizers.py)
+    optimizer: Literal["adamw", "adafactor", "adamw_bf16", "bnb-adamw8bit"] = "adamw"
     fused_optimizer: Literal["auto", "on", "off"] = "auto"  # AdamW's fused kernel
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
@@ -99,6 +110,30 @@ class Hyperparameters(StrictModel):
     num_processes: int = Field(1, ge=1)
     # ours, not SimpleTuner's: what the sampler does with a bucket too small for one optimizer step
     small_bucket_rule: Literal["drop", "repeat"] = "drop"
+    # -- issue 15: SimpleTuner's experimental Scheduled Sampling (rollout) and Diff2Flow
+    #    (training/scheduled_sampling.py, training/diff2flow.py). Off at these defaults, where
+    #    config/fingerprints.inapplicable_keys keeps them out of the fingerprint.
+    scheduled_sampling_max_step_offset: int = Field(0, ge=0, le=999)  # 0: no rollout
+    scheduled_sampling_strategy: Literal["uniform", "biased_early", "biased_late"] = "uniform"
+    scheduled_sampling_probability: float = Field(0.0, ge=0, le=1)  # without a ramp
+    scheduled_sampling_prob_start: float = Field(0.0, ge=0, le=1)  # with scheduled_sampling_ramp_steps
+    scheduled_sampling_prob_end: float = Field(0.5, ge=0, le=1)
+    scheduled_sampling_ramp_steps: int = Field(0, ge=0)
+    scheduled_sampling_start_step: int = Field(0, ge=0)
+    scheduled_sampling_ramp_shape: Literal["linear", "cosine"] = "linear"
+    scheduled_sampling_sampler: Literal["unipc", "euler", "dpm"] = "unipc"
+    scheduled_sampling_order: int = Field(2, ge=1, le=3)  # unipc / dpm solver order
+    diff2flow_enabled: bool = False
+    diff2flow_loss: bool = False  # needs diff2flow_enabled
+    # -- memory savers and speed switches (README "Real model"; training/speed.py). Out of the
+    # fingerprint at their defaults (config/fingerprints.py OMITTED_AT_DEFAULT), so old runs stay synced.
+    ema_device: Literal["accelerator", "cpu"] = "accelerator"  # SimpleTuner's default is cpu; ours keeps the old placement
+    disable_tf32: bool = False  # SimpleTuner's: TF32 matmuls/convolutions on CUDA unless set
+    dynamo_backend: Literal["no", "inductor", "aot_eager", "eager"] = "no"  # torch.compile backend
+    dynamo_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
+    dynamo_fullgraph: bool = False
+    dynamo_dynamic: bool | None = None
+    dynamo_use_regional_compilation: bool = True  # compile each transformer block, not the whole model
 
     @model_validator(mode="after")
     def _check_trainer_options(self) -> "Hyperparameters":
@@ -109,6 +144,17 @@ class Hyperparameters(StrictModel):
             _check_step_rules(self.lr_step_rules)
         if self.optimizer == "adafactor" and self.fused_optimizer == "on":
             raise ValueError("fused_optimizer 'on' needs optimizer 'adamw' (Adafactor has no fused kernel)")
+        # -- issue 15: Diff2Flow combinations (SimpleTuner ignores these silently; we say so)
+        if self.diff2flow_loss and not self.diff2flow_enabled:
+            raise ValueError("diff2flow_loss needs diff2flow_enabled: true (the bridge it converts predictions with)")
+        if self.diff2flow_loss and self.snr_gamma is not None:
+            raise ValueError("snr_gamma has no effect with diff2flow_loss (SimpleTuner's flow loss is unweighted); "
+                             "unset one of them")
+        if self.optimizer in ("adamw_bf16", "bnb-adamw8bit") and self.fused_optimizer == "on":
+            raise ValueError(f"fused_optimizer 'on' needs optimizer 'adamw' ({self.optimizer} has its own kernel)")
+        if self.optimizer == "adamw_bf16" and self.mixed_precision != "bf16":
+            raise ValueError(f"optimizer 'adamw_bf16' keeps the weights in bf16 and needs mixed_precision 'bf16' "
+                             f"(not {self.mixed_precision!r})")
         return self
 
     def hyperparameters(self) -> "Hyperparameters":
@@ -118,19 +164,33 @@ class Hyperparameters(StrictModel):
 
 class TrainerSettings(StrictModel):
     """The ``config.json`` keys of a training run that never change the weights: checkpointing,
-    resuming, memory, where it runs and where its results are reported. In no fingerprint."""
+    resuming, memory, where it runs and where its results are reported. In no fingerprint (but for
+    ``num_machines`` > 1, below)."""
+
+    # -- multi-node (issue 12): SimpleTuner's num_machines; each machine runs num_processes ranks, so
+    # the world size is num_machines x num_processes. Above 1 it multiplies the global batch and is in
+    # the trained_checkpoint fingerprint; at 1 it is left out (fingerprints stay as they were). Needs
+    # PIXART_EXECUTOR=k8s (an indexed Job of trainer pods); the local executor refuses it.
+    num_machines: int = Field(1, ge=1)
 
     checkpointing_steps: int = Field(500, ge=1)
     checkpoints_total_limit: int | None = Field(None, ge=1)
     resume_from_checkpoint: str = "latest"  # "latest" | "none" | a checkpoint folder
     # recompute activations in the backward pass: less memory, same gradients
     gradient_checkpointing: bool = False
-    report_to: Literal["none", "wandb"] = "none"
+    report_to: Literal["none", "wandb", "tensorboard", "all"] = "none"  # all: wandb + tensorboard
     tracker_project_name: str = "pixart-pipeline"
     tracker_run_name: str | None = None
     push_to_hub: bool = False
     hub_model_id: str | None = None
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    # -- watching training (issue 14; training/validation.py): SimpleTuner's in-training validation
+    # images and eval-loss curve. They only read the weights, so they are in no fingerprint.
+    validation_steps: int | None = Field(None, ge=0)  # render the validation prompts every N steps; 0/None: off
+    eval_steps_interval: int | None = Field(None, ge=0)  # stable eval loss (+ CLIP) every N steps; 0/None: off
+    num_eval_images: int = Field(4, ge=1)  # eval images per batch of the in-training eval loss
+    eval_loss_disable: bool = False  # keep validation images / CLIP, skip the eval loss
+    validation_on_startup: bool = False  # also validate the base weights (step 0) when a run starts fresh
 
     @model_validator(mode="after")
     def _check_hub(self) -> "TrainerSettings":
@@ -158,12 +218,30 @@ class EvaluationSettings(StrictModel):
     validation_prompts: list[str] = []
     validation_resolution: str | int = "1024x1024"
     validation_guidance: float = Field(3.5, ge=0)
+    validation_guidance_rescale: float = Field(0.0, ge=0, le=1)  # issue 14: diffusers' guidance_rescale
     validation_num_inference_steps: int = Field(20, ge=1)
     validation_seed: int = 42
     validation_negative_prompt: str = "blurry, cropped, ugly"
     evaluation_type: Literal["clip", "none"] = "clip"
     pretrained_evaluation_model_name_or_path: str = DEFAULT_CLIP_MODEL
     eval_timesteps: int = Field(8, ge=1, le=1000)
+    # -- issue 15: the attention kernel for sampling (models/attention.py; in the evaluation
+    #    fingerprint when not the default) and previews streamed to webhooks while sampling
+    #    (training/previews.py; in no fingerprint: they change no artefact)
+    attention_mechanism: Literal["diffusers", "sageattention"] = "diffusers"
+    validation_preview: bool = False
+    validation_preview_steps: int = Field(1, ge=1)
+    # a target, a list of them, a JSON string of either, or a JSON file (relative to config.json)
+    webhook_config: WebhookTarget | list[WebhookTarget] | str | None = None
+    # ours: the Tiny AutoEncoder that decodes previews (SDXL latents; "tiny-random-taesd" for tests)
+    validation_preview_decoder: str = "madebyollin/taesdxl"
+
+    @model_validator(mode="after")
+    def _previews_need_a_webhook(self) -> "EvaluationSettings":
+        if self.validation_preview and not self.webhook_config:
+            raise ValueError("validation_preview needs webhook_config: previews are only sent to webhooks "
+                             '(e.g. {"webhook_type": "raw", "callback_url": "http://127.0.0.1:8000/hook"})')
+        return self
 
     @field_validator("validation_resolution")
     @classmethod
@@ -207,6 +285,9 @@ class TrainingConfig(Hyperparameters, TrainerSettings, EvaluationSettings):
     vae_dtype: Literal["default", "fp32", "bf16", "fp16"] = "default"
     vae_batch_size: int = Field(4, ge=1)
     vae_cache_disable: bool = False  # encode latents on the fly in the trainer (cache/online.py)
+    # NHWC VAE encoding for the cache (faster cuDNN convolutions; other kernels, so in the vae_cache
+    # fingerprint when set)
+    vae_channels_last: bool = False
 
     @property
     def resolved_vae_dtype(self) -> str:
@@ -307,7 +388,9 @@ class ImageDataset(StrictModel):
     minimum_aspect_ratio: Number | None = Field(None, ge=0)
     maximum_aspect_ratio: Number | None = Field(None, ge=0)
     target_downsample_size: Number | None = Field(None, gt=0)
-    eval_split_fraction: float = Field(0.1, ge=0, lt=1)
+    # held out for the eval loss (data/holdout.py): null = a few images (1 per 25 kept, at most 4; none when the
+    # config has a dataset_type "eval" dataset); a fraction = that share by image hash; 0 = train on all
+    eval_split_fraction: float | None = Field(None, ge=0, lt=1)
     # captions
     caption_strategy: Literal["filename", "textfile", "instanceprompt", "parquet"] = "filename"
     instance_prompt: str | None = None

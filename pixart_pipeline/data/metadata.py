@@ -11,7 +11,9 @@ that is not obvious (first frame of an animation, alpha composited on white, EXI
 
 The train/eval split is a pure function of the image's sha256 (eval iff
 ``int(sha256[:8], 16) / 2**32 < eval_split_fraction``): adding images never moves an existing image
-between splits, and renaming a file keeps its split. Every image of a ``dataset_type: "eval"``
+between splits, and renaming a file keeps its split. With ``eval_split_fraction`` unset the auto
+hold-out (``config/holdout.py``, ``auto_holdout``) takes the few kept images with the smallest
+sha256 instead. Every image of a ``dataset_type: "eval"``
 dataset is in the eval split (evaluation only; never trained on).
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pixart_pipeline.config.holdout import auto_count
 from pixart_pipeline.config.models import ImageDataset
 from pixart_pipeline.data.buckets import geometry_function
 from pixart_pipeline.data.digest import in_order, table_digest
@@ -116,6 +119,7 @@ def build_metadata_table(
     if probes is None:
         probes = dict(zip(paths, probe_many([root / p for p in paths], workers=workers)))
     is_eval = ds.dataset_type == "eval"
+    auto = ds.eval_split_fraction is None and not is_eval  # config/holdout.py: chosen below, over all rows
     geometry_of = geometry_function(ds, rounding)
     bounded = bool(ds.minimum_aspect_ratio or ds.maximum_aspect_ratio)
     no_geometry = (None,) * len(GEOMETRY_COLUMNS)
@@ -136,10 +140,11 @@ def build_metadata_table(
             else:
                 status = "ok"
                 geometry = result.values()
-        split = "eval" if is_eval else split_for(sha, ds.eval_split_fraction)
+        split = "eval" if is_eval else "train" if auto else split_for(sha, ds.eval_split_fraction)
         # Only a kept training image's list is drawn from (evaluation uses the first caption), so
-        # only such a list is stored, and only its edits change the data version.
-        if status != "ok" or split != "train":
+        # only such a list is stored, and only its edits change the data version. Under the auto
+        # hold-out every kept image keeps its list: the split is chosen after the table is whole.
+        if status != "ok" or (split != "train" and not auto):
             more = None
         out.append((path, sha, probe.width, probe.height, text, status, *geometry, split, probe.note or None, more))
     columns = list(zip(*out)) if out else [()] * len(METADATA_SCHEMA)
@@ -151,7 +156,19 @@ def build_metadata_table(
         # concatenation is in order already and the 15-column sort is skipped.
         if not in_order(table.column("path")):
             table = table.sort_by("path")
-    return table
+    return auto_holdout(table) if auto else table
+
+
+def auto_holdout(table: pa.Table) -> pa.Table:
+    """``table`` with its ``split`` set by the auto hold-out (``config/holdout.py``): the kept images
+    whose sha256 are the ``auto_count(kept)`` smallest are ``eval``, every other row ``train``.
+    A pure function of the table's contents, so reused rows and new rows agree."""
+    ok = pc.equal(table.column("status"), "ok")
+    shas = sorted(set(pc.filter(table.column("sha256"), ok).to_pylist()))
+    chosen = set(shas[:auto_count(len(shas))])
+    split = ["eval" if sha in chosen else "train"
+             for sha in pc.if_else(ok, table.column("sha256"), pa.scalar(None, pa.string())).to_pylist()]
+    return table.set_column(table.schema.get_field_index("split"), "split", pa.array(split, pa.string()))
 
 
 def metadata_data_version(table: pa.Table) -> str:

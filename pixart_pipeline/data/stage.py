@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pixart_pipeline.config import ImageDataset, PipelineConfig
+from pixart_pipeline.config import ImageDataset, PipelineConfig, holdout
 from pixart_pipeline.config.fingerprints import stable_hash
 from pixart_pipeline.config.identity import caption_filters, parquet_file
 from pixart_pipeline.data.captions import build_captions_table, captions_data_version, multi_caption_rows
@@ -49,7 +49,7 @@ from pixart_pipeline.data.probe_cache import (
 )
 from pixart_pipeline.data.synthetic import generate_synthetic_dataset
 from pixart_pipeline.fileio import atomic_write_parquet, read_parquet
-from pixart_pipeline.stage_result import MissingInputError, StageResult, markdown_table
+from pixart_pipeline.stage_result import MissingInputError, StageResult, markdown_table, thumbnails_markdown
 from pixart_pipeline.stages import captions_path, manifest_path, metadata_dir, metadata_path
 
 Log = Callable[[str], None]
@@ -250,14 +250,32 @@ def run_bucketed_metadata(
             "rejected": table.num_rows - statuses.get("ok", 0),
             "train": splits.get("train", 0),
             "eval": splits.get("eval", 0),
+            "eval_holdout": holdout.describe(ds.eval_split_fraction, ds.dataset_type),  # the rule behind "eval"
             "buckets": len(buckets),
             "seconds": round(time.perf_counter() - start, 3),
         },
         markdown={
             "bucket_histogram": markdown_table(("bucket (aspect)", "images"), buckets),
             "status_counts": markdown_table(("status", "images"), statuses),
+            **bucket_samples_markdown(table, root, buckets),
         },
     )
+
+
+def bucket_samples_markdown(table: pa.Table, root: Path, buckets: dict[str, int], per_bucket: int = 2,
+                            limit: int = 8, size: int = 160) -> dict[str, str]:
+    """``{"bucket_samples": thumbnails}``: the first ``per_bucket`` kept images (path order) of each
+    bucket, so the UI shows what each aspect bucket holds. Small thumbnails (``size`` px), since
+    they are stored inline in the event log; empty when no sample file can be read here."""
+    ok = pc.filter(table.select(["path", "bucket"]), pc.equal(table.column("status"), "ok"))
+    paths = []
+    for bucket in buckets:
+        in_bucket = pc.filter(ok.column("path"), pc.equal(ok.column("bucket"), bucket))
+        paths += [root / p for p in in_bucket.slice(0, per_bucket).to_pylist() if (root / p).is_file()]
+    try:
+        return {"bucket_samples": thumbnails_markdown(paths[:limit], size=size)} if paths else {}
+    except OSError:  # a file changed under us since it was probed: the numbers above still hold
+        return {}
 
 
 @dataclass
@@ -317,7 +335,8 @@ class BatchReadiness:
 def readiness(draws_per_bucket: dict[str, int], cfg: PipelineConfig) -> BatchReadiness:
     """Decide from per-bucket draws per epoch (images x (1 + repeats)), as the sampler counts them."""
     t = cfg.training
-    needed = t.train_batch_size * t.gradient_accumulation_steps * t.num_processes
+    # every rank of every machine draws its own batch from the bucket (num_machines: multi-node)
+    needed = t.train_batch_size * t.gradient_accumulation_steps * t.num_processes * t.num_machines
     small = {b: n for b, n in draws_per_bucket.items() if n < needed}
     if t.small_bucket_rule == "repeat":  # small buckets are padded to one step
         usable = sum(max(n, needed) for n in draws_per_bucket.values())
@@ -339,3 +358,18 @@ def batch_readiness(cfg: PipelineConfig, ds: ImageDataset) -> BatchReadiness:
                                                    for c in ("bucket", "target_width", "target_height")))]
     counts = sorted(value_counts(pa.array(names, pa.string())).items())
     return readiness({b: n * (1 + ds.repeats) for b, n in counts}, cfg)
+
+
+def held_out_count(cfg: PipelineConfig, ds: ImageDataset) -> tuple[int, int] | None:
+    """(kept images in the eval split, kept images) of the dataset's current metadata table, or None
+    when it was not built yet or was built for other settings (``validate`` and ``plan`` print it)."""
+    path = metadata_path(cfg, ds)
+    if not path.exists():
+        return None
+    stored = (pq.read_schema(path).metadata or {}).get(FINGERPRINT_KEY)
+    if stored is None or stored.decode() != inputs_fingerprint(cfg, ds):
+        return None
+    table = pq.read_table(path, columns=["status", "split"])
+    ok = pc.equal(table.column("status"), "ok")
+    split = pc.filter(table.column("split"), ok)
+    return pc.sum(pc.equal(split, "eval").cast(pa.int64())).as_py() or 0, len(split)

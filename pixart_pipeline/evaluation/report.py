@@ -89,7 +89,9 @@ def _image_grid(report: Mapping[str, Any], png_by_file: Mapping[str, bytes]) -> 
 
 def _eval_loss_section(loss: Mapping[str, Any]) -> str:
     if loss.get("num_items", 0) == 0:
-        return "<p>No eval items (the eval split is empty), so no eval loss.</p>"
+        return ("<p>No eval items (the eval split is empty), so no eval loss: no image is held out "
+                "(eval_split_fraction 0, or every dataset too small for the auto hold-out) and no dataset "
+                "has dataset_type \"eval\".</p>")
     rel = loss.get("relative_change")
     known = rel is not None and not (isinstance(rel, float) and math.isnan(rel))
     cls = "" if not known or rel == 0 else ("better" if rel < 0 else "worse")

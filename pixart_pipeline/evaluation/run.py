@@ -37,6 +37,8 @@ from pixart_pipeline.models import (
     load_transformer,
     resolve_device,
 )
+from pixart_pipeline.models.attention import apply_attention_mechanism, require_attention_mechanism
+from pixart_pipeline.training.previews import PreviewSender, load_preview_decoder
 
 IMAGES_DIR = "images"
 
@@ -87,6 +89,24 @@ def _remove_stale_images(folder: Path, keep: set[str]) -> None:
                 path.unlink(missing_ok=True)
 
 
+def preview_sender(spec: EvalSpec, device: torch.device) -> PreviewSender | None:
+    """Issue 15: the previews of this evaluation (``validation_type`` "final": after training), or None."""
+    if not spec.settings.validation_preview:
+        return None
+    decoder = load_preview_decoder(spec.preview_decoder, device, TORCH_DTYPES[spec.dtype])
+    return PreviewSender(spec.webhooks, decoder, spec.settings.validation_preview_steps,
+                         spec.num_inference_steps, validation_type="final")
+
+
+def rescale_sampler(spec: EvalSpec, device: torch.device):
+    """``validation_guidance_rescale`` > 0: the trainer's ``ValidationSampler`` on the exported pipeline's
+    VAE, T5 and scheduler (its prompts encoded, and T5 freed, before the pipeline loads)."""
+    from pixart_pipeline.training.validation import ValidationSampler
+
+    return ValidationSampler(spec.pipeline_dir, None, spec.prompts, spec.negative_prompt,
+                             spec.max_sequence_length, device)
+
+
 def run_evaluation(spec: EvalSpec) -> EvalResult:
     """Evaluate the trained pipeline in ``spec.pipeline_dir`` against the base model; write the report.
 
@@ -94,17 +114,31 @@ def run_evaluation(spec: EvalSpec) -> EvalResult:
     """
     started = time.perf_counter()
     device = resolve_device(spec.device)
+    require_attention_mechanism(spec.settings.attention_mechanism, device)  # issue 15: before any work
     out_dir = Path(spec.out_dir)
     dtype = TORCH_DTYPES[spec.dtype]
     items = read_eval_items(spec.eval_items) if spec.eval_items else []
 
     # 1. trained pipeline: images + trained eval loss (its transformer is the trained one)
+    rescale = spec.settings.validation_guidance_rescale
+    # diffusers' PixArt pipeline has no guidance rescale: the trainer's sampler (same seeds) applies it
+    sampler = rescale_sampler(spec, device) if rescale > 0 else None
     pipe = load_pipeline(spec.pipeline_dir, device, spec.dtype)
-    images = generate_images(
-        pipe, spec.prompts, spec.sizes,
-        guidance=spec.guidance, num_inference_steps=spec.num_inference_steps, seed=spec.seed,
-        negative_prompt=spec.negative_prompt, max_sequence_length=spec.max_sequence_length,
-    )
+    # issue 15: the sampling attention kernel (the eval losses below keep the model's own, like the base's)
+    default_processors = pipe.transformer.attn_processors
+    apply_attention_mechanism(pipe.transformer, spec.settings.attention_mechanism, device)
+    if sampler is not None:  # previews stream from diffusers' pipeline only (not with a guidance rescale)
+        images = sampler.sample(pipe.transformer, spec.sizes, guidance=spec.guidance, guidance_rescale=rescale,
+                                steps=spec.num_inference_steps, seed=spec.seed)
+        del sampler
+    else:
+        images = generate_images(
+            pipe, spec.prompts, spec.sizes,
+            guidance=spec.guidance, num_inference_steps=spec.num_inference_steps, seed=spec.seed,
+            negative_prompt=spec.negative_prompt, max_sequence_length=spec.max_sequence_length,
+            preview=preview_sender(spec, device),
+        )
+    pipe.transformer.set_attn_processor(default_processors)
     image_dir = out_dir / IMAGES_DIR
     image_paths = save_images(images, image_dir)
     _remove_stale_images(image_dir, {p.name for p in image_paths})

@@ -18,6 +18,7 @@ from PIL import Image
 
 from pixart_pipeline.fileio import atomic_write_bytes
 from pixart_pipeline.models import TORCH_DTYPES
+from pixart_pipeline.training.previews import PreviewImage, PreviewSender
 
 if TYPE_CHECKING:
     from diffusers import PixArtSigmaPipeline
@@ -78,6 +79,7 @@ def generate_images(
     negative_prompt: str = "",
     max_sequence_length: int = 300,
     batch_size: int = 4,
+    preview: PreviewSender | None = None,
 ) -> list[ValidationImage]:
     """Generate every prompt x size; returns images ordered by (prompt index, size index).
 
@@ -85,6 +87,9 @@ def generate_images(
     image still gets its own fixed seed. Resolution binning is off: the size asked for is the size
     made (PixArt's aspect-ratio bins would silently change it). Captions are not "cleaned" (that
     needs bs4/ftfy and changes the prompt the user wrote).
+
+    ``preview`` (issue 15, ``validation_preview``) gets the latents of every denoising step through the
+    pipeline's per-step callback and posts the steps it is asked for to the webhooks.
     """
     results: dict[tuple[int, int], ValidationImage] = {}
     for si, (width, height) in enumerate(sizes):
@@ -92,6 +97,10 @@ def generate_images(
             indices = list(range(start, min(start + batch_size, len(prompts))))
             seeds = [image_seed(seed, pi, si) for pi in indices]
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            streaming = {}  # issue 15: the stock pipeline's per-step callback (it has no callback_on_step_end)
+            if preview is not None:
+                rows = [PreviewImage(prompts[pi], width, height, f"p{pi:02d}_s{si:02d}") for pi in indices]
+                streaming = {"callback": preview.callback(rows), "callback_steps": 1}
             output = pipe(
                 prompt=[prompts[pi] for pi in indices],
                 negative_prompt=negative_prompt,
@@ -104,6 +113,7 @@ def generate_images(
                 clean_caption=False,
                 max_sequence_length=max_sequence_length,
                 output_type="pil",
+                **streaming,
             )
             for pi, s, image in zip(indices, seeds, output.images):
                 results[(pi, si)] = ValidationImage(pi, si, prompts[pi], width, height, s, image)

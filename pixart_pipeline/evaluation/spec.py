@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pixart_pipeline.config.models import EvaluationSettings
+from pixart_pipeline.config.webhooks import WebhookTarget
 from pixart_pipeline.training.spec import SpecModel
 
 
@@ -42,6 +43,10 @@ class EvalSpec(SpecModel):
     max_sequence_length: int = Field(300, ge=1)
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     eval_batch_size: int = Field(8, ge=1)
+    # -- issue 15: validation previews: the webhook targets (settings.webhook_config, read) and the
+    #    resolved Tiny AutoEncoder (settings.validation_preview_decoder); both only when previewing
+    webhooks: list[WebhookTarget] = []
+    preview_decoder: str | None = None
 
     @model_validator(mode="after")
     def _inputs_for_what_is_asked(self) -> "EvalSpec":
@@ -49,6 +54,8 @@ class EvalSpec(SpecModel):
             raise ValueError("'clip_model' is required when 'settings.evaluation_type' is 'clip'")
         if self.eval_items and not self.text_store:
             raise ValueError("'text_store' is required when 'eval_items' is set")
+        if self.settings.validation_preview and not (self.webhooks and self.preview_decoder):
+            raise ValueError("'settings.validation_preview' needs 'webhooks' and 'preview_decoder'")
         return self
 
     # The settings under the names the evaluation code uses.

@@ -15,9 +15,11 @@ from pixart_pipeline.evaluation.run import run_evaluation
 from pixart_pipeline.evaluation.spec import EvalSpec
 from pixart_pipeline.fileio import atomic_write_parquet
 from pixart_pipeline.models import resolve_device, resolve_pretrained
+from pixart_pipeline.models.attention import require_attention_mechanism
 from pixart_pipeline.stage_result import MissingInputError, StageResult, markdown_table
 from pixart_pipeline.stages import report_dir, text_store_root
 from pixart_pipeline.training.export import CARD_INFO, refresh_model_card
+from pixart_pipeline.training.previews import preview_inputs
 from pixart_pipeline.training.result import TrainResult, is_finished
 from pixart_pipeline.training.stage import split_items
 from pixart_pipeline.training.tracking import TRACKER_FILE, log_evaluation
@@ -35,6 +37,7 @@ def build_eval_spec(cfg: PipelineConfig, device: str, run_dir: Path) -> EvalSpec
     t = cfg.training
     if not is_finished(run_dir):
         raise MissingInputError(f"{run_dir} holds no finished training run: materialize trained_checkpoint")
+    require_attention_mechanism(t.attention_mechanism, resolve_device(device))  # issue 15: before any work
     items = split_items(cfg, "eval")
     out_dir = report_dir(cfg, run_dir, items.column("vae_key").to_pylist())
     items_path = out_dir / "eval_items.parquet"
@@ -57,6 +60,7 @@ def build_eval_spec(cfg: PipelineConfig, device: str, run_dir: Path) -> EvalSpec
         max_sequence_length=t.tokenizer_max_length,
         # T5-XXL alone is ~19 GB in fp32: bf16 on a GPU. Base and trained eval losses use the same dtype.
         dtype="bf16" if resolve_device(device).type == "cuda" else "fp32",
+        **preview_inputs(cfg),
     )
 
 
@@ -75,7 +79,7 @@ def run_evaluation_report(cfg: PipelineConfig, device: str, run_dir: str | Path,
     if (run_dir / CARD_INFO).is_file():  # runs exported before model_card.json existed keep their card
         refresh_model_card(run_dir, metrics, samples)
     extra = {}
-    if cfg.training.report_to == "wandb":
+    if cfg.training.report_to in ("wandb", "all"):
         url = log_to_training_tracker(run_dir, metrics, report, Path(result.json_path).parent, log)
         if url:
             extra["tracker_url"] = url

@@ -97,9 +97,15 @@ def parameter_counts(arch: Architecture) -> dict[str, int]:
 def optimizer_state_bytes(trainable: int, optimizer: str, state_bytes: int = 4) -> int:
     """AdamW keeps two moments per trained parameter (``exp_avg``, ``exp_avg_sq``) in the parameters'
     dtype. Adafactor keeps factored second moments: below 1% of the parameters for PixArt's matrices,
-    counted here as 1% (an upper bound)."""
+    counted here as 1% (an upper bound). ``adamw_bf16``: two bf16 moments and a bf16 Kahan buffer
+    (6 bytes). ``bnb-adamw8bit``: two 8-bit moments and a float32 absmax per 256 values (the few
+    tensors under 4096 values that keep 32-bit moments are not counted: biases, < 0.1%)."""
     if optimizer == "adafactor":
         return trainable * state_bytes // 100
+    if optimizer == "adamw_bf16":
+        return 6 * trainable
+    if optimizer == "bnb-adamw8bit":
+        return 2 * trainable + 8 * -(-trainable // 256)
     return 2 * trainable * state_bytes
 
 
@@ -163,22 +169,26 @@ def vae_cache_estimate(cfg: PipelineConfig, arch: Architecture, params: dict, bu
 
 def training_estimate(cfg: PipelineConfig, arch: Architecture, params: dict, bucket: tuple[int, int],
                       gpu: int | None) -> StageEstimate:
-    """The trainer: float32 master weights, gradients and AdamW/Adafactor state, EMA on the GPU,
-    autocast in ``mixed_precision``, ``train_batch_size`` samples of the largest bucket."""
+    """The trainer: float32 master weights (bf16 with ``adamw_bf16``), gradients and the optimizer's
+    state, the EMA (on the GPU unless ``ema_device`` is ``cpu``), autocast in ``mixed_precision``,
+    ``train_batch_size`` samples of the largest bucket."""
     t, (width, height) = cfg.training, bucket
     tokens, batch = t.tokenizer_max_length, t.train_batch_size
     autocast = None if t.mixed_precision == "no" else TORCH_DTYPE[t.mixed_precision]
-    plain = measure.transformer_train_memory(arch.transformer, batch, height, width, tokens, autocast, False)
-    ckpt = measure.transformer_train_memory(arch.transformer, batch, height, width, tokens, autocast, True)
+    dtype = torch.bfloat16 if t.optimizer == "adamw_bf16" else torch.float32
+    plain = measure.transformer_train_memory(arch.transformer, batch, height, width, tokens, autocast, False, dtype)
+    ckpt = measure.transformer_train_memory(arch.transformer, batch, height, width, tokens, autocast, True, dtype)
     trainable = params["transformer_bias"] if t.use_bitfit else params["transformer"]
-    weights, optim = params["transformer"] * 4, optimizer_state_bytes(trainable, t.optimizer)
-    ema = trainable * 4 if t.use_ema else 0
+    weights = params["transformer"] * (2 if dtype == torch.bfloat16 else 4)
+    optim = optimizer_state_bytes(trainable, t.optimizer)
+    ema = trainable * 4 if t.use_ema and t.ema_device != "cpu" else 0  # a CPU EMA takes host memory only
     memory = ckpt if t.gradient_checkpointing else plain
     flops = measure.transformer_flops(arch.transformer, 1, height, width, tokens, train=True)
     if t.gradient_checkpointing:  # the backward re-runs each block's forward
         flops += measure.transformer_flops(arch.transformer, 1, height, width, tokens, train=False)
     est = StageEstimate("trained_checkpoint", f"batch {batch} at {width}x{height}, {tokens} text tokens, "
-                        f"mixed_precision {t.mixed_precision}", weights, gradients=memory.gradients,
+                        f"mixed_precision {t.mixed_precision}, optimizer {t.optimizer}"
+                        + (", EMA on the CPU" if t.use_ema and t.ema_device == "cpu" else ""), weights, gradients=memory.gradients,
                         optimizer_state=optim, ema=ema, activations=plain.activations,
                         activations_checkpointed=ckpt.activations,
                         peak=training_peak(weights, optim, ema, memory, t.gradient_accumulation_steps),
@@ -208,14 +218,17 @@ def training_suggestions(est: StageEstimate, plain: measure.TrainMemory, ckpt: m
             out.append(f"set train_batch_size to {batch} and raise gradient_accumulation_steps to keep the "
                        f"effective batch ({peak(smaller)})")
             break
-    if t.optimizer == "adamw":
+    if t.optimizer == "adamw":  # the optimizer's state from the parameters actually trained
+        trainable = est.optimizer_state // 8
         out.append(f"set optimizer to 'adafactor' ({peak(memory, optim=est.optimizer_state // 200)})")
-    half = replace(memory, gradients=memory.gradients // 2)
-    out.append(f"bf16 weights, gradients and optimizer state (SimpleTuner's optimizer 'adamw_bf16'; not yet "
-               f"available here) ({peak(half, weights=est.weights // 2, optim=est.optimizer_state // 2)})")
-    out.append(f"an 8-bit AdamW (not yet available here) ({peak(memory, optim=est.optimizer_state // 4)})")
+        half = replace(memory, gradients=memory.gradients // 2)
+        out.append(f"set optimizer to 'adamw_bf16' with mixed_precision 'bf16': bf16 weights, gradients and "
+                   f"moments, Kahan-summed updates; needs the [lowmem] extra "
+                   f"({peak(half, weights=est.weights // 2, optim=optimizer_state_bytes(trainable, 'adamw_bf16'))})")
+        out.append(f"set optimizer to 'bnb-adamw8bit': 8-bit moments; needs the [lowmem] extra "
+                   f"({peak(memory, optim=optimizer_state_bytes(trainable, 'bnb-adamw8bit'))})")
     if est.ema:
-        out.append(f"keep the EMA on the CPU (ema_device 'cpu'; not yet available here) ({peak(memory, ema=0)})")
+        out.append(f"keep the EMA on the CPU: ema_device 'cpu' ({peak(memory, ema=0)})")
     return out
 
 

@@ -18,8 +18,10 @@ import torch
 from pixart_pipeline.config.models import TINY_CLIP_NAME, TINY_MODEL_NAME
 from pixart_pipeline.errors import InputError
 from pixart_pipeline.models.tiny import TINY_REVISION, build_tiny_clip, build_tiny_pixart
+from pixart_pipeline.models.tiny_tae import TINY_TAE_NAME, build_tiny_tae
 
-_TINY_BUILDERS = {TINY_MODEL_NAME: build_tiny_pixart, TINY_CLIP_NAME: build_tiny_clip}
+_TINY_BUILDERS = {TINY_MODEL_NAME: build_tiny_pixart, TINY_CLIP_NAME: build_tiny_clip,
+                  TINY_TAE_NAME: build_tiny_tae}  # issue 15: the previews' Tiny AutoEncoder
 
 
 class ModelUnavailableError(InputError):

@@ -164,10 +164,11 @@ class TrainMemory:
 
 
 def _train_step_memory(config: dict | None, layers: int, batch: int, height: int, width: int,
-                       text_tokens: int, autocast: torch.dtype | None, checkpointing: bool) -> tuple[int, int, int]:
+                       text_tokens: int, autocast: torch.dtype | None, checkpointing: bool,
+                       weights: torch.dtype = torch.float32) -> tuple[int, int, int]:
     """(activations, backward peak, gradient bytes) of a ``layers``-block fake transformer."""
     with fake_tensors():
-        model = presets.build_transformer(config, device="cpu", num_layers=layers).train()
+        model = presets.build_transformer(config, device="cpu", dtype=weights, num_layers=layers).train()
         if checkpointing:
             model.enable_gradient_checkpointing()
         gradients = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
@@ -184,11 +185,13 @@ def _train_step_memory(config: dict | None, layers: int, batch: int, height: int
 
 
 def transformer_train_memory(config: dict | None, batch: int, height: int, width: int, text_tokens: int,
-                             autocast: torch.dtype | None, checkpointing: bool) -> TrainMemory:
-    """Measured at 1 and 2 blocks on fake tensors; each further block adds the difference."""
+                             autocast: torch.dtype | None, checkpointing: bool,
+                             weights: torch.dtype = torch.float32) -> TrainMemory:
+    """Measured at 1 and 2 blocks on fake tensors; each further block adds the difference.
+    ``weights``: the parameters' dtype (bf16 for optimizer ``adamw_bf16``: bf16 gradients too)."""
     config = presets.transformer_kwargs(config)
     depth = config["num_layers"]
-    args = (batch, height, width, text_tokens, autocast, checkpointing)
+    args = (batch, height, width, text_tokens, autocast, checkpointing, weights)
     a1, _, g1 = _train_step_memory(config, 1, *args)
     a2, peak2, g2 = _train_step_memory(config, 2, *args)
     activations = a1 + (depth - 1) * (a2 - a1)

@@ -45,6 +45,7 @@ from pixart_pipeline.training.metrics import read_metrics
 from pixart_pipeline.training.report import Reporter
 from pixart_pipeline.training.result import TrainResult, is_finished, run_metadata
 from pixart_pipeline.training.resume import save
+from pixart_pipeline.training.scheduled_sampling import rollout_batch  # issue 15
 from pixart_pipeline.training.setup import setup
 from pixart_pipeline.training.signals import StopRequest, check_ranks_agree
 from pixart_pipeline.training.spec import RunSpec
@@ -99,6 +100,8 @@ def train_steps(run: Run, progress: Progress, stop_at_step: int | None, stop_req
         f"(mixed precision: {hp.mixed_precision}, optimizer: {hp.optimizer})")
     # the cache reads of the next batches run ahead on a thread; the sampler here moves only as batches are used
     reads = read_ahead(run.builder, sampler, world, rank, spec.read_ahead_batches)
+    if run.watcher is not None and first_step == 0:  # issue 14: validation_on_startup
+        run.watcher.at_start()
     try:
         while progress.global_step < stop:
             step_start = time.perf_counter()
@@ -121,10 +124,20 @@ def train_steps(run: Run, progress: Progress, stop_at_step: int | None, stop_req
                 )  # [B, 4, h, w], [B, L, 4096], [B, L]
                 noise = draw_noise(latents.shape, gen, hp.noise_offset)  # [B, 4, h, w]
                 timesteps = torch.randint(0, num_train_timesteps, (latents.shape[0],), generator=gen)  # [B]
+                # -- issue 15: Scheduled Sampling replaces some inputs by the model's own rollout (it
+                #    draws from ``gen`` only when on); Diff2Flow changes the loss. Both off by default.
+                noisy_latents = None
+                if hp.scheduled_sampling_max_step_offset > 0:
+                    with accelerator.autocast():  # the bare module: no DDP collective per rollout forward
+                        noisy_latents = rollout_batch(
+                            accelerator.unwrap_model(run.transformer), run.noise_scheduler, hp, latents.to(device),
+                            noise.to(device), timesteps, prompt_embeds.to(device), attention_mask.to(device), gen,
+                            progress.global_step)  # [B, 4, h, w]
                 with accelerator.accumulate(run.transformer):
                     loss = pixart_epsilon_loss(
                         run.transformer, latents.to(device), noise.to(device), timesteps.to(device),
                         prompt_embeds.to(device), attention_mask.to(device), run.noise_scheduler, hp.snr_gamma,
+                        noisy_latents=noisy_latents, diff2flow=hp.diff2flow_loss,
                     ).mean()
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
@@ -147,6 +160,8 @@ def train_steps(run: Run, progress: Progress, stop_at_step: int | None, stop_req
                 per_step = (time.perf_counter() - loop_start) / (step - first_step)
                 run.reporter.progress(step, run.total_steps, progress.last_loss, lr, progress.samples_per_s,
                                       per_step * (run.total_steps - step))
+            if run.watcher is not None:  # issue 14: in-training validation (training/watch.py)
+                run.watcher.maybe(step)
             signalled = stop_request.agreed(accelerator)
             if step % spec.settings.checkpointing_steps == 0 or step == stop or signalled:
                 progress.last_checkpoint = save(run, progress)
@@ -224,7 +239,19 @@ def finished_for(spec: RunSpec) -> bool:
     from its checkpoints, or refused by their checks) instead of being told the old result."""
     info = Path(spec.run_dir) / CARD_INFO
     return (is_finished(spec.run_dir) and info.is_file()
-            and json.loads(info.read_text()).get("hyperparameters") == spec.hyperparameters.model_dump(mode="json"))
+            and same_hyperparameters(json.loads(info.read_text()).get("hyperparameters"), spec.hyperparameters))
+
+
+def same_hyperparameters(recorded: dict | None, hyperparameters) -> bool:
+    """A card's recorded hyperparameters equal these. A key the card lacks (it was written before a
+    release added that hyperparameter) matches when today's value is the key's default, which by the
+    fingerprint rule is the behaviour the older release had; so upgrading never retrains a finished run."""
+    if not isinstance(recorded, dict):
+        return False
+    now = hyperparameters.model_dump(mode="json")
+    defaults = type(hyperparameters).model_construct().model_dump(mode="json")
+    return set(recorded) <= set(now) and all(
+        recorded[k] == v if k in recorded else v == defaults[k] for k, v in now.items())
 
 
 def report_finished(spec: RunSpec, reporter: Reporter, result: TrainResult | None = None) -> TrainResult:

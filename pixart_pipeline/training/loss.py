@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from pixart_pipeline.training.diff2flow import flow_target, prediction_to_flow
+
 if TYPE_CHECKING:
     from diffusers import DDPMScheduler
 
@@ -68,6 +70,8 @@ def pixart_epsilon_loss(
     attention_mask: torch.Tensor,
     noise_scheduler: DDPMScheduler,
     snr_gamma: float | None = None,
+    noisy_latents: torch.Tensor | None = None,
+    diff2flow: bool = False,
 ) -> torch.Tensor:
     """Per-sample diffusion loss ``[B]`` (float32).
 
@@ -79,9 +83,14 @@ def pixart_epsilon_loss(
         prompt_embeds: ``[B, L, D]`` T5 embeddings, padded; ``attention_mask``: ``[B, L]`` (1 = real token).
         noise_scheduler: a ``DDPMScheduler`` (``add_noise``, ``alphas_cumprod``, ``config.prediction_type``).
         snr_gamma: if set, min-SNR-gamma weighting per sample.
+        noisy_latents: the model input ``[B, C, h, w]`` when not ``add_noise(latents, noise, timesteps)``
+            (Scheduled Sampling's rollouts, training/scheduled_sampling.py).
+        diff2flow: the Diff2Flow loss (training/diff2flow.py): the flow-converted prediction against
+            ``noise - latents``, unweighted.
     """
     prediction_type = noise_scheduler.config.prediction_type
-    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)  # [B, C, h, w]
+    if noisy_latents is None:
+        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)  # [B, C, h, w]
     model_pred = transformer(
         noisy_latents,
         encoder_hidden_states=prompt_embeds,
@@ -100,6 +109,10 @@ def pixart_epsilon_loss(
             f"expected {channels} or {2 * channels} (learned sigma)"
         )
 
+    if diff2flow:  # issue 15: SimpleTuner's flow branch, no min-SNR weight (the config refuses both)
+        flow = prediction_to_flow(model_pred, noisy_latents, timesteps, noise_scheduler.alphas_cumprod, prediction_type)
+        loss = F.mse_loss(flow, flow_target(latents, noise).float(), reduction="none")
+        return loss.mean(dim=tuple(range(1, loss.ndim)))  # [B]
     if prediction_type == "epsilon":
         target = noise
     elif prediction_type == "v_prediction":

@@ -15,6 +15,7 @@ from diffusers.optimization import get_scheduler
 
 from pixart_pipeline.config.models import Hyperparameters
 from pixart_pipeline.errors import InputError
+from pixart_pipeline.training.optimizers import MEMORY_OPTIMIZERS, build_memory_optimizer
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], hp: Hyperparameters, device: torch.device,
@@ -32,6 +33,8 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], hp: Hyperparameters, d
     not necessarily bit for bit, so the choice is part of the run's identity.
     """
     params = list(params)
+    if hp.optimizer in MEMORY_OPTIMIZERS:  # adamw_bf16 / bnb-adamw8bit (training/optimizers.py)
+        return build_memory_optimizer(params, hp, device)
     if hp.optimizer == "adafactor":
         return torch.optim.Adafactor(params, lr=hp.learning_rate, weight_decay=hp.adam_weight_decay)
     kwargs = dict(lr=hp.learning_rate, betas=(hp.adam_beta1, hp.adam_beta2), weight_decay=hp.adam_weight_decay,
@@ -104,6 +107,8 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: torch.opt
         if "betas" in group:
             group["betas"] = (hp.adam_beta1, hp.adam_beta2)
             group["eps"] = hp.adam_epsilon
+        if "beta1" in group:  # torch-optimi (adamw_bf16) keeps its betas as two keys
+            group["beta1"], group["beta2"], group["eps"] = hp.adam_beta1, hp.adam_beta2, hp.adam_epsilon
     scheduler.base_lrs = [hp.learning_rate for _ in optimizer.param_groups]
     # the current rate of each group: base rate times the schedule's factor at its position
     for group, fn in zip(optimizer.param_groups, scheduler.lr_lambdas):
@@ -139,28 +144,61 @@ def _from_json(obj: Any) -> Any:
 
 
 def optimizer_state_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """``(tensors for safetensors, JSON-able rest)`` of ``optimizer.state_dict()``."""
+    """``(tensors for safetensors, JSON-able rest)`` of ``optimizer.state_dict()``.
+
+    Per-parameter tensors are ``state.<index>.<field>``; a field that is a dict of tensors
+    (bitsandbytes' quantisation state) nests as ``state.<index>.<field>.<key>``; a tensor in a param
+    group (torch-optimi's step counter) is ``group.<group index>.<key>``, so it comes back a tensor."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
-    for index, fields in state["state"].items():
+
+    def put(prefix: str, fields: dict, into: dict) -> None:
         for name, value in fields.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
+                tensors[f"{prefix}.{name}"] = value.detach().cpu().contiguous()
+            elif isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values()):
+                # cloned: bitsandbytes shares one code book between tensors, and safetensors refuses
+                # tensors that share memory
+                nested = {k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v for k, v in value.items()}
+                put(f"{prefix}.{name}", nested, into.setdefault(name, {}))
             else:
-                scalars.setdefault(str(index), {})[name] = _to_json(value)
-    return tensors, {"param_groups": _to_json(state["param_groups"]), "scalars": scalars}
+                into[name] = _to_json(value)
+
+    for index, fields in state["state"].items():
+        put(f"state.{index}", fields, scalars.setdefault(str(index), {}))
+    groups = []
+    for g, group in enumerate(state["param_groups"]):
+        groups.append({k: v for k, v in group.items() if not isinstance(v, torch.Tensor)})
+        tensors |= {f"group.{g}.{k}": v.detach().cpu().clone() for k, v in group.items() if isinstance(v, torch.Tensor)}
+    return tensors, {"param_groups": _to_json(groups), "scalars": {k: v for k, v in scalars.items() if v}}
 
 
 def optimizer_state_from_flat(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
     """Rebuild a ``state_dict`` that ``optimizer.load_state_dict`` accepts."""
     state: dict[int, dict[str, Any]] = {}
+    groups = _from_json(rest["param_groups"])
     for key, value in tensors.items():
-        _, index, name = key.split(".", 2)
-        state.setdefault(int(index), {})[name] = value
+        kind, index, name = key.split(".", 2)
+        if kind == "group":
+            groups[int(index)][name] = value
+            continue
+        node = state.setdefault(int(index), {})
+        *path, leaf = name.split(".")  # nested fields (bitsandbytes' quantisation state)
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
     for index, fields in rest.get("scalars", {}).items():
-        state.setdefault(int(index), {}).update(_from_json(fields))
-    return {"state": state, "param_groups": _from_json(rest["param_groups"])}
+        _merge(state.setdefault(int(index), {}), _from_json(fields))
+    return {"state": state, "param_groups": groups}
+
+
+def _merge(into: dict, fields: dict) -> None:
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def scheduler_state_to_json(scheduler: torch.optim.lr_scheduler.LRScheduler) -> str:

@@ -18,6 +18,7 @@ from pixart_pipeline.fileio import atomic_write_json
 from pixart_pipeline.stage_result import MissingInputError, thumbnails_markdown
 from pixart_pipeline.training.metrics import read_metrics
 from pixart_pipeline.training.plot import loss_curve_png
+from pixart_pipeline.training.watch_report import watch_metadata
 
 RESULT_FILE = "result.json"  # written last: a run folder holding it is finished
 
@@ -97,6 +98,7 @@ def run_metadata(result: TrainResult, items: str | Path) -> dict[str, Any]:
         metadata["loss_first_10pct"] = sum(v for _, v in curve[:tenth]) / tenth
         metadata["loss_last_10pct"] = sum(v for _, v in curve[-tenth:]) / tenth
         metadata["images_md"] = thumbnails_markdown([loss_curve_png(curve, run_dir / "loss.png")])
+    metadata |= watch_metadata(run_dir)  # issue 14: the eval-loss curve and validation image strip
     return metadata
 
 

@@ -30,15 +30,18 @@ from pixart_pipeline.training.optim import (
     scheduler_state_from_json,
     training_steps,
 )
+from pixart_pipeline.training.optimizers import weight_dtype
 from pixart_pipeline.training.report import Reporter
 from pixart_pipeline.training.resume import check_resumable, load_resume, set_aside_later_checkpoints
 from pixart_pipeline.training.sampler import BucketBatchSampler
 from pixart_pipeline.training.spec import RunSpec
+from pixart_pipeline.training.speed import speed_up
 from pixart_pipeline.training.state import Progress, Run
 from pixart_pipeline.training.tracking import open_tracker
+from pixart_pipeline.training.watch import open_watcher
 
 
-def make_accelerator(hp: Hyperparameters, device: str) -> Accelerator:
+def make_accelerator(hp: Hyperparameters, device: str, machines: int = 1) -> Accelerator:
     """An ``Accelerator`` on the requested device; refuses combinations that cannot work."""
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("device is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'")
@@ -64,19 +67,21 @@ def make_accelerator(hp: Hyperparameters, device: str) -> Accelerator:
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
         cpu=on_cpu,
     )
-    if accelerator.num_processes != hp.num_processes:
+    if accelerator.num_processes != hp.num_processes * machines:  # multi-node: num_processes per machine
         raise InputError(
-            f"hyperparameters.num_processes is {hp.num_processes} but this run has {accelerator.num_processes} "
-            f"process(es); launch with `torchrun --nproc_per_node {hp.num_processes} -m pixart_pipeline.training ...`"
+            f"hyperparameters.num_processes is {hp.num_processes} (x {machines} machine(s)) but this run has "
+            f"{accelerator.num_processes} process(es); launch with `torchrun --nnodes {machines} "
+            f"--nproc_per_node {hp.num_processes} -m pixart_pipeline.training ...`"
         )
     return accelerator
 
 
 def trainable_transformer(spec: RunSpec) -> torch.nn.Module:
-    """The base transformer in float32, in train mode, set up as the run asks: only bias terms
+    """The base transformer in float32 (bf16 for ``adamw_bf16``), in train mode, set up as the run asks: only bias terms
     trainable with ``use_bitfit`` (BitFit, arXiv:2106.10199), activation (gradient) checkpointing on
     with ``gradient_checkpointing`` (diffusers recomputes each block's forward in the backward)."""
-    transformer = load_transformer(spec.base_model, spec.revision, dtype=torch.float32)
+    # float32, or bf16 weights with optimizer 'adamw_bf16'
+    transformer = load_transformer(spec.base_model, spec.revision, dtype=weight_dtype(spec.hyperparameters))
     if spec.hyperparameters.use_bitfit:
         for name, param in transformer.named_parameters():
             param.requires_grad_(name.endswith(".bias") or name == "bias")
@@ -92,7 +97,7 @@ def setup(spec: RunSpec, reporter: Reporter) -> tuple[Run, Progress]:
     hp = spec.hyperparameters
     run_dir = Path(spec.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = make_accelerator(hp, spec.settings.device)
+    accelerator = make_accelerator(hp, spec.settings.device, spec.settings.num_machines)
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(hp.seed)
     np.random.seed(hp.seed % (1 << 32))
@@ -105,7 +110,8 @@ def setup(spec: RunSpec, reporter: Reporter) -> tuple[Run, Progress]:
     sampler = BucketBatchSampler(
         items.target, hp.train_batch_size, hp.seed, items.repeats,
         # one optimizer step of one bucket; smaller buckets are dropped or repeated (README: Buckets)
-        min_bucket_draws=hp.train_batch_size * hp.gradient_accumulation_steps * hp.num_processes,
+        min_bucket_draws=hp.train_batch_size * hp.gradient_accumulation_steps * hp.num_processes
+        * spec.settings.num_machines,
         small_bucket_rule=hp.small_bucket_rule,
     )
     if sampler.dropped_per_epoch():
@@ -114,6 +120,7 @@ def setup(spec: RunSpec, reporter: Reporter) -> tuple[Run, Progress]:
 
     # -- model, schedule, optimizer
     transformer = trainable_transformer(spec)
+    speed_up(transformer, hp, accelerator.device, log=reporter.info)  # TF32 (CUDA), SDPA check, torch.compile
     noise_scheduler = load_noise_scheduler(spec.base_model, spec.revision)
     check_patch_size(spec, items.target, transformer.config.patch_size)
     trainable = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
@@ -146,8 +153,8 @@ def setup(spec: RunSpec, reporter: Reporter) -> tuple[Run, Progress]:
         if accelerator.is_main_process else None
 
     transformer, optimizer = accelerator.prepare(transformer, optimizer)
-    if ema is not None:
-        ema.to(accelerator.device)
+    if ema is not None:  # ema_device 'cpu': the shadow stays in host memory (no GPU bytes)
+        ema.to(torch.device("cpu") if hp.ema_device == "cpu" else accelerator.device)
     if state is not None:  # after prepare: the wrapped optimizer moves the moments to the device
         optimizer.load_state_dict(optimizer_state_from_flat(state.optimizer["tensors"], state.optimizer["rest"]))
         apply_hyperparameters(getattr(optimizer, "optimizer", optimizer), lr_scheduler, hp)
@@ -163,6 +170,8 @@ def setup(spec: RunSpec, reporter: Reporter) -> tuple[Run, Progress]:
               ema=ema, noise_scheduler=noise_scheduler,
               scaling_factor=vae_scaling_factor(spec.base_model, spec.revision), total_steps=total_steps,
               metrics=metrics, tracker=tracker)
+    # in-training validation (issue 14): images / eval loss every N steps, main process only
+    run.watcher = open_watcher(run, progress.global_step if state else None)
     return run, progress
 
 

@@ -130,6 +130,10 @@ class RunSpec(SpecModel):
     # datasets downloaded from the Hub. The Hub validates both card fields, so local names stay in the body.
     base_model_name: str | None = None
     hub_datasets: dict[str, str] = {}
+    # In-training validation (issue 14; training/watch.py): prompts, eval items, CLIP model. Never
+    # changes the weights. A dict here (validated as ``watch_spec.WatchSpec``) keeps this module free
+    # of the evaluation settings' import.
+    watch: dict[str, Any] | None = None
 
     def replace(self, **changes: Any) -> "RunSpec":
         """A validated copy with ``changes``: a hyperparameter or trainer-setting name goes into its

@@ -18,6 +18,7 @@ from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.config.fingerprints import stable_hash
 from pixart_pipeline.data.stage import readiness
 from pixart_pipeline.fileio import atomic_write_parquet
+from pixart_pipeline.models import resolve_pretrained
 from pixart_pipeline.stage_result import InsufficientDataError
 from pixart_pipeline.stages import ITEMS_SCHEMA, run_dir, text_store_root
 from pixart_pipeline.training.result import is_finished
@@ -34,6 +35,16 @@ class PreparedRun:
     @property
     def complete(self) -> bool:
         return is_finished(self.run_dir)
+
+    @property
+    def trainer_args(self) -> list[str]:
+        """The trainer's arguments after ``python`` (or after a ``torchrun`` launcher's own options):
+        what the multi-node launcher (``defs/k8s/multinode.py``) runs on every machine."""
+        return trainer_args(self.spec_path)
+
+
+def trainer_args(spec_path: Path) -> list[str]:
+    return ["-m", "pixart_pipeline.training", str(spec_path), "--reuse-finished"]
 
 
 def split_items(cfg: PipelineConfig, split: str) -> pa.Table:
@@ -114,16 +125,42 @@ def prepare_training_run(cfg: PipelineConfig, device: str) -> PreparedRun:
         }),
         base_model_name=t.pretrained_model_name_or_path,
         hub_datasets={ds.id: ds.hub_repo_id for ds in cfg.datasets if ds.hub_repo_id},
+        watch=watch_inputs(cfg, folder),
     )
     spec_path = folder / "run_spec.json"
     spec.save(spec_path)
-    module = ["-m", "pixart_pipeline.training", str(spec_path), "--reuse-finished"]
+    module = trainer_args(spec_path)
+    # With num_machines > 1 this single-machine command only reports a finished run; training is
+    # launched across machines by the k8s executor's trained_checkpoint (defs/k8s/multinode.py).
     if t.num_processes > 1 and not is_finished(folder):  # a finished run is only reported: one process
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={t.num_processes}", *module]
     else:
         command = [sys.executable, *module]
     return PreparedRun(run_dir=folder, spec_path=spec_path, command=command, env={"PYTHONUNBUFFERED": "1"})
+
+
+def watch_inputs(cfg: PipelineConfig, folder: Path) -> dict | None:
+    """The run spec's ``watch`` (training/watch_spec.py) when in-training validation is on: the
+    evaluation settings, the eval split's items (written to ``folder/eval_items.parquet`` on every
+    prepare: the split may grow while the training items stay) and the CLIP model. Not in the run
+    folder's hash: none of it changes the weights."""
+    t = cfg.training
+    if not (t.validation_steps or t.eval_steps_interval):
+        return None
+    eval_items = None
+    if t.eval_steps_interval and not t.eval_loss_disable:
+        items = split_items(cfg, "eval")
+        if items.num_rows:
+            eval_items = folder / "eval_items.parquet"
+            atomic_write_parquet(eval_items, items)
+    clip = None
+    if t.evaluation_type == "clip" and t.validation_steps:
+        clip = resolve_pretrained(cfg.local_or_hub(t.pretrained_evaluation_model_name_or_path), None,
+                                  cfg.model_cache_dir)
+    return {"settings": t.evaluation_settings().model_dump(mode="json"), "clip_model": clip,
+            "eval_items": None if eval_items is None else str(eval_items),
+            "max_sequence_length": t.tokenizer_max_length}
 
 
 def run_dir_for(cfg: PipelineConfig, items: pa.Table) -> Path:

@@ -41,6 +41,7 @@ class Run:
     total_steps: int
     metrics: MetricsLog | None  # main process only
     tracker: Any  # NoTracker | WandbTracker
+    watcher: Any = None  # training/watch.py Watcher (main process, when validation is on) or None
 
     @property
     def hp(self) -> Hyperparameters:

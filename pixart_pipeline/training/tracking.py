@@ -1,4 +1,4 @@
-"""Experiment trackers (SimpleTuner's ``report_to``): ``none`` or ``wandb``. Main process only.
+"""Experiment trackers (SimpleTuner's ``report_to``): ``none``, ``wandb``, ``tensorboard`` or ``all``. Main process only.
 
 ``metrics.jsonl`` always has every step; a tracker gets the same numbers (loss, learning rate, grad
 norm, samples/s, epoch). W&B follows its own environment: ``WANDB_MODE=offline`` writes the run under
@@ -49,6 +49,9 @@ class NoTracker:
     def log(self, row: dict[str, Any], step: int) -> None:
         pass
 
+    def log_validation(self, metrics: dict[str, float], images: list[tuple[Path, str]], step: int) -> None:
+        pass
+
     def finish(self) -> None:
         pass
 
@@ -70,13 +73,27 @@ class WandbTracker:
     def log(self, row: dict[str, Any], step: int) -> None:
         self.run.log({f"train/{k}": v for k, v in row.items() if v is not None and k != "step"}, step=step)
 
+    def log_validation(self, metrics: dict[str, float], images: list[tuple[Path, str]], step: int) -> None:
+        """In-training validation (training/watch.py): ``validation/<metric>`` and the images at ``step``."""
+        wandb = _import_wandb()
+        row: dict[str, Any] = {f"validation/{k}": v for k, v in metrics.items()}
+        if images:
+            row["validation/images"] = [wandb.Image(str(p), caption=c) for p, c in images]
+        self.run.log(row, step=step)
+
     def finish(self) -> None:
         self.run.finish()
 
 
 def open_tracker(report_to: str, run_dir: Path, project: str, run_name: str | None,
                  config: dict[str, Any], is_main: bool) -> NoTracker | WandbTracker:
-    """The configured tracker on the main process, ``NoTracker`` everywhere else."""
+    """The configured tracker on the main process, ``NoTracker`` everywhere else. ``tensorboard``
+    and ``all`` (W&B and TensorBoard): see ``tracking_tensorboard.py``."""
+    if report_to in ("tensorboard", "all") and is_main:
+        from pixart_pipeline.training.tracking_tensorboard import open_with_tensorboard
+
+        return open_with_tensorboard(report_to, run_dir, config,
+                                     lambda: WandbTracker(run_dir, project, run_name, config))
     if report_to == "wandb" and is_main:
         return WandbTracker(run_dir, project, run_name, config)
     return NoTracker()

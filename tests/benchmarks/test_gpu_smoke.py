@@ -21,8 +21,9 @@ def test_gpu_benchmark_smoke_runs_every_section_and_appends_nothing():
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [r.split(" | ")[:2] for r in rows] == [
-        ["| training", "baseline"], ["| training", "ours"], ["| training", "baseline"], ["| training", "ours"],
+        ["| training", "baseline"], ["| training", "ours"], ["| training", "ours + compile"],
+        ["| training", "baseline"], ["| training", "ours"], ["| training", "ours + compile"],
         ["| text_encoder", "padded to limit"], ["| text_encoder", "length-sorted"],
-        ["| vae_encode", "batch 1"], ["| vae_encode", "batch 2"]]
+        ["| vae_encode", "batch 1"], ["| vae_encode", "batch 2"], ["| vae_encode", "batch 2, channels_last"]]
     assert all(float(r.split(" | ")[4]) > 0 for r in rows)  # samples/s
     assert (REPO / "BENCHMARKS.md").read_bytes() == before

@@ -31,7 +31,9 @@ def test_evaluation_logs_images_and_metrics_to_the_training_wandb_run(tmp_path, 
         monkeypatch.setenv(key, value)
     path = copy_demo(tmp_path, dataset={"synthetic_num_images": 12},
                      config={"max_train_steps": 3, "checkpointing_steps": 100, "report_to": "wandb",
-                             "tracker_project_name": "eval-test", "validation_num_inference_steps": 2})
+                             "tracker_project_name": "eval-test", "validation_num_inference_steps": 2,
+                             # the demo's in-training validation logs too; this test is about the evaluation's
+                             "validation_steps": None, "eval_steps_interval": None})
     cfg = load_config(path)
     ds = cfg.datasets[0]
     for stage in (run_raw_dataset, run_captions, run_bucketed_metadata):

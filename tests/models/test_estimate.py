@@ -88,3 +88,22 @@ def test_estimate_says_what_to_change_when_it_does_not_fit(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| trained_checkpoint |" in out and "NO" in out
     assert "gradient_checkpointing: true" in out and "ema_device 'cpu'" in out
+
+
+def _train_stage(tmp_path, capsys, overrides: dict) -> dict:
+    config = copy_demo(tmp_path / str(len(list(tmp_path.iterdir()))), overrides)
+    assert main(["estimate", "--config", str(config), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    return result["parameters"]["transformer"], result["stages"][2]
+
+
+def test_estimate_knows_the_bytes_of_each_memory_saver(tmp_path, capsys):
+    params, adamw = _train_stage(tmp_path, capsys, {"use_ema": True})
+    assert adamw["ema"] == 4 * params and adamw["optimizer_state"] == 8 * params
+    _, cpu_ema = _train_stage(tmp_path, capsys, {"use_ema": True, "ema_device": "cpu"})
+    assert cpu_ema["ema"] == 0 and cpu_ema["peak"] == adamw["peak"] - adamw["ema"]
+    _, bf16 = _train_stage(tmp_path, capsys, {"optimizer": "adamw_bf16", "mixed_precision": "bf16"})
+    assert bf16["weights"] == 2 * params and bf16["optimizer_state"] == 6 * params
+    assert bf16["gradients"] == adamw["gradients"] // 2  # bf16 gradients of bf16 weights
+    _, eight = _train_stage(tmp_path, capsys, {"optimizer": "bnb-adamw8bit"})
+    assert eight["weights"] == 4 * params and 2 * params < eight["optimizer_state"] < 2.05 * params

@@ -9,6 +9,7 @@ import dagster as dg
 
 from pixart_pipeline.config import ConfigError, ImageDataset, PipelineConfig
 from pixart_pipeline.data.hub import HubUnavailableError
+from pixart_pipeline.defs.executor_choice import executor_kind
 from pixart_pipeline.models import ModelUnavailableError
 from pixart_pipeline.stage_result import InsufficientDataError, MissingInputError, StageResult, thumbnails_markdown
 from pixart_pipeline.stages import Stage, input_keys
@@ -39,7 +40,19 @@ def stage_asset(stage: Stage, cfg: PipelineConfig, ds: ImageDataset | None = Non
         kinds=kinds,
         description=description,
         metadata={CONFIG_METADATA_KEY: fields},  # definition metadata: what the code version hashes
+        op_tags=step_op_tags(stage, cfg),
     )
+
+
+def step_op_tags(stage: Stage, cfg: PipelineConfig) -> dict[str, str] | None:
+    """Under ``PIXART_EXECUTOR=k8s``, the stage's ``dagster-k8s/config`` tag (its pod's GPUs, node
+    pool, memory); none locally. Tags are not part of the code version: no fingerprint moves."""
+    if executor_kind() != "k8s":
+        return None
+    from pixart_pipeline.defs.k8s.settings import load_settings
+    from pixart_pipeline.defs.k8s.steps import step_tags
+
+    return step_tags(stage, cfg, load_settings())
 
 
 def automation() -> dg.AutomationCondition:

@@ -33,9 +33,16 @@ def build_trained_checkpoint_asset(cfg: PipelineConfig) -> dg.AssetsDefinition:
         verb = "Reporting the finished run" if prepared.complete else "Training into"
         context.log.info(f"{verb} {prepared.run_dir}: {' '.join(prepared.command)}")
         # The one result path: what the trainer reports is what this asset materialises.
-        reported = pipes_subprocess_client.run(
-            command=prepared.command, context=context, env=prepared.env
-        ).get_materialize_result()
+        if cfg.training.num_machines > 1 and not prepared.complete:
+            # several machines: an indexed Job of trainer pods (PIXART_EXECUTOR=k8s; build.py refuses
+            # num_machines > 1 with the local executor), same Pipes protocol, same report
+            from pixart_pipeline.defs.k8s.launch import run_multinode
+            from pixart_pipeline.defs.k8s.settings import load_settings
+
+            invocation = run_multinode(context, cfg, prepared, load_settings())
+        else:
+            invocation = pipes_subprocess_client.run(command=prepared.command, context=context, env=prepared.env)
+        reported = invocation.get_materialize_result()
         return reported._replace(metadata={**(reported.metadata or {}), **config_metadata(context)})
 
     return trained_checkpoint
