@@ -22,9 +22,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+# The instance template lives in deploy/local/ (a dagster.yaml in the folder `dagster` runs from
+# would be reported as ignored, since DAGSTER_HOME points here).
+$(DAGSTER_HOME)/dagster.yaml: deploy/local/dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $@
+	cp deploy/local/dagster.yaml $@
 
 # Materialize every asset of the embedded demo config (or whatever is unsynced since last time).
 demo: install $(DAGSTER_HOME)/dagster.yaml

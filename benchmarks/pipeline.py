@@ -45,7 +45,7 @@ def main() -> None:
         backend = config.parent / "multidatabackend.json"
         home = Path(tmp) / "home"
         home.mkdir()
-        settings = yaml.safe_load((REPO / "dagster.yaml").read_text())
+        settings = yaml.safe_load((REPO / "deploy" / "local" / "dagster.yaml").read_text())
         with dg.instance_for_test(temp_dir=str(home), overrides=settings) as instance:
             start = time.perf_counter()
             cold_steps = run_sync(instance, config)

@@ -7,6 +7,7 @@
     pixart-pipeline report   [--config PATH]   where the latest evaluation report is
     pixart-pipeline cache verify|prune|stats [--config PATH]   check, prune, count the cache stores
     pixart-pipeline estimate [--gpu-memory-gb N] [--json]   GPU memory and FLOPs of each GPU stage
+    pixart-pipeline runs [recover | fail RUN_ID]   runs in progress / holding a pool slot; free dead ones
 
 plan/sync use the Dagster instance in $DAGSTER_HOME (default: ./.dagster_home), the same one the
 UI (`make ui`) shows, so every run they make is visible there.
@@ -23,7 +24,9 @@ from pathlib import Path
 from pixart_pipeline.config import ConfigError, PipelineConfig, load_config
 from pixart_pipeline.fileio import atomic_write_bytes
 
-DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+# The instance settings seeded into a new DAGSTER_HOME (kept out of the repository root, where
+# Dagster would warn that a dagster.yaml in the current folder is ignored).
+DAGSTER_YAML = Path(__file__).resolve().parents[1] / "deploy" / "local" / "dagster.yaml"
 
 
 def _instance():
@@ -123,7 +126,7 @@ def cmd_cache(cfg: PipelineConfig, action: str | None, min_age_s: float) -> int:
     """`cache verify|prune|stats` (pixart_pipeline/cache/commands.py)."""
     from pixart_pipeline.cache import commands
 
-    if action is None:
+    if action not in ("verify", "prune", "stats"):
         print("usage: pixart-pipeline cache {verify,prune,stats} [--config PATH]", file=sys.stderr)
         return 2
     if action == "prune":
@@ -142,10 +145,28 @@ def cmd_estimate(cfg: PipelineConfig, gpu_memory_gb: float | None, as_json: bool
     return 1 if any(stage["fits"] is False for stage in result["stages"]) else 0
 
 
+def cmd_runs(action: str | None, run_id: str | None) -> int:
+    """`runs`: list runs in progress or holding a pool slot; `recover` dead ones; `fail RUN_ID` one."""
+    from pixart_pipeline.defs import runs_command
+
+    instance = _instance()
+    if action is None:
+        return runs_command.show(instance)
+    if action == "recover":
+        return runs_command.recover(instance)
+    if action == "fail" and run_id:
+        return runs_command.fail(instance, run_id)
+    print("usage: pixart-pipeline runs [recover | fail RUN_ID]", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pixart-pipeline", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["validate", "plan", "sync", "report", "cache", "estimate", "configure"])
-    parser.add_argument("action", nargs="?", choices=["verify", "prune", "stats"], help="for `cache`")
+    parser.add_argument("command", choices=["validate", "plan", "sync", "report", "cache", "estimate", "configure",
+                                            "runs"])
+    parser.add_argument("action", nargs="?", choices=["verify", "prune", "stats", "recover", "fail"],
+                        help="for `cache` (verify, prune, stats) and `runs` (recover, fail)")
+    parser.add_argument("run_id", nargs="?", help="runs fail: the run to mark failed (its id or a prefix)")
     parser.add_argument("--min-age", type=float, default=3600.0,
                         help="cache prune: keep unreferenced shard files younger than this many seconds")
     parser.add_argument("--gpu-memory-gb", type=float, help="estimate: say whether each stage fits this GPU")
@@ -167,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_cache(cfg, args.action, args.min_age)
     if args.command == "estimate":
         return cmd_estimate(cfg, args.gpu_memory_gb, args.json)
+    if args.command == "runs":
+        return cmd_runs(args.action, args.run_id)
     handlers = {"validate": cmd_validate, "plan": cmd_plan, "sync": cmd_sync, "report": cmd_report}
     return handlers[args.command](cfg)
 

@@ -32,3 +32,12 @@ def tiny_clip_path(model_cache_dir) -> str:
     from pixart_pipeline.models import TINY_CLIP_NAME, resolve_pretrained
 
     return resolve_pretrained(TINY_CLIP_NAME, None, model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (tests/postgres_server.py); ``.new_database()`` per test."""
+    from postgres_server import running_postgres
+
+    with running_postgres() as server:
+        yield server

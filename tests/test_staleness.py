@@ -85,7 +85,7 @@ def project(tmp_path_factory):
     home = root / "dagster_home"
     home.mkdir()
     # The repo's own instance settings (gpu pool limit, run monitoring), as `make demo` uses them.
-    settings = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    settings = yaml.safe_load((REPO / "deploy" / "local" / "dagster.yaml").read_text())
     with dg.instance_for_test(temp_dir=str(home), overrides=settings) as instance:
         p = Project(root, instance)
         assert p.sync() == ALL

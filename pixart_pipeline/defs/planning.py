@@ -11,6 +11,7 @@ re-run depends on whether upstream content really changes.
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,6 +19,7 @@ import dagster as dg
 
 from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.data.stage import dataset_folder_changes
+from pixart_pipeline.defs import liveness, recovery
 from pixart_pipeline.defs.assets.common import CONFIG_METADATA_KEY, asset_key
 from pixart_pipeline.defs.staleness import AssetGraph, StaleCauseCategory, StaleStatus, stale_status_resolver
 from pixart_pipeline.stages import RAW_DATASET, fields_by_key
@@ -155,12 +157,27 @@ def sync(
         name = entry.key.to_user_string()
         echo(f"-> {name}: {'; '.join(entry.reasons)}")
         start = time.perf_counter()
-        result = job.execute_in_process(
-            instance=instance,
-            asset_selection=[entry.key],
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-        )
+        # Crash safety (defs/recovery.py): dead runs give their slots back, this run claims its pool
+        # slot before it exists (so a live holder fails this sync now, not after an endless wait),
+        # and records this process so a later command can tell whether it is still alive.
+        run_id = str(uuid.uuid4())
+        node = defs.resolve_asset_graph().get(entry.key)
+        try:
+            recovery.claim_slots(instance, run_id, node.assets_def.node_def.name, sorted(node.pools or ()), echo)
+        except recovery.PoolBusy as busy:
+            raise SyncError(f"cannot materialize {name} now: {busy}") from None
+        try:
+            with liveness.marked(run_id):
+                result = job.execute_in_process(
+                    instance=instance,
+                    asset_selection=[entry.key],
+                    raise_on_error=False,
+                    run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+                    run_id=run_id,
+                    tags=recovery.owner_tags(),
+                )
+        finally:
+            instance.event_log_storage.free_concurrency_slots_for_run(run_id)
         seconds = time.perf_counter() - start
         # A failed blocking check also fails the run; its description (what to change) comes first.
         for evaluation in result.get_asset_check_evaluations():

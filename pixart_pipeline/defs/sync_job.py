@@ -15,6 +15,7 @@ from typing import Callable
 import dagster as dg
 
 from pixart_pipeline.config import PipelineConfig
+from pixart_pipeline.defs.guard import guarded
 from pixart_pipeline.defs.planning import SyncError, sync
 
 SYNC_JOB_NAME = "sync"
@@ -43,7 +44,8 @@ def build_sync_job(cfg: PipelineConfig, definitions: Callable[[], dg.Definitions
         ),
         tags={"pixart/kind": "sync"},
         # One op that only plans and starts runs: a step subprocess would add start-up time, nothing else.
-        executor_def=dg.in_process_executor,
+        # Guarded (defs/guard.py): the run records its worker's pid, so a killed sync run is recovered.
+        executor_def=guarded(dg.in_process_executor),
     )
     def sync_job():
         sync_unsynced_assets()

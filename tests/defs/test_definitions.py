@@ -80,7 +80,9 @@ def test_code_versions_carry_stage_revision_and_fingerprint(defs):
 
 def test_sensors_and_schedule_exist_and_are_stopped_by_default(defs):
     sensors = {s.name: s for s in defs.sensors}
-    assert set(sensors) == {"dataset_folder_sensor", "pixart_automation"}
+    assert set(sensors) == {"dataset_folder_sensor", "pixart_automation", "crash_recovery"}
+    # crash_recovery requests no run: it only frees the slots of dead runs, so it is on by default.
+    assert sensors.pop("crash_recovery").default_status == dg.DefaultSensorStatus.RUNNING
     assert all(s.default_status == dg.DefaultSensorStatus.STOPPED for s in sensors.values())
     (schedule,) = defs.schedules
     assert schedule.name == "retraining_schedule"
@@ -129,7 +131,7 @@ def test_cli_plan_on_a_fresh_instance_lists_every_asset_as_missing(tmp_path):
     missing = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("MISSING")]
     assert len(missing) == 7 and missing[0] == "raw_dataset/shapes" and missing[-1] == "evaluation_report"
     # The instance lives where DAGSTER_HOME says, seeded with the repo's dagster.yaml.
-    assert (tmp_path / "home" / "dagster.yaml").read_text() == (REPO / "dagster.yaml").read_text()
+    assert (tmp_path / "home" / "dagster.yaml").read_text() == (REPO / "deploy" / "local" / "dagster.yaml").read_text()
 
 
 def test_sync_stops_at_the_blocking_batch_check_with_its_message(tmp_path):
@@ -156,7 +158,7 @@ def test_dagster_cli_materializes_the_data_lane(tmp_path):
     config_path = copy_demo(tmp_path)
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "deploy" / "local" / "dagster.yaml", home / "dagster.yaml")
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "DAGSTER_HOME": str(home),
            "PIXART_CONFIG": str(config_path), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(

@@ -25,7 +25,7 @@ def test_sync_job_materializes_the_cascade_then_nothing(tmp_path):
         max_train_steps=4, checkpointing_steps=4, lr_warmup_steps=1, validation_num_inference_steps=2,
         validation_prompts=[], validation_resolution="128x128", eval_timesteps=2,
     ), dataset={"synthetic_num_images": 24})
-    settings = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    settings = yaml.safe_load((REPO / "deploy" / "local" / "dagster.yaml").read_text())
     (tmp_path / "home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "home"), overrides=settings) as instance:
         def launch() -> list[str]:

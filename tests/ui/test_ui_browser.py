@@ -119,7 +119,7 @@ def test_lineage_shows_four_groups_and_every_asset(ui):
     page = ui.page
     ui.goto("/asset-groups")
     page.get_by_text("evaluation", exact=True).last.wait_for()
-    page.wait_for_timeout(3000)  # the community sign-up dialog would be up by now (nux is off in dagster.yaml)
+    page.wait_for_timeout(3000)  # the community sign-up dialog would be up by now (nux is off in deploy/local/dagster.yaml)
     assert page.get_by_role("dialog").count() == 0
     page.mouse.click(1000, 800, button="right")  # the graph's background menu
     page.get_by_role("menuitem", name="Expand all groups").click()
