@@ -27,7 +27,6 @@ from pixart_pipeline.evaluation.report import write_report
 from pixart_pipeline.evaluation.sampling import (
     generate_images,
     load_pipeline,
-    save_images,
 )
 from pixart_pipeline.evaluation.spec import EvalSpec
 from pixart_pipeline.models import (
@@ -37,8 +36,12 @@ from pixart_pipeline.models import (
     load_transformer,
     resolve_device,
 )
-from pixart_pipeline.models.attention import apply_attention_mechanism, require_attention_mechanism
+from pixart_pipeline.models.attention import (
+    apply_attention_mechanism,
+    require_attention_mechanism,
+)
 from pixart_pipeline.training.previews import PreviewSender, load_preview_decoder
+from pixart_pipeline.training.validation import save_samples
 
 IMAGES_DIR = "images"
 
@@ -140,7 +143,7 @@ def run_evaluation(spec: EvalSpec) -> EvalResult:
         )
     pipe.transformer.set_attn_processor(default_processors)
     image_dir = out_dir / IMAGES_DIR
-    image_paths = save_images(images, image_dir)
+    image_paths = save_samples(images, image_dir)
     _remove_stale_images(image_dir, {p.name for p in image_paths})
     sampling_seconds = time.perf_counter() - started
 

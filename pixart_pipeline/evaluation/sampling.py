@@ -8,40 +8,20 @@ generator, as diffusers' ``randn_tensor`` allows, then moved).
 
 from __future__ import annotations
 
-import io
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import torch
-from PIL import Image
 
-from pixart_pipeline.fileio import atomic_write_bytes
 from pixart_pipeline.models import TORCH_DTYPES
 from pixart_pipeline.training.previews import PreviewImage, PreviewSender
+
+# seeds are base + PROMPT_STRIDE * prompt index + size index, the trainer's validation rule
+from pixart_pipeline.training.validation import PROMPT_STRIDE, Sample
 
 if TYPE_CHECKING:
     from diffusers import PixArtSigmaPipeline
 
-# Seeds are base + PROMPT_STRIDE * prompt_index + size_index: stable when prompts/sizes are appended.
-PROMPT_STRIDE = 1000
-
-
-@dataclass(frozen=True)
-class ValidationImage:
-    """One generated image and what produced it."""
-
-    prompt_index: int
-    size_index: int
-    prompt: str
-    width: int
-    height: int
-    seed: int
-    image: Image.Image
-
-    @property
-    def file_name(self) -> str:
-        return f"p{self.prompt_index:02d}_s{self.size_index:02d}_{self.width}x{self.height}.png"
 
 
 def image_seed(base_seed: int, prompt_index: int, size_index: int) -> int:
@@ -80,7 +60,7 @@ def generate_images(
     max_sequence_length: int = 300,
     batch_size: int = 4,
     preview: PreviewSender | None = None,
-) -> list[ValidationImage]:
+) -> list[Sample]:
     """Generate every prompt x size; returns images ordered by (prompt index, size index).
 
     Prompts of one size are batched (up to ``batch_size``) with one generator per image, so each
@@ -91,7 +71,7 @@ def generate_images(
     ``preview`` (issue 15, ``validation_preview``) gets the latents of every denoising step through the
     pipeline's per-step callback and posts the steps it is asked for to the webhooks.
     """
-    results: dict[tuple[int, int], ValidationImage] = {}
+    results: dict[tuple[int, int], Sample] = {}
     for si, (width, height) in enumerate(sizes):
         for start in range(0, len(prompts), batch_size):
             indices = list(range(start, min(start + batch_size, len(prompts))))
@@ -116,22 +96,5 @@ def generate_images(
                 **streaming,
             )
             for pi, s, image in zip(indices, seeds, output.images):
-                results[(pi, si)] = ValidationImage(pi, si, prompts[pi], width, height, s, image)
+                results[(pi, si)] = Sample(pi, si, prompts[pi], width, height, s, image)
     return [results[key] for key in sorted(results)]
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    """Encode a PIL image as PNG (no metadata chunks, so equal pixels give equal bytes)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def save_images(images: Sequence[ValidationImage], folder: Path) -> list[Path]:
-    """Write each image as ``folder/<file_name>`` atomically; returns the paths in order."""
-    paths = []
-    for item in images:
-        path = folder / item.file_name
-        atomic_write_bytes(path, png_bytes(item.image))
-        paths.append(path)
-    return paths

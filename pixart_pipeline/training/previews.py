@@ -25,7 +25,6 @@ same thing for any other loop. Sampling code passes one ``PreviewImage`` per bat
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from PIL import Image
 from pixart_pipeline.config import PipelineConfig
 from pixart_pipeline.config.webhooks import WebhookTarget, webhook_targets
 from pixart_pipeline.models import resolve_pretrained
+from pixart_pipeline.training.validation import png_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -112,12 +112,6 @@ def load_preview_decoder(path: str, device: torch.device, dtype: torch.dtype = t
     return model.to(device).eval().requires_grad_(False)
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 class PreviewSender:
     """Decode and post previews for one sampling session (an evaluation, or one in-training validation).
 
@@ -145,7 +139,7 @@ class PreviewSender:
             return
         t = float(timestep.item() if torch.is_tensor(timestep) else timestep) if timestep is not None else None
         for image, decoded in zip(images, decode_previews(self.decoder, latents)):
-            message = preview_message(image, step, t, self.total_steps, self.validation_type, _png(decoded), self.job_id)
+            message = preview_message(image, step, t, self.total_steps, self.validation_type, png_bytes(decoded), self.job_id)
             for target in self.targets:
                 self._post(target, message)
 

@@ -18,15 +18,18 @@ in-training images and the evaluation's images start from the same noise.
 from __future__ import annotations
 
 import gc
+import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from PIL import Image
 
-# Called after each denoising step: (step index from 0, latents [B, 4, h, w] of the current batch).
-# (denoising step 0-based, timestep, latents [B, C, h, w], one (prompt index, size index, prompt, width,
-# height) per batch row)
+from pixart_pipeline.fileio import atomic_write_bytes
+
+# Called after each denoising step: (step index from 0, timestep, latents [B, 4, h, w] of the current
+# batch, one (prompt index, size index, prompt, width, height) per batch row).
 OnStep = Callable[[int, torch.Tensor, torch.Tensor, list[tuple[int, int, str, int, int]]], None]
 PROMPT_STRIDE = 1000
 
@@ -46,6 +49,23 @@ class Sample:
     @property
     def file_name(self) -> str:
         return f"p{self.prompt_index:02d}_s{self.size_index:02d}_{self.width}x{self.height}.png"
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """Encode a PIL image as PNG (no metadata chunks, so equal pixels give equal bytes)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_samples(samples: Sequence[Sample], folder: Path) -> list[Path]:
+    """Each sample as ``folder/<file_name>`` (atomic writes); returns the paths in order."""
+    paths = []
+    for sample in samples:
+        path = folder / sample.file_name
+        atomic_write_bytes(path, png_bytes(sample.image))
+        paths.append(path)
+    return paths
 
 
 def rescale_guidance(eps: torch.Tensor, eps_cond: torch.Tensor, rescale: float) -> torch.Tensor:

@@ -11,12 +11,10 @@ the first prompt's image over the steps. Main process only; nothing here changes
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 from typing import Any
 
-from pixart_pipeline.fileio import atomic_write_bytes
 from pixart_pipeline.training.metrics import MetricsLog
 from pixart_pipeline.training.watch_loss import eval_loss, read_eval_set
 from pixart_pipeline.training.watch_report import VALIDATION_DIR, VALIDATION_LOG
@@ -77,6 +75,8 @@ class Watcher:
                     guidance_rescale=s.validation_guidance_rescale, steps=s.validation_num_inference_steps,
                     seed=s.validation_seed, on_step=self.on_step)
                 folder = run.run_dir / VALIDATION_DIR / f"step-{step:06d}"
+                from pixart_pipeline.training.validation import save_samples
+
                 paths = save_samples(samples, folder)
                 row["images"] = [str(p.relative_to(run.run_dir)) for p in paths]
                 logged = [(p, f"{sm.prompt} (step {step})") for p, sm in zip(paths, samples)]
@@ -139,22 +139,6 @@ class Watcher:
             self._clip = (model.to(self.run.accelerator.device).eval(), processor)
         return self._clip
 
-
-
-def _png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def save_samples(samples, folder: Path) -> list[Path]:
-    """Each sample as ``folder/<file_name>`` (atomic writes), in order."""
-    paths = []
-    for sample in samples:
-        path = folder / sample.file_name
-        atomic_write_bytes(path, _png(sample.image))
-        paths.append(path)
-    return paths
 
 
 def open_watcher(run: Any, resume_step: int | None) -> Watcher | None:

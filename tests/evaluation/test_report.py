@@ -10,7 +10,7 @@ import re
 from PIL import Image
 
 from pixart_pipeline.evaluation.report import fmt, render_html, write_report
-from pixart_pipeline.evaluation.sampling import png_bytes
+from pixart_pipeline.training.validation import png_bytes
 
 
 def _report():
