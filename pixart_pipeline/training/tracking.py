@@ -83,6 +83,14 @@ class WandbTracker:
 
     def finish(self) -> None:
         self.run.finish()
+        _flush(_import_wandb())
+
+
+def _flush(wandb) -> None:
+    """Wait until W&B's service has written the run's files. ``run.finish()`` can return while the
+    offline ``run-<id>.wandb`` log is still empty on a busy machine (seen in CI), and the ``atexit``
+    hook that would wait is unreliable in multiprocessing workers such as Dagster's step processes."""
+    wandb.teardown()
 
 
 def open_tracker(report_to: str, run_dir: Path, project: str, run_name: str | None,
@@ -128,3 +136,4 @@ def log_evaluation(run_dir: Path, metrics: dict[str, float], images: list[tuple[
         return _location(run)
     finally:
         run.finish()
+        _flush(wandb)
