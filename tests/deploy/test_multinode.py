@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import dagster as dg
 import pytest
@@ -49,7 +50,11 @@ def rendered(tmp_path: Path, machines: int, processes: int) -> tuple[MultiNodeSp
 def launch_config(command: list[str]):
     """How torchrun itself reads a pod's command: (LaunchConfig, program, program args)."""
     assert command[:3] == ["python", "-m", "torch.distributed.run"]
-    return config_from_args(get_args_parser().parse_args(command[3:]))
+    # config_from_args sets OMP_NUM_THREADS=1 in this process's environment when nproc_per_node > 1;
+    # every later subprocess of the suite would inherit it (a trainer on 1 thread rounds differently
+    # from the in-process run it is compared with), so the environment is put back.
+    with mock.patch.dict(os.environ):
+        return config_from_args(get_args_parser().parse_args(command[3:]))
 
 
 def test_manifest_is_an_indexed_job_of_gpu_pods_behind_a_headless_service(tmp_path):

@@ -22,7 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _env() -> dict[str, str]:
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    # the same intra-op thread count as the in-process run it is compared with: CPU float reductions
+    # are split by thread, so another count (an inherited OMP_NUM_THREADS) rounds differently
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     env.pop("DAGSTER_PIPES_CONTEXT", None)
     return env
 
